@@ -1,0 +1,212 @@
+"""Command line: parses arguments, calls library functions, prints. No logic of its own beyond that."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from cxrlab import __version__
+from cxrlab.config import MODEL_NAMES, Config, config_fields, from_dict, load_yaml
+from cxrlab.errors import CxrlabError
+
+EXAMPLES = {
+    "data": """
+        cxrlab data                                   # official file in ~/.medmnist
+        cxrlab data --data-root data/phantom          # a phantom file
+        cxrlab data --classes effusion pneumothorax --size 64 --download""",
+    "phantom": """
+        cxrlab phantom --out data/phantom                      # small file: 2000/400/600 rows
+        cxrlab phantom --out data/phantom --official-counts    # the official split sizes and binary counts
+        cxrlab phantom --out data/phantom --size 64 --seed 1""",
+    "train": """
+        cxrlab train --data-root data/phantom --model densenet121 --epochs 5
+        cxrlab train --config configs/example.yaml --out runs/mnv3
+        cxrlab train --resume runs/mnv3                        # continue an interrupted run""",
+    "evaluate": """
+        cxrlab evaluate runs/mnv3                  # test split, with the threshold chosen on val
+        cxrlab evaluate runs/mnv3 --split val""",
+    "predict": """
+        cxrlab predict runs/mnv3 xray1.png xray2.jpg""",
+    "compare": """
+        cxrlab compare --data-root data/phantom --epochs 3 --out runs/demo
+        cxrlab compare --models mobilenet_v3_large efficientnet_b0 --download""",
+}
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=34)
+
+
+def _subparser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, help=help, description=help, formatter_class=_formatter, epilog="examples:" + textwrap.dedent(EXAMPLES[name])
+    )
+
+
+def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> None:
+    """One flag per Config field (``--data-root`` for ``data_root``); unset flags stay out of the namespace,
+    so a YAML file given with --config keeps its values unless a flag overrides them."""
+    defaults = Config()
+    for f in config_fields():
+        if (only and f.name not in only) or f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} (default: {default})"}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, list):
+            kwargs.update(nargs=len(default), type=type(default[0]), metavar=f.name.split("_")[-1].upper())
+        elif f.metadata.get("choices"):
+            kwargs.update(choices=f.metadata["choices"], type=type(default))
+        elif default is not None and not isinstance(default, str):
+            kwargs["type"] = type(default)
+        elif f.name in ("lr",):
+            kwargs["type"] = float
+        elif f.name in ("threads",):
+            kwargs["type"] = int
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    names = {f.name for f in config_fields()}
+    values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return from_dict(values, source=args.config or "options")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrlab",
+        description="Chest X-ray classification on ChestMNIST: Cardiomegaly vs Pneumothorax with three adapted CNNs.",
+        formatter_class=_formatter,
+        epilog="examples:\n  make demo                      # the whole experiment on phantom data\n"
+        "  cxrlab phantom --out data/phantom && cxrlab train --data-root data/phantom --epochs 5\n"
+        "Run 'cxrlab COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"cxrlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _subparser(sub, "data", "Show the data file, its provenance and the binary task's counts per split and class.")
+    add_config_options(p, only=("data_root", "size", "classes", "download"))
+
+    p = _subparser(sub, "phantom", "Write a phantom ChestMNIST file (synthetic, official npz layout) for tests and demos.")
+    p.add_argument("--out", required=True, help="folder to write chestmnist[_SIZE].npz into")
+    p.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size (default: 28)")
+    p.add_argument("--official-counts", action="store_true", help="official split sizes (78,468/11,219/22,433) and binary counts")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    for split, n in (("train", 2000), ("val", 400), ("test", 600)):
+        p.add_argument(f"--{split}", type=int, default=None, metavar="N", help=f"rows in {split} (default: {n}; half are binary-task rows)")
+
+    p = _subparser(sub, "train", "Train one model: select on val, report on test; writes a run directory.")
+    p.add_argument("--config", metavar="FILE", help="YAML file with any of the options below; flags override it")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint (other options are taken from the run)")
+    _progress_option(p)
+    add_config_options(p)
+
+    p = _subparser(sub, "evaluate", "Evaluate a finished run on a split with its saved threshold.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--split", choices=("val", "test"), default="test", help="split to evaluate (default: test)")
+    p.add_argument("--device", default=None, help="device (default: the run's)")
+
+    p = _subparser(sub, "predict", "Classify image files (PNG, JPEG, ... any size or mode) with a finished run.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--device", default=None, help="device (default: the run's)")
+
+    p = _subparser(sub, "compare", "Train the models under one protocol and print their comparison table.")
+    p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
+    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES), help="models to compare (default: all three)")
+    p.add_argument("--out", dest="compare_out", default="runs/compare", help="folder for the runs and the table (default: runs/compare)")
+    _progress_option(p)
+    add_config_options(p, skip=("model", "out"))
+    return parser
+
+
+def _progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when the output is a terminal)")
+
+
+def cmd_data(args) -> int:
+    from cxrlab.data.task import data_label, load_task
+
+    cfg = config_from_args(args)
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download)
+    prov = data.provenance
+    print(f"file:   {prov['file']}\nmd5:    {prov['md5']} (official: {prov['official_md5']})\ndata:   {data_label(prov)}")
+    print(f"task:   {data.classes[0]} (label 0) vs {data.classes[1]} (label 1), images whose only positive label is one of them\n")
+    print(f"{'split':<8}{data.classes[0]:>16}{data.classes[1]:>16}{'total':>10}")
+    for split, s in data.splits.items():
+        a, b = s.counts()
+        print(f"{split:<8}{a:>16,}{b:>16,}{a + b:>10,}")
+    return 0
+
+
+def cmd_phantom(args) -> int:
+    from cxrlab.data.phantom import write_phantom
+
+    sizes = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None}
+    path = write_phantom(args.out, args.size, args.official_counts, args.seed, sizes or None)
+    print(f"wrote PHANTOM data (synthetic; for tests and demos, never a result): {path}")
+    print(f"next: cxrlab data --data-root {args.out}" + (f" --size {args.size}" if args.size != 28 else ""))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from cxrlab.training.loop import resume_training, train
+
+    if args.resume:
+        given = [k for k in vars(args) if k in {f.name for f in config_fields()}] + (["config"] if args.config else [])
+        if given:
+            raise CxrlabError(f"--resume takes the run's own config; do not combine it with {', '.join('--' + g.replace('_', '-') for g in given)}")
+        resume_training(args.resume, progress=args.progress)
+    else:
+        train(config_from_args(args), progress=args.progress)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from cxrlab.evaluation.evaluate import evaluate_run
+
+    evaluate_run(args.run, args.split, args.device)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cxrlab.evaluation.inference import load_trained
+    from cxrlab.evaluation.predict import predict_files
+
+    trained = load_trained(args.run, args.device)
+    if trained.is_phantom:
+        print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
+    failed = 0
+    for result in predict_files(trained, args.images):
+        if result.error:
+            failed += 1
+            print(f"error: {result.error}", file=sys.stderr)
+        else:
+            print(f"{result.path}\t{result.label}\tP({trained.cfg.positive})={result.probability:.4f}\tthreshold={trained.threshold:.4f}")
+    return 1 if failed else 0
+
+
+def cmd_compare(args) -> int:
+    from cxrlab.report.compare import compare
+
+    compare(config_from_args(args), args.models, args.compare_out, progress=args.progress)
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CxrlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; a training run can be continued with: cxrlab train --resume RUN", file=sys.stderr)
+        return 130

@@ -1,0 +1,189 @@
+"""The one config object: every option of a run, its default, and how YAML files and the CLI set it.
+
+A run saves its resolved config as ``config.yaml``; loading that file gives the same run back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cxrlab.errors import ConfigError
+
+MODEL_NAMES = ("mobilenet_v3_large", "densenet121", "efficientnet_b0")
+# Learning rates the experiment uses per architecture; `lr: null` picks these.
+DEFAULT_LR = {"mobilenet_v3_large": 1e-3, "efficientnet_b0": 3e-4, "densenet121": 1e-4}
+SIZES = (28, 64, 128, 224)
+SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
+THRESHOLD_RULES = ("0.5", "youden")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Config:
+    # data
+    data_root: str = _opt(os.path.join("~", ".medmnist"), "folder holding chestmnist[_SIZE].npz (medmnist's root)")
+    size: int = _opt(28, "image size: 28, 64, 128 or 224", choices=SIZES)
+    classes: list = _opt(["cardiomegaly", "pneumothorax"], "the two ChestMNIST labels: label 0, then label 1")
+    positive_class: str | None = _opt(None, "class counted as positive in metrics (default: the second of --classes)")
+    download: bool = _opt(False, "download the data file from Zenodo when it is missing")
+    # model
+    model: str = _opt("mobilenet_v3_large", "architecture", choices=MODEL_NAMES)
+    dropout: list = _opt([0.4, 0.3], "dropout of the two hidden layers of the head")
+    pretrained: bool = _opt(False, "start from torchvision ImageNet weights (stem folded to one channel)")
+    weights_file: str | None = _opt(None, "ImageNet state dict file to use instead of downloading")
+    segmentation: bool = _opt(False, "put the SegmentationPreprocessor in front of the model")
+    seg_threshold: float = _opt(0.2, "SegmentationPreprocessor mask threshold on min-max normalised input")
+    # optimisation
+    epochs: int = _opt(60, "maximum number of epochs")
+    batch_size: int = _opt(16, "training batch size")
+    lr: float | None = _opt(None, "learning rate (default per model: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    weight_decay: float = _opt(0.0, "Adam weight decay")
+    pos_weight: str = _opt("none", "BCE pos_weight: 'none', 'auto' (negatives/positives in train) or a number")
+    plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor (on val loss)")
+    plateau_patience: int = _opt(5, "ReduceLROnPlateau patience in epochs")
+    early_stopping: int = _opt(10, "stop after this many epochs without val improvement (0: never)")
+    select_metric: str = _opt("roc_auc", "val metric that picks the best checkpoint", choices=SELECT_METRICS)
+    threshold: str = _opt("0.5", "decision threshold: '0.5' or 'youden' (Youden's J on val, applied unchanged to test)", choices=THRESHOLD_RULES)
+    # augmentation (training batches only)
+    aug_rotation: float = _opt(15.0, "random rotation, +/- degrees (0: off)")
+    aug_translate: float = _opt(0.1, "random translation, fraction of the image side (0: off)")
+    aug_hflip: float = _opt(0.5, "horizontal flip probability (0: off)")
+    aug_brightness: float = _opt(0.2, "brightness jitter, +/- fraction (0: off)")
+    aug_contrast: float = _opt(0.2, "contrast jitter, +/- fraction (0: off)")
+    aug_blur: bool = _opt(True, "Gaussian blur, kernel 3, sigma drawn from --aug-blur-sigma")
+    aug_blur_sigma: list = _opt([0.1, 0.5], "range of the blur sigma")
+    aug_erasing: float = _opt(0.0, "random erasing probability (0: off)")
+    aug_perspective: float = _opt(0.0, "random perspective distortion scale, applied with p=0.5 (0: off)")
+    norm_mean: float = _opt(0.485, "normalisation mean (on [0,1] pixels)")
+    norm_std: float = _opt(0.229, "normalisation std")
+    # machine and bookkeeping
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
+    channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CPU)")
+    eval_batch_size: int = _opt(512, "batch size for validation and test passes")
+    seed: int = _opt(0, "random seed; the same seed on the same CPU gives the same history")
+    n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals")
+    out: str | None = _opt(None, "run directory (default runs/<timestamp>-<model>)")
+
+    # ---- derived values -------------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.model]
+
+    @property
+    def positive(self) -> str:
+        return self.positive_class or self.classes[1]
+
+    def validate(self) -> "Config":
+        """Check values that argparse or YAML cannot; return self for chaining."""
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        if self.size not in SIZES:
+            raise ConfigError(f"size {self.size} is not available; ChestMNIST comes in {', '.join(map(str, SIZES))}")
+        if len(self.classes) != 2 or self.classes[0].lower() == self.classes[1].lower():
+            raise ConfigError(f"classes must be two different label names, got {self.classes!r}")
+        self.classes = [c.lower() for c in self.classes]
+        if self.positive.lower() not in self.classes:
+            raise ConfigError(f"positive_class {self.positive_class!r} is not one of classes {self.classes}")
+        if self.positive_class is not None:
+            self.positive_class = self.positive_class.lower()
+        if len(self.dropout) != 2 or not all(0 <= d < 1 for d in self.dropout):
+            raise ConfigError(f"dropout must be two rates in [0, 1), got {self.dropout!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.select_metric not in SELECT_METRICS:
+            raise ConfigError(f"select_metric must be one of {', '.join(SELECT_METRICS)}")
+        if self.threshold not in THRESHOLD_RULES:
+            raise ConfigError(f"threshold must be one of {', '.join(THRESHOLD_RULES)}, got {self.threshold!r}")
+        if self.pos_weight not in ("none", "auto"):
+            try:
+                if float(self.pos_weight) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"pos_weight must be 'none', 'auto' or a positive number, got {self.pos_weight!r}") from None
+        lo, hi = self.aug_blur_sigma
+        if not 0 < lo <= hi:
+            raise ConfigError(f"aug_blur_sigma must be 0 < low <= high, got {self.aug_blur_sigma!r}")
+        if self.norm_std <= 0:
+            raise ConfigError("norm_std must be positive")
+        if self.weights_file and not self.pretrained:
+            raise ConfigError("weights_file is only used with pretrained: true (--pretrained)")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from cxrlab.io import atomic_write_text
+
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(fields(Config))
+
+
+def from_dict(values: dict, source: str = "config") -> Config:
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; see 'cxrlab train --help'")
+    defaults = Config()
+    coerced = {k: _coerce(k, v, getattr(defaults, k), source) for k, v in values.items()}
+    return Config(**coerced).validate()
+
+
+def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
+    """Give a YAML value the type of the option's default, or name the option that does not fit."""
+    if value is None:
+        return None
+    kind = type(default)
+    try:
+        if default is None:  # optional options: keep numbers numeric, paths as strings
+            return float(value) if name == "lr" else int(value) if name == "threads" else str(value)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind is list:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return [type(default[0])(v) for v in value]
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: option {name} = {value!r} is not a valid {kind.__name__ if default is not None else 'value'}") from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def load_config(path: str | Path) -> Config:
+    return from_dict(load_yaml(path), source=str(path))

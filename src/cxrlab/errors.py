@@ -1,0 +1,33 @@
+"""User-facing errors: the CLI prints their message and exits non-zero, without a traceback."""
+
+
+class CxrlabError(Exception):
+    """Base class for errors caused by input, data or environment rather than by a bug."""
+
+
+class ConfigError(CxrlabError):
+    """An option or config file value is invalid."""
+
+
+class DataNotFoundError(CxrlabError):
+    """The dataset file is missing and could not be downloaded."""
+
+
+class DataFileError(CxrlabError):
+    """The dataset file exists but is corrupt, truncated or has the wrong layout."""
+
+
+class RunDirError(CxrlabError):
+    """A run directory is missing, incomplete or inconsistent."""
+
+
+class TrainingDiverged(CxrlabError):
+    """The loss became NaN or infinite."""
+
+
+class WeightsError(CxrlabError):
+    """Pretrained weights could not be obtained or do not fit the model."""
+
+
+class ImageFileError(CxrlabError):
+    """An image file given for prediction cannot be read."""

@@ -1,0 +1,138 @@
+"""Evaluating a run's best checkpoint: threshold chosen on val, applied unchanged to test; metrics, plots, summary."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+import cxrlab
+from cxrlab.config import Config
+from cxrlab.data.task import TaskData, data_label, load_task
+from cxrlab.errors import RunDirError
+from cxrlab.evaluation import plots
+from cxrlab.evaluation.inference import load_trained, predict_probs
+from cxrlab.evaluation.metrics import POINT_KEYS, evaluate_probs, youden_threshold
+from cxrlab.io import atomic_write_json
+from cxrlab.models import model_from_config
+from cxrlab.runs import RunDir
+from cxrlab.training.checkpoint import load_weights
+
+GRID_IMAGES = 10
+
+
+def positive_view(targets: np.ndarray, probs_class1: np.ndarray, classes: list[str], positive: str) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and probabilities of the positive class (the model's output is P(class 1))."""
+    if positive == classes[1]:
+        return targets, probs_class1
+    return 1 - targets, 1 - probs_class1
+
+
+def choose_threshold(rule: str, val_targets: np.ndarray, val_probs: np.ndarray) -> float:
+    return youden_threshold(val_targets, val_probs) if rule == "youden" else 0.5
+
+
+def metrics_table(columns: dict[str, dict]) -> str:
+    """A readable table: one row per metric, one column per split, 'value [95% CI]'."""
+    names = list(columns)
+    lines = [f"{'metric':<18}" + "".join(f"{n:>26}" for n in names)]
+    for key in POINT_KEYS:
+        cells = []
+        for m in columns.values():
+            ci = f" [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]" if f"{key}_ci_low" in m else ""
+            cells.append(f"{m[key]:.3f}{ci}")
+        lines.append(f"{key:<18}" + "".join(f"{c:>26}" for c in cells))
+    for key in ("tn", "fp", "fn", "tp", "n", "threshold"):
+        lines.append(f"{key:<18}" + "".join(f"{m[key]:>26.4g}" if key == "threshold" else f"{m[key]:>26d}" for m in columns.values()))
+    return "\n".join(lines)
+
+
+def _split_arrays(data: TaskData, split: str, cfg: Config, model, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    s = data.splits[split]
+    probs1 = predict_probs(model, s.images, cfg, device)
+    targets, probs = positive_view(s.targets.numpy(), probs1, data.classes, cfg.positive)
+    return s.images.numpy(), targets, probs
+
+
+def _plots_for_split(run: RunDir, split: str, metrics: dict, targets, probs, cfg: Config, data: TaskData) -> None:
+    label = data_label(data.provenance)
+    name = f"{cfg.model} — {split}"
+    plots.confusion_matrix(metrics, data.classes, cfg.positive, run.plots / f"confusion_{split}.png", f"{name}: confusion matrix", label)
+    plots.roc(targets, probs, metrics, run.plots / f"roc_{split}.png", f"{name}: ROC", label)
+
+
+def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, n_params: int, train_seconds: float, echo: Callable[[str], None] = print) -> dict:
+    """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary."""
+    model = model_from_config(cfg, initial_weights=False)
+    load_weights(model, run.weights)
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    val_images, val_targets, val_probs = _split_arrays(data, "val", cfg, model, device)
+    threshold = choose_threshold(cfg.threshold, val_targets, val_probs)
+    _, test_targets, test_probs = _split_arrays(data, "test", cfg, model, device)
+    val_metrics = evaluate_probs(val_targets, val_probs, threshold, cfg.n_bootstrap, cfg.seed)
+    test_metrics = evaluate_probs(test_targets, test_probs, threshold, cfg.n_bootstrap, cfg.seed)
+    atomic_write_json(run.metrics("val"), val_metrics)
+    atomic_write_json(run.metrics("test"), test_metrics)
+
+    label = data_label(data.provenance)
+    history = state["history"]
+    summary = {
+        "model": cfg.model,
+        "classes": data.classes,
+        "positive_class": cfg.positive,
+        "threshold": threshold,
+        "threshold_rule": cfg.threshold,
+        "select_metric": cfg.select_metric,
+        "best_epoch": state["best_epoch"],
+        "best_val_score": state["best_score"],
+        "epochs_run": len(history),
+        "early_stopped": bool(state["done"]) and len(history) < cfg.epochs,
+        "parameters": n_params,
+        "model_size_mb": run.weights.stat().st_size / 2**20,
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(len(history), 1),
+        "device": str(device),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "data_kind": data.provenance["kind"],
+        "data_label": label,
+        "data_md5": data.provenance["md5"],
+        "torch": torch.__version__,
+        "cxrlab": cxrlab.__version__,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write_json(run.summary, summary)
+
+    plots.training_curves(history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state["best_epoch"])
+    _plots_for_split(run, "test", test_metrics, test_targets, test_probs, cfg, data)
+    pick = np.random.default_rng(cfg.seed).choice(len(val_targets), size=min(GRID_IMAGES, len(val_targets)), replace=False)
+    plots.prediction_grid(
+        val_images[pick], val_targets[pick], val_probs[pick], threshold, data.classes, cfg.positive,
+        run.plots / "val_grid.png", f"{cfg.model}: random val images (P = P({cfg.positive}))", label,
+    )
+    echo(f"\n{cfg.model}, best epoch {state['best_epoch']} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
+    echo(metrics_table({"val": val_metrics, "test": test_metrics}))
+    return summary
+
+
+def evaluate_run(run_path, split: str = "test", device: str | None = None, echo: Callable[[str], None] = print) -> dict:
+    """Recompute a finished run's metrics on one split with its saved threshold; writes metrics and plots."""
+    trained = load_trained(run_path, device)
+    cfg, run = trained.cfg, trained.run
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=False, splits=(split,))
+    recorded = run.read_json(run.data)
+    if recorded["md5"] != data.provenance["md5"]:
+        raise RunDirError(
+            f"the data file {data.provenance['file']} is not the one {run.path} was trained on "
+            f"(MD5 {data.provenance['md5']}, run recorded {recorded['md5']})"
+        )
+    s = data.splits[split]
+    targets, probs = positive_view(s.targets.numpy(), trained.probs(s.images), data.classes, cfg.positive)
+    metrics = evaluate_probs(targets, probs, trained.threshold, cfg.n_bootstrap, cfg.seed)
+    atomic_write_json(run.metrics(split), metrics)
+    _plots_for_split(run, split, metrics, targets, probs, cfg, data)
+    echo(f"{cfg.model} on {split}; positive class {cfg.positive}; threshold {trained.threshold:.4g}; {data_label(data.provenance)}")
+    echo(metrics_table({split: metrics}))
+    return metrics

@@ -1,0 +1,93 @@
+"""PNG figures of a run. Every title carries the data label, so a phantom figure can never pass for a result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed (CI, servers)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from cxrlab.io import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _title(fig, text: str, data_label: str) -> None:
+    phantom = not data_label.startswith("ChestMNIST")
+    fig.suptitle(f"{text}\n{data_label}", color="crimson" if phantom else "black", fontsize=10)
+
+
+def training_curves(history: list[dict], path: Path, title: str, data_label: str, best_epoch: int | None = None) -> Path:
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = [("loss", "train_loss", "val_loss"), ("accuracy", "train_accuracy", "val_accuracy"), ("val ROC-AUC", None, "val_roc_auc")]
+    for ax, (name, train_key, val_key) in zip(axes, panels):
+        if train_key:
+            ax.plot(epochs, [r[train_key] for r in history], label="train")
+        ax.plot(epochs, [r[val_key] for r in history], label="val")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _title(fig, title, data_label)
+    return _save(fig, path)
+
+
+def confusion_matrix(metrics: dict, classes: list[str], positive: str, path: Path, title: str, data_label: str) -> Path:
+    """2x2 matrix with rows = truth, columns = prediction, negative class first."""
+    negative = classes[0] if classes[1] == positive else classes[1]
+    cells = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.imshow(cells, cmap="Blues")
+    for (i, j), value in np.ndenumerate(cells):
+        share = value / max(cells[i].sum(), 1)
+        ax.text(j, i, f"{value}\n({share:.0%} of row)", ha="center", va="center", color="white" if value > cells.max() / 2 else "black")
+    ax.set_xticks([0, 1], [negative, positive])
+    ax.set_yticks([0, 1], [negative, positive])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    _title(fig, f"{title} (threshold {metrics['threshold']:.3f})", data_label)
+    return _save(fig, path)
+
+
+def roc(targets: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title: str, data_label: str) -> Path:
+    fpr, tpr, _ = roc_curve(targets, probs)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot(fpr, tpr, label=f"AUC {metrics['roc_auc']:.3f} [{metrics['roc_auc_ci_low']:.3f}, {metrics['roc_auc_ci_high']:.3f}]")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    ax.scatter([1 - metrics["specificity"]], [metrics["sensitivity"]], color="crimson", zorder=3, label="operating point")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    _title(fig, title, data_label)
+    return _save(fig, path)
+
+
+def prediction_grid(images: np.ndarray, targets: np.ndarray, probs: np.ndarray, threshold: float, classes: list[str], positive: str, path: Path, title: str, data_label: str) -> Path:
+    """Images with predicted class, P(positive) and truth; green when right, red when wrong."""
+    negative = classes[0] if classes[1] == positive else classes[1]
+    fig, axes = plt.subplots(2, (len(images) + 1) // 2, figsize=(2.1 * ((len(images) + 1) // 2), 5))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, truth, p in zip(axes.flat, images, targets, probs):
+        predicted = positive if p >= threshold else negative
+        actual = positive if truth == 1 else negative
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"pred {predicted}\nP={p:.2f}  true {actual}", fontsize=7, color="green" if predicted == actual else "crimson")
+    _title(fig, title, data_label)
+    return _save(fig, path)

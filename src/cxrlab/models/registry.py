@@ -1,0 +1,143 @@
+"""Model registry: torchvision architectures adapted to one channel, small images and one logit.
+
+Adaptation, per architecture (``create_model`` applies it):
+- the first convolution takes 1 channel and has stride 1, so a 28 px image is not halved before the
+  first block. Kernel sizes stay torchvision's, so ImageNet weights still fit after folding RGB.
+- DenseNet-121 keeps its stem max-pool, so its stem halves the image once instead of twice (28 px
+  enters the first dense block at 14x14, as MobileNetV3 and EfficientNet reach 14x14 after their first
+  stride-2 block). Dropping the pool too gives a 3x3 final map instead of 1x1 but cost 4x the training
+  time on a 2-core CPU (28 vs 113 img/s, batch 32), so the pool stays. At 28 px the final feature maps are
+  2x2 (MobileNetV3-Large, EfficientNet-B0) and 1x1 (DenseNet-121).
+- the classifier becomes a two-hidden-layer MLP ending in one logit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from cxrlab.errors import ConfigError, WeightsError
+from cxrlab.models.segmentation import SegmentationPreprocessor
+
+
+@dataclass(frozen=True)
+class Architecture:
+    build: Callable[[], nn.Module]
+    weights: str  # torchvision weights enum value used for --pretrained
+    stem: str  # dotted path of the first convolution
+    classifier: str  # attribute holding the classifier
+    feature_width: int
+    head_activation: type[nn.Module]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "mobilenet_v3_large": Architecture(
+        torchvision.models.mobilenet_v3_large, "MobileNet_V3_Large_Weights.IMAGENET1K_V1", "features.0.0", "classifier", 960, nn.Hardswish
+    ),
+    "densenet121": Architecture(torchvision.models.densenet121, "DenseNet121_Weights.IMAGENET1K_V1", "features.conv0", "classifier", 1024, nn.ReLU),
+    "efficientnet_b0": Architecture(
+        torchvision.models.efficientnet_b0, "EfficientNet_B0_Weights.IMAGENET1K_V1", "features.0.0", "classifier", 1280, nn.SiLU
+    ),
+}
+
+
+def make_head(in_features: int, activation: type[nn.Module], dropout: tuple[float, float]) -> nn.Sequential:
+    """in -> 512 -> 256 -> 1, the head the experiment gives MobileNetV3 (Hardswish) and the others alike."""
+    return nn.Sequential(
+        nn.Linear(in_features, 512),
+        activation(),
+        nn.Dropout(dropout[0]),
+        nn.Linear(512, 256),
+        nn.ReLU(),
+        nn.Dropout(dropout[1]),
+        nn.Linear(256, 1),
+    )
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set(module: nn.Module, dotted: str, value: nn.Module) -> None:
+    parent, _, name = dotted.rpartition(".")
+    setattr(_get(module, parent) if parent else module, name, value)
+
+
+def _one_channel_stem(conv: nn.Conv2d) -> nn.Conv2d:
+    return nn.Conv2d(1, conv.out_channels, conv.kernel_size, stride=1, padding=conv.padding, bias=conv.bias is not None)
+
+
+def fold_rgb_stem(weight: torch.Tensor) -> torch.Tensor:
+    """(out, 3, k, k) -> (out, 1, k, k) by summing over colour, as timm adapts RGB stems to grayscale:
+    a gray image fed as three equal channels gives the same response."""
+    return weight.sum(dim=1, keepdim=True)
+
+
+def load_imagenet_state(name: str, weights_file: str | None) -> dict[str, torch.Tensor]:
+    if weights_file:
+        path = Path(weights_file).expanduser()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise WeightsError(f"weights file not found: {path}") from None
+        except Exception as exc:  # torch raises many types for unreadable or unsafe files
+            raise WeightsError(f"cannot load weights file {path} as a state dict ({type(exc).__name__}: {exc})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
+        return state
+    weights = torchvision.models.get_weight(ARCHITECTURES[name].weights)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # URLError, HTTPError, socket errors: all mean no weights
+        raise WeightsError(
+            f"cannot download ImageNet weights for {name} from {weights.url} ({type(exc).__name__}: {exc}).\n"
+            f"Download the file where there is internet and pass it with --weights-file PATH, or train without --pretrained."
+        ) from None
+
+
+def create_model(
+    name: str,
+    dropout: tuple[float, float] = (0.4, 0.3),
+    pretrained: bool = False,
+    weights_file: str | None = None,
+    segmentation: bool = False,
+    seg_threshold: float = 0.2,
+) -> nn.Module:
+    """Build an adapted architecture. Input: (N, 1, S, S) normalised images. Output: (N, 1) logits."""
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[name]
+    net = arch.build()
+    if pretrained:
+        state = load_imagenet_state(name, weights_file)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsError(f"weights do not fit {name}: {str(exc).splitlines()[0]}") from None
+    stem = _get(net, arch.stem)
+    new_stem = _one_channel_stem(stem)
+    if pretrained:
+        with torch.no_grad():
+            new_stem.weight.copy_(fold_rgb_stem(stem.weight))
+    _set(net, arch.stem, new_stem)
+    setattr(net, arch.classifier, make_head(arch.feature_width, arch.head_activation, tuple(dropout)))
+    if segmentation:
+        return nn.Sequential(SegmentationPreprocessor(seg_threshold), net)
+    return net
+
+
+def model_from_config(cfg, initial_weights: bool = True) -> nn.Module:
+    """The configured model. ``initial_weights=False`` skips ImageNet weights, for loading a trained run."""
+    pretrained = cfg.pretrained and initial_weights
+    return create_model(cfg.model, tuple(cfg.dropout), pretrained, cfg.weights_file, cfg.segmentation, cfg.seg_threshold)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

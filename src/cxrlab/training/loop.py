@@ -1,0 +1,223 @@
+"""Training, top to bottom: data, model, optimiser, then epochs of train / validate / checkpoint, then the
+final evaluation of the best checkpoint. Protocol: train on train, select on val, report on test.
+
+Determinism: every epoch reseeds torch from (seed, epoch), so a resumed run replays exactly the epochs an
+uninterrupted run would have had; ``checkpoints/last.pt`` holds everything else that carries over.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cxrlab.config import Config
+from cxrlab.data.augment import AugmentSettings, training_batch
+from cxrlab.data.task import TaskData, data_label, load_task
+from cxrlab.errors import ConfigError, RunDirError, TrainingDiverged
+from cxrlab.evaluation.evaluate import finalize_run
+from cxrlab.evaluation.inference import predict_logits
+from cxrlab.evaluation.metrics import roc_auc
+from cxrlab.io import atomic_write_json, atomic_write_text
+from cxrlab.models import count_parameters, model_from_config
+from cxrlab.runs import RunDir, default_run_path
+from cxrlab.training.checkpoint import load_state, save_state, save_weights
+from cxrlab.training.device import setup_device
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr", "seconds")
+HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "loss": False}
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill every derived default, so the saved config reproduces the run on its own."""
+    cfg = replace(cfg).validate()
+    cfg.lr = cfg.learning_rate
+    cfg.positive_class = cfg.positive
+    cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())
+    cfg.out = str(Path(cfg.out or default_run_path(cfg.model)).resolve())
+    return cfg
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def pos_weight_value(cfg: Config, data: TaskData) -> float | None:
+    if cfg.pos_weight == "none":
+        return None
+    if cfg.pos_weight == "auto":
+        negatives, positives = data.splits["train"].counts()
+        return negatives / max(positives, 1)
+    return float(cfg.pos_weight)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def validation_row(model, data: TaskData, cfg: Config, device) -> dict:
+    val = data.splits["val"]
+    logits = predict_logits(model, val.images, cfg, device)
+    targets = val.targets.float()
+    probs = torch.sigmoid(logits).numpy()
+    return {
+        "val_loss": F.binary_cross_entropy_with_logits(logits, targets).item(),
+        "val_accuracy": float(((probs >= 0.5) == val.targets.numpy()).mean()),
+        "val_roc_auc": roc_auc(val.targets.numpy(), probs),
+    }
+
+
+def score_of(row: dict, metric: str) -> float:
+    return row[f"val_{metric}"]
+
+
+def improved(score: float, best: float | None, metric: str) -> bool:
+    if math.isnan(score):
+        return False
+    if best is None:
+        return True
+    return score > best if HIGHER_IS_BETTER[metric] else score < best
+
+
+def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print) -> RunDir:
+    """Train one model; return its finished run directory. ``resume`` continues ``cfg.out`` from its last checkpoint."""
+    if not resume:
+        cfg = resolve(cfg)
+    run = RunDir(cfg.out)
+    if not resume and run.config.exists():
+        raise RunDirError(f"{run.path} already holds a run; resume it with --resume {run.path} or choose another --out")
+
+    # ---- data and model ----
+    device = setup_device(cfg.device, cfg.threads)
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download)
+    if resume:
+        recorded = run.read_json(run.data)
+        if recorded["md5"] != data.provenance["md5"]:
+            raise RunDirError(f"the data file {data.provenance['file']} changed since {run.path} started (MD5 differs); cannot resume")
+    train_split = data.splits["train"]
+    if min(train_split.counts()) == 0 or min(data.splits["val"].counts()) == 0:
+        raise ConfigError(f"classes {data.classes}: a class has no images in train or val ({_counts_text(data)})")
+    torch.manual_seed(cfg.seed)
+    model = model_from_config(cfg)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    pw = pos_weight_value(cfg, data)
+    pos_weight = torch.tensor([pw], device=device) if pw is not None else None
+    augmentation = AugmentSettings.from_config(cfg)
+    images, targets = train_split.images.to(device), train_split.targets.to(device).float()
+
+    # ---- run directory: new, or the state of an interrupted run ----
+    state = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": [], "done": False}
+    if resume:
+        saved = load_state(run.last_checkpoint)
+        model.load_state_dict(saved.pop("model"))
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        scheduler.load_state_dict(saved.pop("scheduler"))
+        state.update(saved)
+        echo(f"resuming {run.path} after epoch {state['epoch']}")
+    else:
+        run.path.mkdir(parents=True, exist_ok=True)
+        cfg.save(run.config)
+        atomic_write_json(run.data, {**data.provenance, "classes": data.classes, "counts": _counts(data)})
+    label = data_label(data.provenance)
+    n_params = count_parameters(model)
+    echo(f"{cfg.model}: {n_params:,} parameters, lr {cfg.lr:g}, device {device}, data: {label}")
+    echo(f"  train {train_split.counts()}  val {data.splits['val'].counts()}  ({data.classes[0]}, {data.classes[1]})")
+
+    # ---- epochs ----
+    n = len(train_split)
+    started = time.perf_counter()
+    while not state["done"] and state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout
+        gen = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch))  # shuffle, augmentation
+        order = torch.randperm(n, generator=gen, device=device)
+        if n % cfg.batch_size == 1:  # a batch of one breaks BatchNorm in training mode
+            order = order[:-1]
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if progress is None else not progress)
+        for start in bar:
+            idx = order[start : start + cfg.batch_size]
+            x = training_batch(images[idx], augmentation, gen, cfg.norm_mean, cfg.norm_std, device).contiguous(memory_format=memory_format)
+            y = targets[idx]
+            logits = model(x).view(-1)
+            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"loss became {loss_value} in epoch {epoch + 1}, batch {start // cfg.batch_size + 1}; training stopped. "
+                    f"The last good checkpoint (after epoch {epoch}) is kept in {run.last_checkpoint}. Try a lower --lr."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss_value * len(idx)
+            correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+        row.update(validation_row(model, data, cfg, device))
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["seconds"] = time.perf_counter() - t0
+        scheduler.step(row["val_loss"])
+        score = score_of(row, cfg.select_metric)
+        if improved(score, state["best_score"], cfg.select_metric):
+            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+            save_weights(model, run.weights)
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
+            state["done"] = True
+            echo(f"early stop: no val {cfg.select_metric} improvement for {cfg.early_stopping} epochs")
+        save_state({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, run.last_checkpoint)
+        write_history(run.history, state["history"])
+        mark = " *" if state["best_epoch"] == epoch + 1 else ""
+        echo(
+            f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_roc_auc']:.3f}  "
+            f"lr {row['lr']:.2g}  {row['seconds']:.1f}s{mark}"
+        )
+
+    if state["best_epoch"] is None:
+        raise TrainingDiverged(f"no epoch gave a usable val {cfg.select_metric}; nothing to evaluate")
+    finalize_run(run, cfg, data, device, state, n_params, train_seconds=sum(r["seconds"] for r in state["history"]), echo=echo)
+    echo(f"run directory: {run.path}  (wall {time.perf_counter() - started:.0f}s this session)")
+    return run
+
+
+def _counts(data: TaskData) -> dict:
+    return {split: dict(zip(data.classes, s.counts())) for split, s in data.splits.items()}
+
+
+def _counts_text(data: TaskData) -> str:
+    return "; ".join(f"{split}: {c}" for split, c in _counts(data).items())
+
+
+def resume_training(run_path, progress: bool | None = None, echo: Callable[[str], None] = print) -> RunDir:
+    run = RunDir(run_path)
+    cfg = run.load_config()
+    if not run.last_checkpoint.is_file():
+        raise RunDirError(f"{run.path} has no checkpoint to resume from (checkpoints/last.pt)")
+    cfg.out = str(run.path.resolve())
+    return train(cfg, resume=True, progress=progress, echo=echo)
+
