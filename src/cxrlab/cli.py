@@ -53,7 +53,7 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} (default: {default})"}
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": (f.metadata["help"] + ("" if default is None else f" (default: {default})")).replace("%", "%%")}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
@@ -71,9 +71,10 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     names = {f.name for f in config_fields()}
-    values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    config_file = getattr(args, "config", None)
+    values = load_yaml(config_file) if config_file else {}
     values.update({k: v for k, v in vars(args).items() if k in names})
-    return from_dict(values, source=args.config or "options")
+    return from_dict(values, source=config_file or "options")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,39 @@
+import pytest
+
+from cxrlab.config import Config, load_config
+from cxrlab.errors import ConfigError
+
+
+def test_yaml_values_are_typed_and_validated(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: densenet121\nepochs: 3\nclasses: [Effusion, Pneumothorax]\nlr: 1e-3\n")
+    cfg = load_config(path)
+    assert cfg.model == "densenet121" and cfg.epochs == 3 and cfg.classes == ["effusion", "pneumothorax"]
+    assert cfg.learning_rate == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochz: 3\n", "unknown option"),
+        ("epochs: many\n", "epochs = 'many'"),
+        ("model: resnet\n", "unknown model 'resnet'"),
+        ("size: 32\n", "size 32 is not available"),
+        ("classes: [edema, edema]\n", "two different"),
+        ("positive_class: hernia\n", "not one of classes"),
+        ("- a list\n", "mapping"),
+        ("epochs: [1\n", "not valid YAML"),
+        ("pos_weight: heavy\n", "pos_weight"),
+    ],
+)
+def test_bad_config_values_are_named(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_per_model_learning_rates():
+    assert Config(model="mobilenet_v3_large").learning_rate == 1e-3
+    assert Config(model="efficientnet_b0").learning_rate == 3e-4
+    assert Config(model="densenet121").learning_rate == 1e-4

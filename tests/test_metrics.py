@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from cxrlab.evaluation.evaluate import positive_view
+from cxrlab.evaluation.metrics import _count_metrics, bootstrap_ci, evaluate_probs, point_metrics, youden_threshold
+
+#                  tn  tn  fp  fn  tp  tp  tp
+TARGETS = np.array([0, 0, 0, 1, 1, 1, 1])
+PROBS = np.array([0.1, 0.4, 0.7, 0.3, 0.6, 0.8, 0.9])
+
+
+def test_point_metrics_against_hand_computed_values():
+    m = point_metrics(TARGETS, PROBS, 0.5)
+    assert (m["tn"], m["fp"], m["fn"], m["tp"], m["n"]) == (2, 1, 1, 3, 7)
+    assert m["accuracy"] == pytest.approx(5 / 7)
+    assert m["sensitivity"] == pytest.approx(3 / 4)
+    assert m["specificity"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["npv"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(3 / 4)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+    # AUC: of 12 positive/negative pairs, 3 are ranked wrong (0.3 < 0.4, 0.3 < 0.7, 0.6 < 0.7)
+    assert m["roc_auc"] == pytest.approx(9 / 12)
+
+
+def test_threshold_moves_the_operating_point():
+    m = point_metrics(TARGETS, PROBS, 0.25)
+    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (1, 2, 0, 4)
+    assert m["threshold"] == 0.25
+
+
+def test_bootstrap_count_formulas_agree_with_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    p = rng.random(300)
+    point = point_metrics(y, p, 0.5)
+    derived = _count_metrics(*(np.array([point[k]]) for k in ("tn", "fp", "fn", "tp")))
+    for key, value in derived.items():
+        assert value[0] == pytest.approx(point[key]), key
+
+
+def test_confidence_intervals_bracket_the_estimate_and_narrow_with_n():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    p = np.clip(y * 0.3 + rng.random(2000) * 0.7, 0, 1)
+    wide = bootstrap_ci(y[:100], p[:100], 0.5, n_boot=300)
+    narrow = evaluate_probs(y, p, 0.5, n_boot=300)
+    assert narrow["accuracy_ci_low"] <= narrow["accuracy"] <= narrow["accuracy_ci_high"]
+    assert narrow["roc_auc_ci_low"] <= narrow["roc_auc"] <= narrow["roc_auc_ci_high"]
+    assert (narrow["accuracy_ci_high"] - narrow["accuracy_ci_low"]) < (wide["accuracy_ci_high"] - wide["accuracy_ci_low"])
+
+
+def test_youden_threshold_separates_a_separable_set():
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.9])
+    t = youden_threshold(y, p)
+    assert point_metrics(y, p, t)["accuracy"] == 1.0
+    assert 0.2 < t <= 0.3
+
+
+def test_single_class_sample_gives_nan_auc_not_an_exception():
+    m = point_metrics(np.ones(5, int), np.linspace(0.1, 0.9, 5))
+    assert np.isnan(m["roc_auc"]) and m["sensitivity"] == pytest.approx(0.6)
+
+
+def test_positive_class_can_be_the_first_class():
+    targets, probs = positive_view(TARGETS, PROBS, ["cardiomegaly", "pneumothorax"], "cardiomegaly")
+    assert targets.tolist() == (1 - TARGETS).tolist()
+    assert point_metrics(targets, probs)["roc_auc"] == pytest.approx(skm.roc_auc_score(1 - TARGETS, 1 - PROBS))
