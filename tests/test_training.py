@@ -1,0 +1,119 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cxrlab.errors import RunDirError, TrainingDiverged
+from cxrlab.evaluation.evaluate import evaluate_run
+from cxrlab.runs import RunDir
+from cxrlab.training.checkpoint import load_state
+from cxrlab.training.loop import resume_training, train
+
+NO_AUG = dict(aug_rotation=0.0, aug_translate=0.0, aug_hflip=0.0, aug_brightness=0.0, aug_contrast=0.0, aug_blur=False)
+
+
+def quiet(_):
+    pass
+
+
+def history(run: RunDir) -> list[dict]:
+    with open(run.history) as fh:
+        return [{k: float(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+def test_a_short_run_really_learns(quick_config):
+    # EfficientNet-B0 rather than MobileNetV3: MobileNetV3's BatchNorm momentum (0.01) leaves eval-mode
+    # statistics near their initial values after ~100 steps, so its outputs are constant in runs this short.
+    cfg = replace(quick_config, model="efficientnet_b0", epochs=4, lr=1e-3, threshold="youden", **NO_AUG)
+    run = train(cfg, progress=False, echo=quiet)
+    val = json.loads(run.metrics("val").read_text())
+    test = json.loads(run.metrics("test").read_text())
+    assert val["roc_auc"] > 0.8 and test["roc_auc"] > 0.8, (val["roc_auc"], test["roc_auc"])
+    assert test["tp"] > 0 and test["tn"] > 0, "predictions are not all one class"
+    rows = history(run)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    summary = json.loads(run.summary.read_text())
+    assert summary["data_kind"] == "phantom" and "PHANTOM" in summary["data_label"]
+    assert test["threshold"] == val["threshold"] == summary["threshold"]  # chosen on val, applied to test
+    for name in ("curves.png", "confusion_test.png", "roc_test.png", "val_grid.png"):
+        assert (run.plots / name).stat().st_size > 1000
+    # a run directory alone is enough to evaluate later, and gives the same numbers
+    again = evaluate_run(run.path, "test", echo=quiet)
+    assert again["roc_auc"] == pytest.approx(test["roc_auc"]) and again["accuracy"] == pytest.approx(test["accuracy"])
+
+
+def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(quick_config, tmp_path):
+    cfg = replace(quick_config, epochs=3, threads=2, out=str(tmp_path / "whole"))
+    whole = train(cfg, progress=False, echo=quiet)
+
+    killed = RunDir(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "cxrlab", "train", "--data-root", cfg.data_root, "--epochs", "3", "--batch-size", str(cfg.batch_size),
+           "--n-bootstrap", str(cfg.n_bootstrap), "--threads", "2", "--device", "cpu", "--out", str(killed.path), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (killed.history.exists() and len(history(killed)) >= 1):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not killed.summary.exists(), "the run must be killed before it finished"
+
+    resumed = resume_training(killed.path, progress=False, echo=quiet)
+    assert history(resumed) == history(whole)
+    assert json.loads(resumed.metrics("test").read_text()) == json.loads(whole.metrics("test").read_text())
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(whole.weights)), load_file(str(resumed.weights))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(quick_config, monkeypatch):
+    import torch.nn.functional as F
+
+    real = F.binary_cross_entropy_with_logits
+    calls = {"train": 0}
+    batches_per_epoch = 600 // quick_config.batch_size + 1
+
+    def poisoned(logits, target, **kwargs):
+        if "pos_weight" in kwargs:  # the training step; validation calls it without pos_weight
+            calls["train"] += 1
+            if calls["train"] > batches_per_epoch + 2:
+                return real(logits, target, **kwargs) * float("nan")
+        return real(logits, target, **kwargs)
+
+    monkeypatch.setattr(F, "binary_cross_entropy_with_logits", poisoned)
+    cfg = replace(quick_config, epochs=3)
+    with pytest.raises(TrainingDiverged, match="epoch 2") as err:
+        train(cfg, progress=False, echo=quiet)
+    assert "after epoch 1" in str(err.value)
+    run = RunDir(cfg.out)
+    assert load_state(run.last_checkpoint)["epoch"] == 1
+    assert len(history(run)) == 1 and run.weights.exists()
+
+
+def test_an_existing_run_is_never_overwritten(quick_config):
+    cfg = replace(quick_config, epochs=1)
+    run = train(cfg, progress=False, echo=quiet)
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(cfg, progress=False, echo=quiet)
+    assert before == {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+
+
+def test_a_damaged_checkpoint_is_refused_by_name(quick_config):
+    cfg = replace(quick_config, epochs=1)
+    run = train(cfg, progress=False, echo=quiet)
+    run.last_checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(RunDirError, match="last.pt"):
+        resume_training(run.path, progress=False, echo=quiet)
+    run.weights.write_bytes(b"\x00" * 10)
+    with pytest.raises(RunDirError, match="model.safetensors"):
+        evaluate_run(run.path, echo=quiet)
