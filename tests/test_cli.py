@@ -1,0 +1,112 @@
+"""The command line end to end on phantom data, as a user would run it."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlab.cli import COMMANDS, main
+
+FAST = ["--epochs", "2", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(phantom_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data-root", str(phantom_root), "--model", "efficientnet_b0", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_every_command_has_help_with_examples(capsys):
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_phantom_then_data_prints_counts_and_says_phantom(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path), "--train", "300", "--val", "60", "--test", "60", "--seed", "2"]) == 0
+    assert "PHANTOM" in capsys.readouterr().out
+    assert main(["data", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PHANTOM" in out and "cardiomegaly" in out
+    train_line = next(line for line in out.splitlines() if line.startswith("train"))
+    assert train_line.split()[1:] == ["50", "100", "150"]  # half of 300 rows, 1:2
+
+
+def test_train_writes_a_complete_run_directory(trained_run):
+    names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*") if p.is_file()}
+    expected = {"config.yaml", "data.json", "history.csv", "checkpoints/last.pt", "model.safetensors", "summary.json",
+                "metrics.json", "metrics_val.json", "plots/curves.png", "plots/confusion_test.png", "plots/roc_test.png", "plots/val_grid.png"}
+    assert expected <= names
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    flat = {"accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc",
+            "tn", "fp", "fn", "tp", "n", "threshold", "accuracy_ci_low", "roc_auc_ci_high"}
+    assert flat <= set(metrics)
+    assert metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == metrics["n"] == 150
+
+
+def test_config_file_and_flags_resolve_into_the_saved_config(phantom_root, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_root: {phantom_root}\nmodel: mobilenet_v3_large\nepochs: 5\naug_erasing: 0.25\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(out), "--batch-size", "64", "--n-bootstrap", "20", "--no-progress"]) == 0
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["aug_erasing"] == 0.25 and saved["lr"] == 1e-3
+    assert saved["positive_class"] == "pneumothorax"
+
+
+def test_evaluate_prints_table(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "sensitivity" in out and "PHANTOM" in out
+    assert (trained_run / "metrics_val.json").exists() and (trained_run / "plots" / "roc_val.png").exists()
+
+
+def test_predict_handles_any_image_and_reports_bad_files(trained_run, tmp_path, capsys):
+    rgb = tmp_path / "big_rgb.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 240, 3), dtype=np.uint8)).save(rgb)
+    gray16 = tmp_path / "gray16.png"
+    Image.fromarray(np.linspace(0, 4000, 64 * 64).reshape(64, 64).astype(np.uint16)).save(gray16)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    code = main(["predict", str(trained_run), str(rgb), str(broken), str(gray16), str(tmp_path / "missing.png")])
+    captured = capsys.readouterr()
+    assert code == 1
+    lines = captured.out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(rgb), str(gray16)]
+    assert all(line.split("\t")[1] in ("cardiomegaly", "pneumothorax") for line in lines)
+    assert "broken.png" in captured.err and "missing.png: file not found" in captured.err
+    assert "PHANTOM" in captured.err
+    assert main(["predict", str(trained_run), str(rgb)]) == 0
+
+
+def test_bad_input_gives_a_message_and_no_traceback(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "cxrlab", *args], capture_output=True, text=True)
+
+    missing = run("data", "--data-root", str(tmp_path))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "chestmnist.npz" in missing.stderr and "zenodo" in missing.stderr
+    (tmp_path / "chestmnist.npz").write_bytes(b"truncated")
+    corrupt = run("data", "--data-root", str(tmp_path))
+    assert corrupt.returncode == 2 and "Traceback" not in corrupt.stderr and "chestmnist.npz" in corrupt.stderr
+    not_a_run = run("evaluate", str(tmp_path))
+    assert not_a_run.returncode == 2 and "not a cxrlab run directory" in not_a_run.stderr
+
+
+def test_compare_trains_each_model_and_reuses_finished_runs(phantom_root, tmp_path, capsys):
+    args = ["compare", "--data-root", str(phantom_root), "--models", "mobilenet_v3_large", "efficientnet_b0", "--out", str(tmp_path), *FAST]
+    args[args.index("--epochs") + 1] = "1"
+    assert main(args) == 0
+    table = (tmp_path / "comparison.md").read_text()
+    assert "PHANTOM" in table and "mobilenet_v3_large" in table and "efficientnet_b0" in table
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("reusing finished run") == 2
