@@ -37,3 +37,10 @@ def test_per_model_learning_rates():
     assert Config(model="mobilenet_v3_large").learning_rate == 1e-3
     assert Config(model="efficientnet_b0").learning_rate == 3e-4
     assert Config(model="densenet121").learning_rate == 1e-4
+
+
+def test_the_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "example.yaml")
+    assert cfg.model == "densenet121" and cfg.threshold == "youden"

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed (CI, servers)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from cxrlab.io import atomic_write_bytes  # noqa: E402
@@ -27,6 +28,7 @@ def _save(fig, path: Path) -> Path:
 def _title(fig, text: str, data_label: str) -> None:
     phantom = not data_label.startswith("ChestMNIST")
     fig.suptitle(f"{text}\n{data_label}", color="crimson" if phantom else "black", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
 
 
 def training_curves(history: list[dict], path: Path, title: str, data_label: str, best_epoch: int | None = None) -> Path:
@@ -40,6 +42,7 @@ def training_curves(history: list[dict], path: Path, title: str, data_label: str
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -88,6 +91,6 @@ def prediction_grid(images: np.ndarray, targets: np.ndarray, probs: np.ndarray, 
         predicted = positive if p >= threshold else negative
         actual = positive if truth == 1 else negative
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"pred {predicted}\nP={p:.2f}  true {actual}", fontsize=7, color="green" if predicted == actual else "crimson")
+        ax.set_title(f"pred {predicted}\nP={p:.3f}  true {actual}", fontsize=7, color="green" if predicted == actual else "crimson")
     _title(fig, title, data_label)
     return _save(fig, path)
