@@ -117,3 +117,14 @@ def test_a_damaged_checkpoint_is_refused_by_name(quick_config):
     run.weights.write_bytes(b"\x00" * 10)
     with pytest.raises(RunDirError, match="model.safetensors"):
         evaluate_run(run.path, echo=quiet)
+
+
+def test_resume_before_the_first_epoch_finished_starts_over(quick_config, tmp_path):
+    cfg = replace(quick_config, epochs=1)
+    whole = train(replace(cfg, out=str(tmp_path / "whole")), progress=False, echo=quiet)
+    early = RunDir(tmp_path / "early")
+    early.path.mkdir()
+    # what a kill during the first epoch leaves: the config, no checkpoint
+    early.config.write_text(whole.config.read_text().replace(str(whole.path), str(early.path)))
+    resumed = resume_training(early.path, progress=False, echo=quiet)
+    assert history(resumed) == history(whole)

@@ -102,7 +102,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
     # ---- data and model ----
     device = setup_device(cfg.device, cfg.threads)
     data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download)
-    if resume:
+    has_checkpoint = resume and run.last_checkpoint.is_file()
+    if resume and run.data.is_file():
         recorded = run.read_json(run.data)
         if recorded["md5"] != data.provenance["md5"]:
             raise RunDirError(f"the data file {data.provenance['file']} changed since {run.path} started (MD5 differs); cannot resume")
@@ -110,7 +111,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
     if min(train_split.counts()) == 0 or min(data.splits["val"].counts()) == 0:
         raise ConfigError(f"classes {data.classes}: a class has no images in train or val ({_counts_text(data)})")
     torch.manual_seed(cfg.seed)
-    model = model_from_config(cfg)
+    model = model_from_config(cfg, initial_weights=not has_checkpoint)  # a checkpoint replaces them anyway
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -122,7 +123,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
 
     # ---- run directory: new, or the state of an interrupted run ----
     state = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": [], "done": False}
-    if resume:
+    if has_checkpoint:
         saved = load_state(run.last_checkpoint)
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
@@ -130,6 +131,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
         state.update(saved)
         echo(f"resuming {run.path} after epoch {state['epoch']}")
     else:
+        if resume:  # killed before its first epoch ended: nothing to carry over
+            echo(f"{run.path} has no finished epoch; starting it from the beginning")
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
         atomic_write_json(run.data, {**data.provenance, "classes": data.classes, "counts": _counts(data)})
@@ -216,8 +219,6 @@ def _counts_text(data: TaskData) -> str:
 def resume_training(run_path, progress: bool | None = None, echo: Callable[[str], None] = print) -> RunDir:
     run = RunDir(run_path)
     cfg = run.load_config()
-    if not run.last_checkpoint.is_file():
-        raise RunDirError(f"{run.path} has no checkpoint to resume from (checkpoints/last.pt)")
     cfg.out = str(run.path.resolve())
     return train(cfg, resume=True, progress=progress, echo=echo)
 

@@ -1,0 +1,142 @@
+"""The ChestMNIST file: where it lives, how it is downloaded, and checking what is loaded from it.
+
+medmnist's INFO table is the single source of file names, URLs, MD5s, label names and split sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from medmnist.info import INFO
+
+from cxrlab.errors import DataFileError, DataNotFoundError
+from cxrlab.io import file_md5
+
+FLAG = "chestmnist"
+CHEST_INFO = INFO[FLAG]
+LABEL_NAMES = [CHEST_INFO["label"][str(i)] for i in range(len(CHEST_INFO["label"]))]
+N_LABELS = len(LABEL_NAMES)
+SPLITS = ("train", "val", "test")
+PHANTOM_MARKER_SUFFIX = ".phantom.json"
+DEMO_HINT = "make demo   (or: cxrlab phantom --out data/phantom && cxrlab train --data-root data/phantom)"
+
+
+def file_name(size: int) -> str:
+    return f"{FLAG}{'' if size == 28 else f'_{size}'}.npz"
+
+
+def url_and_md5(size: int) -> tuple[str, str]:
+    key = "" if size == 28 else f"_{size}"
+    return CHEST_INFO[f"url{key}"], CHEST_INFO[f"MD5{key}"]
+
+
+def phantom_marker(path: Path) -> Path:
+    return path.with_name(path.name + PHANTOM_MARKER_SUFFIX)
+
+
+def locate(root: str | Path, size: int, download: bool = False) -> Path:
+    """Return the path of the data file, downloading it first when asked and missing."""
+    root = Path(root).expanduser()
+    path = root / file_name(size)
+    if path.is_file():
+        return path
+    url, md5 = url_and_md5(size)
+    if download:
+        try:
+            _download(url, md5, path)
+            return path
+        except Exception as exc:  # network errors come in many types; all mean the same to the user
+            reason = f"download failed ({type(exc).__name__}: {exc})"
+    else:
+        reason = "the file is missing and downloading was not asked for (--download)"
+    raise DataNotFoundError(
+        f"ChestMNIST data not found: {path}\n"
+        f"  reason: {reason}\n"
+        f"  file:   {path.name}\n"
+        f"  url:    {url}\n"
+        f"  md5:    {md5}\n"
+        f"Download it by hand (or run with --download where there is internet) and put it in {root}/\n"
+        f"  (or pass --data-root DIR). Without the data, try the offline demo on phantom data:\n"
+        f"  {DEMO_HINT}"
+    )
+
+
+def _download(url: str, md5: str, path: Path) -> None:
+    """Download to a temporary file beside the target and move it into place only when complete and verified,
+    so a broken download never leaves a truncated file under the real name."""
+    from torchvision.datasets.utils import download_url
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".download-") as tmp:
+        download_url(url, root=tmp, filename=path.name, md5=md5)
+        got = Path(tmp) / path.name
+        if file_md5(got) != md5:
+            raise DataFileError(f"downloaded {path.name} does not match its MD5 {md5}")
+        shutil.move(str(got), path)
+
+
+def _problem(path: Path, text: str) -> DataFileError:
+    return DataFileError(f"{path}: {text}. Delete the file and download it again, or regenerate it with 'cxrlab phantom'.")
+
+
+def load_arrays(path: Path, size: int, splits=SPLITS) -> dict[str, np.ndarray]:
+    """Load and validate ``{split}_images`` / ``{split}_labels`` from the npz file.
+
+    Raises DataFileError naming the file and what is wrong with it.
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise _problem(path, f"not a readable npz archive ({type(exc).__name__}: {exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise _problem(path, "holds a single array, not an npz archive of splits")
+    arrays: dict[str, np.ndarray] = {}
+    with archive:
+        for split in splits:
+            for kind in ("images", "labels"):
+                key = f"{split}_{kind}"
+                if key not in archive.files:
+                    raise _problem(path, f"key {key!r} is missing (found: {', '.join(sorted(archive.files)) or 'none'})")
+                try:
+                    arrays[key] = archive[key]
+                except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+                    raise _problem(path, f"array {key!r} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+                if not isinstance(arrays[key], np.ndarray):  # numpy hands back raw bytes for non-.npy members
+                    raise _problem(path, f"array {key!r} is truncated or corrupt (not in .npy format)")
+            _check_split(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], size)
+    return arrays
+
+
+def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray, size: int) -> None:
+    if images.dtype != np.uint8:
+        raise _problem(path, f"{split}_images has dtype {images.dtype}, expected uint8")
+    if images.ndim != 3 or images.shape[1:] != (size, size):
+        raise _problem(path, f"{split}_images has shape {images.shape}, expected (N, {size}, {size}) for size {size}")
+    if labels.ndim != 2 or labels.shape[1] != N_LABELS:
+        raise _problem(path, f"{split}_labels has shape {labels.shape}, expected (N, {N_LABELS})")
+    if labels.shape[0] != images.shape[0]:
+        raise _problem(path, f"{split} has {images.shape[0]} images but {labels.shape[0]} label rows")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise _problem(path, f"{split}_labels holds values other than 0 and 1")
+
+
+def provenance(path: Path, size: int) -> dict:
+    """What a run records about its data: the file, its checksum, and whether it is real or phantom."""
+    md5 = file_md5(path)
+    official_md5 = url_and_md5(size)[1]
+    marker = phantom_marker(path)
+    if md5 == official_md5:
+        kind = "real"
+    elif marker.is_file() and json.loads(marker.read_text()).get("md5") == md5:
+        kind = "phantom"
+    else:
+        kind = "unverified"  # neither the official file nor one cxrlab generated
+    info = {"kind": kind, "file": str(path.resolve()), "md5": md5, "official_md5": official_md5, "size": size}
+    if kind == "phantom":
+        info["phantom"] = json.loads(marker.read_text())
+    return info

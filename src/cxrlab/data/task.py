@@ -1,0 +1,80 @@
+"""The binary task: keep the images whose only positive label is one of two classes, relabelled 0/1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrlab.data.chestmnist import LABEL_NAMES, SPLITS, load_arrays, locate, provenance
+from cxrlab.errors import ConfigError
+
+
+def label_index(name: str) -> int:
+    """Index of a ChestMNIST label by name, case-insensitive."""
+    wanted = name.strip().lower()
+    if wanted not in LABEL_NAMES:
+        raise ConfigError(f"unknown ChestMNIST label {name!r}; the 14 labels are: {', '.join(LABEL_NAMES)}")
+    return LABEL_NAMES.index(wanted)
+
+
+def select_binary(labels: np.ndarray, class_indices: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose single positive label is one of ``class_indices``.
+
+    Returns (row indices, targets) where target 0 means ``class_indices[0]`` and 1 means ``class_indices[1]``.
+    Rows with no label, several labels, or only another label are dropped.
+    """
+    labels = np.asarray(labels)
+    single = labels.sum(axis=1) == 1
+    first, second = (labels[:, i] == 1 for i in class_indices)
+    keep = single & (first | second)
+    rows = np.flatnonzero(keep)
+    return rows, second[rows].astype(np.int64)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, S, S), kept compact; batches become float on the device
+    targets: torch.Tensor  # int64 (N,), 0 or 1
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def counts(self) -> tuple[int, int]:
+        positives = int(self.targets.sum())
+        return len(self) - positives, positives
+
+
+@dataclass
+class TaskData:
+    classes: list[str]
+    size: int
+    splits: dict[str, Split]
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def is_phantom(self) -> bool:
+        return self.provenance.get("kind") == "phantom"
+
+
+def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS) -> TaskData:
+    indices = tuple(label_index(c) for c in classes)
+    path = locate(data_root, size, download=download)
+    arrays = load_arrays(path, size, splits)
+    result = {}
+    for split in splits:
+        rows, targets = select_binary(arrays[f"{split}_labels"], indices)
+        result[split] = Split(torch.from_numpy(np.ascontiguousarray(arrays[f"{split}_images"][rows])), torch.from_numpy(targets))
+    return TaskData(classes=[LABEL_NAMES[i] for i in indices], size=size, splits=result, provenance=provenance(path, size))
+
+
+def data_label(provenance: dict) -> str:
+    """The words every output carries about where its numbers come from."""
+    kind = provenance.get("kind")
+    if kind == "phantom":
+        return "PHANTOM data (synthetic, for tests and demos; not a result)"
+    if kind == "real":
+        return "ChestMNIST (official file, MD5 verified)"
+    return "UNVERIFIED data (not the official ChestMNIST file)"
