@@ -128,7 +128,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        from cxrlab.io import atomic_write_text
+        from cxrlab.files import atomic_write_text
 
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 

@@ -15,7 +15,7 @@ import numpy as np
 from medmnist.info import INFO
 
 from cxrlab.errors import DataFileError, DataNotFoundError
-from cxrlab.io import file_md5
+from cxrlab.files import file_md5
 
 FLAG = "chestmnist"
 CHEST_INFO = INFO[FLAG]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from cxrlab.data.chestmnist import CHEST_INFO, LABEL_NAMES, N_LABELS, SPLITS, file_name, phantom_marker
 from cxrlab.errors import ConfigError
-from cxrlab.io import atomic_write_bytes, atomic_write_json, file_md5
+from cxrlab.files import atomic_output, atomic_write_json, file_md5
 
 CARDIOMEGALY = LABEL_NAMES.index("cardiomegaly")
 PNEUMOTHORAX = LABEL_NAMES.index("pneumothorax")
@@ -157,11 +157,8 @@ def write_phantom(out: str | Path, size: int = 28, official_counts: bool = False
     out = Path(out).expanduser()
     path = out / file_name(size)
     arrays = generate(size, official_counts, seed, split_sizes)
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # uncompressed, like the official files, so large sizes can be memory-mapped
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_output(path) as fh:
+        np.savez(fh, **arrays)  # uncompressed, so that large sizes can be memory-mapped
     atomic_write_json(
         phantom_marker(path),
         {

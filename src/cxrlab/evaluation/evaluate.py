@@ -16,7 +16,7 @@ from cxrlab.errors import RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import load_trained, predict_probs
 from cxrlab.evaluation.metrics import POINT_KEYS, evaluate_probs, youden_threshold
-from cxrlab.io import atomic_write_json
+from cxrlab.files import atomic_write_json
 from cxrlab.models import model_from_config
 from cxrlab.runs import RunDir
 from cxrlab.training.checkpoint import load_weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -12,12 +13,10 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from cxrlab.io import atomic_write_bytes  # noqa: E402
+from cxrlab.files import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

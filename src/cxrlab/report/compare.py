@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cxrlab.config import MODEL_NAMES, Config
 from cxrlab.errors import RunDirError
-from cxrlab.io import atomic_write_text
+from cxrlab.files import atomic_write_text
 from cxrlab.runs import RunDir
 from cxrlab.training.loop import resolve, resume_training, train
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cxrlab.errors import RunDirError
-from cxrlab.io import atomic_write_bytes
+from cxrlab.files import atomic_write_bytes
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

@@ -26,7 +26,7 @@ from cxrlab.errors import ConfigError, RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import finalize_run
 from cxrlab.evaluation.inference import predict_logits
 from cxrlab.evaluation.metrics import roc_auc
-from cxrlab.io import atomic_write_json, atomic_write_text
+from cxrlab.files import atomic_write_json, atomic_write_text
 from cxrlab.models import count_parameters, model_from_config
 from cxrlab.runs import RunDir, default_run_path
 from cxrlab.training.checkpoint import load_state, save_state, save_weights
