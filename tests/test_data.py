@@ -168,3 +168,15 @@ def test_phantom_marker_records_what_it_is(tmp_path):
     marker = json.loads((tmp_path / "chestmnist.npz.phantom.json").read_text())
     assert marker["seed"] == 9 and "nothing measured on it is a result" in marker["warning"]
     assert marker["md5"] == provenance(path, 28)["md5"]
+
+
+def test_large_files_are_memory_mapped_not_read_whole(tmp_path):
+    path = write_phantom(tmp_path, size=64, split_sizes={"train": 30, "val": 10, "test": 10})
+    mapped = load_arrays(path, 64, mmap=True)
+    read = load_arrays(path, 64, mmap=False)
+    assert isinstance(mapped["train_images"], np.memmap) and not isinstance(read["train_images"], np.memmap)
+    assert all(np.array_equal(mapped[k], read[k]) for k in read)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the mapped array would run past the end of the file
+    with pytest.raises(DataFileError, match="chestmnist_64.npz"):
+        load_arrays(path, 64, mmap=True)

@@ -186,6 +186,9 @@ def cmd_predict(args) -> int:
         if result.error:
             failed += 1
             print(f"error: {result.error}", file=sys.stderr)
+        elif trained.cfg.task == "multilabel":
+            top = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[:3]
+            print(f"{result.path}\t{result.label}\t" + "  ".join(f"P({k})={v:.4f}" for k, v in top))
         else:
             print(f"{result.path}\t{result.label}\tP({trained.cfg.positive})={result.probability:.4f}\tthreshold={trained.threshold:.4f}")
     return 1 if failed else 0

@@ -21,6 +21,7 @@ DEFAULT_LR = {"mobilenet_v3_large": 1e-3, "efficientnet_b0": 3e-4, "densenet121"
 SIZES = (28, 64, 128, 224)
 SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
 THRESHOLD_RULES = ("0.5", "youden")
+TASKS = ("binary", "multilabel")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -32,9 +33,10 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 @dataclass
 class Config:
     # data
+    task: str = _opt("binary", "binary: two labels, single-label images only; multilabel: all 14 labels, all images", choices=TASKS)
     data_root: str = _opt(os.path.join("~", ".medmnist"), "folder holding chestmnist[_SIZE].npz (medmnist's root)")
     size: int = _opt(28, "image size: 28, 64, 128 or 224", choices=SIZES)
-    classes: list = _opt(["cardiomegaly", "pneumothorax"], "the two ChestMNIST labels: label 0, then label 1")
+    classes: list = _opt(["cardiomegaly", "pneumothorax"], "binary task: the two ChestMNIST labels, label 0 then label 1")
     positive_class: str | None = _opt(None, "class counted as positive in metrics (default: the second of --classes)")
     download: bool = _opt(False, "download the data file from Zenodo when it is missing")
     # model
@@ -82,11 +84,22 @@ class Config:
         return self.lr if self.lr is not None else DEFAULT_LR[self.model]
 
     @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "binary" else 14
+
+    @property
     def positive(self) -> str:
         return self.positive_class or self.classes[1]
 
     def validate(self) -> "Config":
         """Check values that argparse or YAML cannot; return self for chaining."""
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.task == "multilabel":
+            if self.threshold != "0.5":
+                raise ConfigError("threshold 'youden' is for the binary task; the multilabel task uses 0.5 per label, as medmnist's Evaluator does")
+            if self.select_metric == "balanced_accuracy":
+                raise ConfigError("select_metric balanced_accuracy is for the binary task; use roc_auc, loss or accuracy")
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
         if self.size not in SIZES:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -84,11 +85,38 @@ def _problem(path: Path, text: str) -> DataFileError:
     return DataFileError(f"{path}: {text}. Delete the file and download it again, or regenerate it with 'cxrlab phantom'.")
 
 
-def load_arrays(path: Path, size: int, splits=SPLITS) -> dict[str, np.ndarray]:
+MMAP_FROM_SIZE = 128  # 128 and 224 px files hold 1.3 and 3.9 GB of training images
+
+
+def _mmap_member(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray | None:
+    """Memory-map an npz member stored without compression; None when it is compressed.
+
+    numpy ignores ``mmap_mode`` for npz files (so does medmnist's ``mmap_mode``, which passes it on), so
+    this finds the member's .npy data inside the zip and maps it directly. Copy-on-write mode makes the
+    array writeable for torch.from_numpy while pages are read from disk only when touched.
+    """
+    info = archive.zip.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local_header = fh.read(30)
+        name_len, extra_len = struct.unpack("<HH", local_header[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+    return np.memmap(path, dtype=dtype, mode="c", shape=shape, offset=offset, order="F" if fortran else "C")
+
+
+def load_arrays(path: Path, size: int, splits=SPLITS, mmap: bool | None = None) -> dict[str, np.ndarray]:
     """Load and validate ``{split}_images`` / ``{split}_labels`` from the npz file.
 
-    Raises DataFileError naming the file and what is wrong with it.
+    Images are memory-mapped when ``mmap`` (default: for sizes of 128 and up) and the member is stored
+    uncompressed; labels are always read into memory. Raises DataFileError naming the file and the problem.
     """
+    mmap = size >= MMAP_FROM_SIZE if mmap is None else mmap
     try:
         archive = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
@@ -103,7 +131,8 @@ def load_arrays(path: Path, size: int, splits=SPLITS) -> dict[str, np.ndarray]:
                 if key not in archive.files:
                     raise _problem(path, f"key {key!r} is missing (found: {', '.join(sorted(archive.files)) or 'none'})")
                 try:
-                    arrays[key] = archive[key]
+                    mapped = _mmap_member(path, archive, key) if mmap and kind == "images" else None
+                    arrays[key] = archive[key] if mapped is None else mapped
                 except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
                     raise _problem(path, f"array {key!r} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
                 if not isinstance(arrays[key], np.ndarray):  # numpy hands back raw bytes for non-.npy members

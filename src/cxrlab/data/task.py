@@ -1,4 +1,8 @@
-"""The binary task: keep the images whose only positive label is one of two classes, relabelled 0/1."""
+"""The two tasks on ChestMNIST.
+
+- binary (the default): keep the images whose only positive label is one of two classes, relabelled 0/1.
+- multilabel: all images and all 14 labels, the task MedMNIST's published benchmarks use.
+"""
 
 from __future__ import annotations
 
@@ -36,19 +40,23 @@ def select_binary(labels: np.ndarray, class_indices: tuple[int, int]) -> tuple[n
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 (N, S, S), kept compact; batches become float on the device
-    targets: torch.Tensor  # int64 (N,), 0 or 1
+    images: torch.Tensor  # uint8 (N, S, S), kept compact (memory-mapped for large files); float on the device per batch
+    targets: torch.Tensor  # binary: int64 (N,) in {0, 1}; multilabel: uint8 (N, 14)
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def counts(self) -> tuple[int, int]:
+    def counts(self) -> tuple[int, ...]:
+        """Images per class: (label 0, label 1) for the binary task, positives per label for multilabel."""
+        if self.targets.ndim == 2:
+            return tuple(int(c) for c in self.targets.sum(0, dtype=torch.int64))
         positives = int(self.targets.sum())
         return len(self) - positives, positives
 
 
 @dataclass
 class TaskData:
+    task: str
     classes: list[str]
     size: int
     splits: dict[str, Split]
@@ -59,15 +67,18 @@ class TaskData:
         return self.provenance.get("kind") == "phantom"
 
 
-def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS) -> TaskData:
-    indices = tuple(label_index(c) for c in classes)
+def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary") -> TaskData:
     path = locate(data_root, size, download=download)
     arrays = load_arrays(path, size, splits)
+    if task == "multilabel":
+        result = {s: Split(torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"])) for s in splits}
+        return TaskData("multilabel", list(LABEL_NAMES), size, result, provenance(path, size))
+    indices = tuple(label_index(c) for c in classes)
     result = {}
     for split in splits:
         rows, targets = select_binary(arrays[f"{split}_labels"], indices)
         result[split] = Split(torch.from_numpy(np.ascontiguousarray(arrays[f"{split}_images"][rows])), torch.from_numpy(targets))
-    return TaskData(classes=[LABEL_NAMES[i] for i in indices], size=size, splits=result, provenance=provenance(path, size))
+    return TaskData("binary", [LABEL_NAMES[i] for i in indices], size, result, provenance(path, size))
 
 
 def data_label(provenance: dict) -> str:

@@ -16,6 +16,7 @@ from cxrlab.errors import RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import load_trained, predict_probs
 from cxrlab.evaluation.metrics import POINT_KEYS, evaluate_probs, youden_threshold
+from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
 from cxrlab.models import model_from_config
 from cxrlab.runs import RunDir
@@ -50,18 +51,30 @@ def metrics_table(columns: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _split_arrays(data: TaskData, split: str, cfg: Config, model, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    s = data.splits[split]
-    probs1 = predict_probs(model, s.images, cfg, device)
-    targets, probs = positive_view(s.targets.numpy(), probs1, data.classes, cfg.positive)
-    return s.images.numpy(), targets, probs
+def split_metrics(data: TaskData, split: str, cfg: Config, probs: np.ndarray, threshold: float) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics of one split from the model's probabilities (N, outputs); returns (metrics, targets, probs) as scored."""
+    targets = data.splits[split].targets.numpy()
+    if data.task == "multilabel":
+        return multilabel_metrics(targets, probs, data.provenance["file"], data.size, split), targets, probs
+    targets, positive_probs = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
+    return evaluate_probs(targets, positive_probs, threshold, cfg.n_bootstrap, cfg.seed), targets, positive_probs
 
 
-def _plots_for_split(run: RunDir, split: str, metrics: dict, targets, probs, cfg: Config, data: TaskData) -> None:
+def write_split_outputs(run: RunDir, split: str, metrics: dict, targets, probs, cfg: Config, data: TaskData) -> None:
     label = data_label(data.provenance)
     name = f"{cfg.model} — {split}"
+    atomic_write_json(run.metrics(split), metrics)
+    if data.task == "multilabel":
+        plots.per_label_auc(metrics, data.classes, run.plots / f"label_auc_{split}.png", f"{name}: ROC-AUC per label", label)
+        return
     plots.confusion_matrix(metrics, data.classes, cfg.positive, run.plots / f"confusion_{split}.png", f"{name}: confusion matrix", label)
     plots.roc(targets, probs, metrics, run.plots / f"roc_{split}.png", f"{name}: ROC", label)
+
+
+def results_table(data: TaskData, columns: dict[str, dict]) -> str:
+    if data.task == "multilabel":
+        return label_table(columns, {split: data.splits[split].counts() for split in columns})
+    return metrics_table(columns)
 
 
 def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, n_params: int, train_seconds: float, echo: Callable[[str], None] = print) -> dict:
@@ -69,20 +82,23 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    val_images, val_targets, val_probs = _split_arrays(data, "val", cfg, model, device)
-    threshold = choose_threshold(cfg.threshold, val_targets, val_probs)
-    _, test_targets, test_probs = _split_arrays(data, "test", cfg, model, device)
-    val_metrics = evaluate_probs(val_targets, val_probs, threshold, cfg.n_bootstrap, cfg.seed)
-    test_metrics = evaluate_probs(test_targets, test_probs, threshold, cfg.n_bootstrap, cfg.seed)
-    atomic_write_json(run.metrics("val"), val_metrics)
-    atomic_write_json(run.metrics("test"), test_metrics)
+    val_probs = predict_probs(model, data.splits["val"].images, cfg, device)
+    threshold = 0.5
+    if data.task == "binary":
+        val_targets, val_positive = positive_view(data.splits["val"].targets.numpy(), val_probs[:, 0], data.classes, cfg.positive)
+        threshold = choose_threshold(cfg.threshold, val_targets, val_positive)
+    test_probs = predict_probs(model, data.splits["test"].images, cfg, device)
+    results = {"val": split_metrics(data, "val", cfg, val_probs, threshold), "test": split_metrics(data, "test", cfg, test_probs, threshold)}
+    for split, (metrics, targets, probs) in results.items():
+        write_split_outputs(run, split, metrics, targets, probs, cfg, data)
 
     label = data_label(data.provenance)
     history = state["history"]
     summary = {
         "model": cfg.model,
+        "task": data.task,
         "classes": data.classes,
-        "positive_class": cfg.positive,
+        "positive_class": cfg.positive if data.task == "binary" else None,
         "threshold": threshold,
         "threshold_rule": cfg.threshold,
         "select_metric": cfg.select_metric,
@@ -95,10 +111,12 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(len(history), 1),
         "device": str(device),
+        "world_size": state.get("world_size", 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "data_kind": data.provenance["kind"],
         "data_label": label,
         "data_md5": data.provenance["md5"],
+        "size": data.size,
         "torch": torch.__version__,
         "cxrlab": cxrlab.__version__,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -106,14 +124,17 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
     atomic_write_json(run.summary, summary)
 
     plots.training_curves(history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state["best_epoch"])
-    _plots_for_split(run, "test", test_metrics, test_targets, test_probs, cfg, data)
-    pick = np.random.default_rng(cfg.seed).choice(len(val_targets), size=min(GRID_IMAGES, len(val_targets)), replace=False)
-    plots.prediction_grid(
-        val_images[pick], val_targets[pick], val_probs[pick], threshold, data.classes, cfg.positive,
-        run.plots / "val_grid.png", f"{cfg.model}: random val images (P = P({cfg.positive}))", label,
-    )
-    echo(f"\n{cfg.model}, best epoch {state['best_epoch']} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
-    echo(metrics_table({"val": val_metrics, "test": test_metrics}))
+    if data.task == "binary":
+        _, val_targets, val_positive = results["val"]
+        pick = np.random.default_rng(cfg.seed).choice(len(val_targets), size=min(GRID_IMAGES, len(val_targets)), replace=False)
+        plots.prediction_grid(
+            data.splits["val"].images.numpy()[pick], val_targets[pick], val_positive[pick], threshold, data.classes, cfg.positive,
+            run.plots / "val_grid.png", f"{cfg.model}: random val images (P = P({cfg.positive}))", label,
+        )
+        echo(f"\n{cfg.model}, best epoch {state['best_epoch']} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
+    else:
+        echo(f"\n{cfg.model}, multilabel, best epoch {state['best_epoch']} by val {cfg.select_metric}; {label}")
+    echo(results_table(data, {split: r[0] for split, r in results.items()}))
     return summary
 
 
@@ -121,18 +142,16 @@ def evaluate_run(run_path, split: str = "test", device: str | None = None, echo:
     """Recompute a finished run's metrics on one split with its saved threshold; writes metrics and plots."""
     trained = load_trained(run_path, device)
     cfg, run = trained.cfg, trained.run
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=False, splits=(split,))
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=False, splits=(split,), task=cfg.task)
     recorded = run.read_json(run.data)
     if recorded["md5"] != data.provenance["md5"]:
         raise RunDirError(
             f"the data file {data.provenance['file']} is not the one {run.path} was trained on "
             f"(MD5 {data.provenance['md5']}, run recorded {recorded['md5']})"
         )
-    s = data.splits[split]
-    targets, probs = positive_view(s.targets.numpy(), trained.probs(s.images), data.classes, cfg.positive)
-    metrics = evaluate_probs(targets, probs, trained.threshold, cfg.n_bootstrap, cfg.seed)
-    atomic_write_json(run.metrics(split), metrics)
-    _plots_for_split(run, split, metrics, targets, probs, cfg, data)
-    echo(f"{cfg.model} on {split}; positive class {cfg.positive}; threshold {trained.threshold:.4g}; {data_label(data.provenance)}")
-    echo(metrics_table({split: metrics}))
+    metrics, targets, probs = split_metrics(data, split, cfg, trained.probs(data.splits[split].images), trained.threshold)
+    write_split_outputs(run, split, metrics, targets, probs, cfg, data)
+    what = f"positive class {cfg.positive}; threshold {trained.threshold:.4g}" if data.task == "binary" else "multilabel"
+    echo(f"{cfg.model} on {split}; {what}; {data_label(data.provenance)}")
+    echo(results_table(data, {split: metrics}))
     return metrics

@@ -17,15 +17,15 @@ from cxrlab.training.device import setup_device
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device) -> torch.Tensor:
-    """uint8 (N, S, S) -> float logits (N,) on the CPU. Leaves the model in eval mode."""
+    """uint8 (N, S, S) -> float logits (N, outputs) on the CPU. Leaves the model in eval mode."""
     model.eval()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), cfg.eval_batch_size):
             x = eval_batch(images[start : start + cfg.eval_batch_size], cfg.norm_mean, cfg.norm_std, device)
-            out.append(model(x.contiguous(memory_format=memory_format)).float().view(-1).cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            out.append(model(x.contiguous(memory_format=memory_format)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, cfg.num_outputs)
 
 
 def predict_probs(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device) -> np.ndarray:

@@ -17,6 +17,14 @@ def roc_auc(targets: np.ndarray, probs: np.ndarray) -> float:
     return float(skm.roc_auc_score(targets, probs))
 
 
+def mean_auc(targets: np.ndarray, probs: np.ndarray) -> float:
+    """ROC-AUC of (N,) or (N, K) targets: the mean over the labels that have both classes (NaN if none)."""
+    targets, probs = np.asarray(targets).reshape(len(targets), -1), np.asarray(probs).reshape(len(probs), -1)
+    values = [roc_auc(targets[:, k], probs[:, k]) for k in range(targets.shape[1])]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def point_metrics(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """All metrics at one threshold. The positive class is target 1; predictions are probs >= threshold."""
     targets = np.asarray(targets).astype(int)

@@ -93,3 +93,16 @@ def prediction_grid(images: np.ndarray, targets: np.ndarray, probs: np.ndarray, 
         ax.set_title(f"pred {predicted}\nP={p:.3f}  true {actual}", fontsize=7, color="green" if predicted == actual else "crimson")
     _title(fig, title, data_label)
     return _save(fig, path)
+
+
+def per_label_auc(metrics: dict, labels: list[str], path: Path, title: str, data_label: str) -> Path:
+    values = [metrics[f"auc_{name}"] for name in labels]
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    ax.barh(labels[::-1], values[::-1], color="steelblue")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.axvline(metrics["auc"], color="crimson", linewidth=1, label=f"mean AUC {metrics['auc']:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("ROC-AUC")
+    ax.legend(loc="lower right", fontsize=8)
+    _title(fig, title, data_label)
+    return _save(fig, path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,8 +16,9 @@ from cxrlab.evaluation.inference import TrainedModel
 @dataclass
 class Prediction:
     path: str
-    label: str | None = None  # predicted class
-    probability: float | None = None  # P(positive class)
+    label: str | None = None  # binary: the predicted class; multilabel: the labels at or over 0.5, or "no finding"
+    probability: float | None = None  # binary: P(positive class); multilabel: the highest label probability
+    probabilities: dict[str, float] = field(default_factory=dict)  # per class (binary: the positive one only)
     error: str | None = None
 
 
@@ -31,12 +32,21 @@ def predict_files(trained: TrainedModel, paths: list[str]) -> list[Prediction]:
             ok.append(i)
         except ImageFileError as exc:
             results[i].error = str(exc)
-    if images:
-        cfg = trained.cfg
-        probs1 = trained.probs(torch.from_numpy(np.stack(images)))
-        _, probs = positive_view(np.zeros(len(probs1), dtype=int), probs1, trained.classes, cfg.positive)
-        negative = next(c for c in trained.classes if c != cfg.positive)
-        for i, p in zip(ok, probs):
-            results[i].probability = float(p)
-            results[i].label = cfg.positive if p >= trained.threshold else negative
+    if not images:
+        return results
+    cfg = trained.cfg
+    probs = trained.probs(torch.from_numpy(np.stack(images)))
+    for i, p in zip(ok, probs):
+        result = results[i]
+        if cfg.task == "multilabel":
+            result.probabilities = {name: float(v) for name, v in zip(trained.classes, p)}
+            found = [name for name, v in result.probabilities.items() if v >= trained.threshold]
+            result.label = ", ".join(found) or "no finding"
+            result.probability = float(p.max())
+        else:
+            _, positive = positive_view(np.zeros(1, dtype=int), p[:1], trained.classes, cfg.positive)
+            negative = next(c for c in trained.classes if c != cfg.positive)
+            result.probability = float(positive[0])
+            result.probabilities = {cfg.positive: result.probability}
+            result.label = cfg.positive if result.probability >= trained.threshold else negative
     return results

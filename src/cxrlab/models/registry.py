@@ -46,8 +46,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def make_head(in_features: int, activation: type[nn.Module], dropout: tuple[float, float]) -> nn.Sequential:
-    """in -> 512 -> 256 -> 1, the head the experiment gives MobileNetV3 (Hardswish) and the others alike."""
+def make_head(in_features: int, activation: type[nn.Module], dropout: tuple[float, float], num_outputs: int = 1) -> nn.Sequential:
+    """in -> 512 -> 256 -> outputs, the head the experiment gives MobileNetV3 (Hardswish) and the others alike."""
     return nn.Sequential(
         nn.Linear(in_features, 512),
         activation(),
@@ -55,7 +55,7 @@ def make_head(in_features: int, activation: type[nn.Module], dropout: tuple[floa
         nn.Linear(512, 256),
         nn.ReLU(),
         nn.Dropout(dropout[1]),
-        nn.Linear(256, 1),
+        nn.Linear(256, num_outputs),
     )
 
 
@@ -70,8 +70,14 @@ def _set(module: nn.Module, dotted: str, value: nn.Module) -> None:
     setattr(_get(module, parent) if parent else module, name, value)
 
 
-def _one_channel_stem(conv: nn.Conv2d) -> nn.Conv2d:
-    return nn.Conv2d(1, conv.out_channels, conv.kernel_size, stride=1, padding=conv.padding, bias=conv.bias is not None)
+def stem_stride(image_size: int) -> int:
+    """Stride 1 up to 64 px keeps a 2x2 (28 px) or 4x4 (64 px) final map; from 128 px torchvision's stride 2
+    gives 4x4 (128) and 7x7 (224) at a quarter of the cost of stride 1."""
+    return 1 if image_size <= 64 else 2
+
+
+def _one_channel_stem(conv: nn.Conv2d, stride: int) -> nn.Conv2d:
+    return nn.Conv2d(1, conv.out_channels, conv.kernel_size, stride=stride, padding=conv.padding, bias=conv.bias is not None)
 
 
 def fold_rgb_stem(weight: torch.Tensor) -> torch.Tensor:
@@ -109,8 +115,10 @@ def create_model(
     weights_file: str | None = None,
     segmentation: bool = False,
     seg_threshold: float = 0.2,
+    image_size: int = 28,
+    num_outputs: int = 1,
 ) -> nn.Module:
-    """Build an adapted architecture. Input: (N, 1, S, S) normalised images. Output: (N, 1) logits."""
+    """Build an adapted architecture. Input: (N, 1, S, S) normalised images. Output: (N, num_outputs) logits."""
     if name not in ARCHITECTURES:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[name]
@@ -122,12 +130,12 @@ def create_model(
         except RuntimeError as exc:
             raise WeightsError(f"weights do not fit {name}: {str(exc).splitlines()[0]}") from None
     stem = _get(net, arch.stem)
-    new_stem = _one_channel_stem(stem)
+    new_stem = _one_channel_stem(stem, stem_stride(image_size))
     if pretrained:
         with torch.no_grad():
             new_stem.weight.copy_(fold_rgb_stem(stem.weight))
     _set(net, arch.stem, new_stem)
-    setattr(net, arch.classifier, make_head(arch.feature_width, arch.head_activation, tuple(dropout)))
+    setattr(net, arch.classifier, make_head(arch.feature_width, arch.head_activation, tuple(dropout), num_outputs))
     if segmentation:
         return nn.Sequential(SegmentationPreprocessor(seg_threshold), net)
     return net
@@ -136,7 +144,9 @@ def create_model(
 def model_from_config(cfg, initial_weights: bool = True) -> nn.Module:
     """The configured model. ``initial_weights=False`` skips ImageNet weights, for loading a trained run."""
     pretrained = cfg.pretrained and initial_weights
-    return create_model(cfg.model, tuple(cfg.dropout), pretrained, cfg.weights_file, cfg.segmentation, cfg.seg_threshold)
+    return create_model(
+        cfg.model, tuple(cfg.dropout), pretrained, cfg.weights_file, cfg.segmentation, cfg.seg_threshold, cfg.size, cfg.num_outputs
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -25,7 +25,7 @@ from cxrlab.data.task import TaskData, data_label, load_task
 from cxrlab.errors import ConfigError, RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import finalize_run
 from cxrlab.evaluation.inference import predict_logits
-from cxrlab.evaluation.metrics import roc_auc
+from cxrlab.evaluation.metrics import mean_auc
 from cxrlab.files import atomic_write_json, atomic_write_text
 from cxrlab.models import count_parameters, model_from_config
 from cxrlab.runs import RunDir, default_run_path
@@ -50,13 +50,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def pos_weight_value(cfg: Config, data: TaskData) -> float | None:
+def pos_weight_tensor(cfg: Config, data: TaskData, device) -> torch.Tensor | None:
+    """BCE pos_weight: one value (binary) or one per label (multilabel); 'auto' is negatives / positives in train."""
     if cfg.pos_weight == "none":
         return None
-    if cfg.pos_weight == "auto":
-        negatives, positives = data.splits["train"].counts()
-        return negatives / max(positives, 1)
-    return float(cfg.pos_weight)
+    train = data.splits["train"]
+    if cfg.pos_weight != "auto":
+        values = [float(cfg.pos_weight)] * cfg.num_outputs
+    elif data.task == "binary":
+        negatives, positives = train.counts()
+        values = [negatives / max(positives, 1)]
+    else:
+        values = [(len(train) - p) / max(p, 1) for p in train.counts()]
+    return torch.tensor(values, device=device)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -68,14 +74,15 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 
 def validation_row(model, data: TaskData, cfg: Config, device) -> dict:
+    """Val loss, accuracy at 0.5 (for multilabel: over all labels, medmnist's ACC) and ROC-AUC (mean over labels)."""
     val = data.splits["val"]
     logits = predict_logits(model, val.images, cfg, device)
-    targets = val.targets.float()
+    targets = val.targets.float().view(len(val), -1)
     probs = torch.sigmoid(logits).numpy()
     return {
         "val_loss": F.binary_cross_entropy_with_logits(logits, targets).item(),
-        "val_accuracy": float(((probs >= 0.5) == val.targets.numpy()).mean()),
-        "val_roc_auc": roc_auc(val.targets.numpy(), probs),
+        "val_accuracy": float(((probs >= 0.5) == targets.numpy()).mean()),
+        "val_roc_auc": mean_auc(targets.numpy(), probs),
     }
 
 
@@ -101,14 +108,14 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
 
     # ---- data and model ----
     device = setup_device(cfg.device, cfg.threads)
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download)
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download, task=cfg.task)
     has_checkpoint = resume and run.last_checkpoint.is_file()
     if resume and run.data.is_file():
         recorded = run.read_json(run.data)
         if recorded["md5"] != data.provenance["md5"]:
             raise RunDirError(f"the data file {data.provenance['file']} changed since {run.path} started (MD5 differs); cannot resume")
     train_split = data.splits["train"]
-    if min(train_split.counts()) == 0 or min(data.splits["val"].counts()) == 0:
+    if data.task == "binary" and (min(train_split.counts()) == 0 or min(data.splits["val"].counts()) == 0):
         raise ConfigError(f"classes {data.classes}: a class has no images in train or val ({_counts_text(data)})")
     torch.manual_seed(cfg.seed)
     model = model_from_config(cfg, initial_weights=not has_checkpoint)  # a checkpoint replaces them anyway
@@ -116,10 +123,9 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-    pw = pos_weight_value(cfg, data)
-    pos_weight = torch.tensor([pw], device=device) if pw is not None else None
+    pos_weight = pos_weight_tensor(cfg, data, device)
     augmentation = AugmentSettings.from_config(cfg)
-    images, targets = train_split.images.to(device), train_split.targets.to(device).float()
+    images, targets = train_split.images.to(device), train_split.targets.to(device).float().view(len(train_split), -1)
 
     # ---- run directory: new, or the state of an interrupted run ----
     state = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": [], "done": False}
@@ -139,7 +145,10 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
     label = data_label(data.provenance)
     n_params = count_parameters(model)
     echo(f"{cfg.model}: {n_params:,} parameters, lr {cfg.lr:g}, device {device}, data: {label}")
-    echo(f"  train {train_split.counts()}  val {data.splits['val'].counts()}  ({data.classes[0]}, {data.classes[1]})")
+    if data.task == "binary":
+        echo(f"  train {train_split.counts()}  val {data.splits['val'].counts()}  ({data.classes[0]}, {data.classes[1]})")
+    else:
+        echo(f"  multilabel, 14 labels: train {len(train_split):,} images, val {len(data.splits['val']):,}")
 
     # ---- epochs ----
     n = len(train_split)
@@ -159,7 +168,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
             idx = order[start : start + cfg.batch_size]
             x = training_batch(images[idx], augmentation, gen, cfg.norm_mean, cfg.norm_std, device).contiguous(memory_format=memory_format)
             y = targets[idx]
-            logits = model(x).view(-1)
+            logits = model(x)
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -171,7 +180,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
             loss.backward()
             optimizer.step()
             loss_sum += loss_value * len(idx)
-            correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
+            correct += float(((logits.detach() > 0) == (y > 0.5)).float().mean(1).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
         bar.close()
