@@ -14,7 +14,8 @@ EXAMPLES = {
     "data": """
         cxrlab data                                   # official file in ~/.medmnist
         cxrlab data --data-root data/phantom          # a phantom file
-        cxrlab data --classes effusion pneumothorax --size 64 --download""",
+        cxrlab data --classes effusion pneumothorax --size 64 --download
+        cxrlab data --task multilabel                 # all 14 labels""",
     "phantom": """
         cxrlab phantom --out data/phantom                      # small file: 2000/400/600 rows
         cxrlab phantom --out data/phantom --official-counts    # the official split sizes and binary counts
@@ -22,6 +23,7 @@ EXAMPLES = {
     "train": """
         cxrlab train --data-root data/phantom --model densenet121 --epochs 5
         cxrlab train --config configs/example.yaml --out runs/mnv3
+        cxrlab train --task multilabel --size 64 --model densenet121    # all 14 labels, medmnist's AUC/ACC
         cxrlab train --resume runs/mnv3                        # continue an interrupted run""",
     "evaluate": """
         cxrlab evaluate runs/mnv3                  # test split, with the threshold chosen on val
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _subparser(sub, "data", "Show the data file, its provenance and the binary task's counts per split and class.")
-    add_config_options(p, only=("data_root", "size", "classes", "download"))
+    add_config_options(p, only=("task", "data_root", "size", "classes", "download"))
 
     p = _subparser(sub, "phantom", "Write a phantom ChestMNIST file (synthetic, official npz layout) for tests and demos.")
     p.add_argument("--out", required=True, help="folder to write chestmnist[_SIZE].npz into")
@@ -133,9 +135,17 @@ def cmd_data(args) -> int:
     from cxrlab.data.task import data_label, load_task
 
     cfg = config_from_args(args)
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download)
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download, task=cfg.task)
     prov = data.provenance
     print(f"file:   {prov['file']}\nmd5:    {prov['md5']} (official: {prov['official_md5']})\ndata:   {data_label(prov)}")
+    if data.task == "multilabel":
+        print("task:   multilabel, all images, 14 labels (positives per label)\n")
+        print(f"{'label':<20}" + "".join(f"{split:>10}" for split in data.splits))
+        counts = {split: s.counts() for split, s in data.splits.items()}
+        for i, label in enumerate(data.classes):
+            print(f"{label:<20}" + "".join(f"{counts[split][i]:>10,}" for split in data.splits))
+        print(f"{'images':<20}" + "".join(f"{len(s):>10,}" for s in data.splits.values()))
+        return 0
     print(f"task:   {data.classes[0]} (label 0) vs {data.classes[1]} (label 1), images whose only positive label is one of them\n")
     print(f"{'split':<8}{data.classes[0]:>16}{data.classes[1]:>16}{'total':>10}")
     for split, s in data.splits.items():

@@ -1,16 +1,17 @@
 """Model registry: torchvision architectures adapted to one channel, small images and one logit.
 
 Adaptation, per architecture (``create_model`` applies it):
-- the first convolution takes 1 channel and has stride 1, so a 28 px image is not halved before the
-  first block. Kernel sizes stay torchvision's, so ImageNet weights still fit after folding RGB.
+- the first convolution takes 1 channel. Up to 64 px its stride is 1, so a 28 px image is not halved
+  before the first block; from 128 px it keeps torchvision's stride 2 (see ``stem_stride``). Kernel sizes
+  stay torchvision's, so ImageNet weights still fit after folding RGB.
 - DenseNet-121 keeps its stem max-pool, so its stem halves the image once instead of twice (28 px
   enters the first dense block at 14x14, as MobileNetV3 and EfficientNet reach 14x14 after their first
   stride-2 block). Dropping the pool too gives a 3x3 final map instead of 1x1 but cost 4x the training
-  time on a 2-core CPU (28 vs 113 img/s, batch 32), so the pool stays. At 28 px the final feature maps are
-  2x2 (MobileNetV3-Large, EfficientNet-B0) and 1x1 (DenseNet-121).
-- the classifier becomes a two-hidden-layer MLP ending in one logit.
+  time on a 2-core CPU (28 vs 113 img/s, batch 32), so the pool stays.
+- final feature maps: 28 px 2x2 (MobileNetV3-Large, EfficientNet-B0) and 1x1 (DenseNet-121);
+  64 px 4x4; 128 px 4x4; 224 px 7x7 (all three).
+- the classifier becomes a two-hidden-layer MLP ending in one logit (14 for the multilabel task).
 """
-
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -45,11 +45,24 @@ def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None) -
     return resume_training(run.path, progress=progress, echo=echo)
 
 
+MULTILABEL_COLUMNS = (
+    ("model", "model"),
+    ("parameters", "params"),
+    ("model_size_mb", "size MB"),
+    ("best_epoch", "best epoch"),
+    ("seconds_per_epoch", "s/epoch"),
+    ("val_auc", "val AUC"),
+    ("auc", "test AUC"),
+    ("acc", "test ACC"),
+)
+
+
 def row_for(run: RunDir) -> dict:
     summary = run.require_finished()
     test = run.read_json(run.metrics("test"))
     val = run.read_json(run.metrics("val"))
-    return {**test, **summary, "val_accuracy": val["accuracy"], "run": str(run.path)}
+    extra = {"val_auc": val["auc"]} if summary.get("task") == "multilabel" else {"val_accuracy": val["accuracy"]}
+    return {**test, **summary, **extra, "run": str(run.path)}
 
 
 def format_cell(key: str, row: dict) -> str:
@@ -63,9 +76,9 @@ def format_cell(key: str, row: dict) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(format_cell(key, row) for key, _ in COLUMNS) + " |" for row in rows]
+def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_cell(key, row) for key, _ in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -81,15 +94,21 @@ def compare(base: Config, models: list[str] = list(MODEL_NAMES), out: str | Path
     if len({row["data_md5"] for row in rows}) > 1:
         raise RunDirError("these runs were trained on different data files; they cannot share one table: " + ", ".join(r["run"] for r in rows))
     label = labels.pop()
+    multilabel = base.task == "multilabel"
+    columns = MULTILABEL_COLUMNS if multilabel else COLUMNS
+    task_text = (
+        "all 14 labels, medmnist's AUC and ACC" if multilabel
+        else f"positive class: {rows[0]['positive_class']}, threshold rule: {rows[0]['threshold_rule']}"
+    )
     header = (
         f"# Model comparison\n\nData: {label}\n\n"
-        f"Protocol: trained on train, best epoch and threshold chosen on val, reported on test "
-        f"(positive class: {rows[0]['positive_class']}, threshold rule: {rows[0]['threshold_rule']}).\n\n"
+        f"Protocol: trained on train, best epoch and threshold chosen on val, reported on test ({task_text}).\n\n"
     )
-    table = markdown_table(rows)
+    table = markdown_table(rows, columns)
     atomic_write_text(out / "comparison.md", header + table + "\n\nRuns: " + ", ".join(r["run"] for r in rows) + "\n")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[k for k, _ in COLUMNS] + ["roc_auc_ci_low", "roc_auc_ci_high", "run"], extrasaction="ignore")
+    extra = [] if multilabel else ["roc_auc_ci_low", "roc_auc_ci_high"]
+    writer = csv.DictWriter(buffer, fieldnames=[k for k, _ in columns] + extra + ["run"], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "comparison.csv", buffer.getvalue())
