@@ -206,6 +206,10 @@ def cmd_predict(args) -> int:
 
 def cmd_compare(args) -> int:
     from cxrlab.report.compare import compare
+    from cxrlab.training.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise CxrlabError("compare trains one model after another in one process; run 'torchrun ... -m cxrlab train' per model instead")
 
     compare(config_from_args(args), args.models, args.compare_out, progress=args.progress)
     return 0

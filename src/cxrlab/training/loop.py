@@ -12,11 +12,12 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cxrlab.config import Config
@@ -31,6 +32,7 @@ from cxrlab.models import count_parameters, model_from_config
 from cxrlab.runs import RunDir, default_run_path
 from cxrlab.training.checkpoint import load_state, save_state, save_weights
 from cxrlab.training.device import setup_device
+from cxrlab.training.distributed import Process, all_finite, barrier, from_main, init_process, process_device, shutdown, sum_across
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr", "seconds")
 HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "loss": False}
@@ -99,18 +101,37 @@ def improved(score: float, best: float | None, metric: str) -> bool:
 
 
 def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print) -> RunDir:
-    """Train one model; return its finished run directory. ``resume`` continues ``cfg.out`` from its last checkpoint."""
+    """Train one model; return its finished run directory. ``resume`` continues ``cfg.out`` from its last checkpoint.
+
+    Started by torchrun, every process runs this function and trains its shard (see training/distributed.py).
+    """
+    process = init_process(cfg.device)
+    try:
+        return _train(cfg, resume, progress, echo if process.is_main else _silent, process)
+    finally:
+        shutdown(process)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str], None], process: Process) -> RunDir:
     if not resume:
-        cfg = resolve(cfg)
+        cfg = from_main(process, resolve(cfg))  # one run directory name, even if the clocks of ranks differ
     run = RunDir(cfg.out)
+    problem = None
     if not resume and run.config.exists():
-        raise RunDirError(f"{run.path} already holds a run; resume it with --resume {run.path} or choose another --out")
+        problem = f"{run.path} already holds a run; resume it with --resume {run.path} or choose another --out"
+    problem = from_main(process, problem)
+    if problem:
+        raise RunDirError(problem)
 
     # ---- data and model ----
-    device = setup_device(cfg.device, cfg.threads)
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download, task=cfg.task)
-    has_checkpoint = resume and run.last_checkpoint.is_file()
-    if resume and run.data.is_file():
+    device = setup_device(process_device(cfg.device, process), cfg.threads)
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download and process.is_main, task=cfg.task)
+    has_checkpoint = from_main(process, resume and run.last_checkpoint.is_file())
+    if resume and process.is_main and run.data.is_file():
         recorded = run.read_json(run.data)
         if recorded["md5"] != data.provenance["md5"]:
             raise RunDirError(f"the data file {data.provenance['file']} changed since {run.path} started (MD5 differs); cannot resume")
@@ -123,77 +144,55 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-    pos_weight = pos_weight_tensor(cfg, data, device)
-    augmentation = AugmentSettings.from_config(cfg)
-    images, targets = train_split.images.to(device), train_split.targets.to(device).float().view(len(train_split), -1)
 
-    # ---- run directory: new, or the state of an interrupted run ----
+    # ---- run directory: new, or the state of an interrupted run (read by rank 0, sent to the others) ----
     state = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": [], "done": False}
     if has_checkpoint:
-        saved = load_state(run.last_checkpoint)
+        saved = from_main(process, load_state(run.last_checkpoint) if process.is_main else None)
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         scheduler.load_state_dict(saved.pop("scheduler"))
         state.update(saved)
         echo(f"resuming {run.path} after epoch {state['epoch']}")
-    else:
+    elif process.is_main:
         if resume:  # killed before its first epoch ended: nothing to carry over
             echo(f"{run.path} has no finished epoch; starting it from the beginning")
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
         atomic_write_json(run.data, {**data.provenance, "classes": data.classes, "counts": _counts(data)})
+    state["world_size"] = process.world_size
+    net = DistributedDataParallel(model) if process.distributed else model  # model stays the unwrapped one
     label = data_label(data.provenance)
     n_params = count_parameters(model)
-    echo(f"{cfg.model}: {n_params:,} parameters, lr {cfg.lr:g}, device {device}, data: {label}")
+    where = f"{process.world_size} processes" if process.distributed else f"device {device}"
+    echo(f"{cfg.model}: {n_params:,} parameters, lr {cfg.lr:g}, {where}, data: {label}")
     if data.task == "binary":
         echo(f"  train {train_split.counts()}  val {data.splits['val'].counts()}  ({data.classes[0]}, {data.classes[1]})")
     else:
         echo(f"  multilabel, 14 labels: train {len(train_split):,} images, val {len(data.splits['val']):,}")
 
     # ---- epochs ----
-    n = len(train_split)
+    epoch_inputs = EpochInputs(
+        images=train_split.images.to(device),
+        targets=train_split.targets.to(device).float().view(len(train_split), -1),
+        augmentation=AugmentSettings.from_config(cfg),
+        pos_weight=pos_weight_tensor(cfg, data, device),
+        memory_format=memory_format,
+    )
     started = time.perf_counter()
     while not state["done"] and state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout
-        gen = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch))  # shuffle, augmentation
-        order = torch.randperm(n, generator=gen, device=device)
-        if n % cfg.batch_size == 1:  # a batch of one breaks BatchNorm in training mode
-            order = order[:-1]
-        model.train()
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if progress is None else not progress)
-        for start in bar:
-            idx = order[start : start + cfg.batch_size]
-            x = training_batch(images[idx], augmentation, gen, cfg.norm_mean, cfg.norm_std, device).contiguous(memory_format=memory_format)
-            y = targets[idx]
-            logits = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(
-                    f"loss became {loss_value} in epoch {epoch + 1}, batch {start // cfg.batch_size + 1}; training stopped. "
-                    f"The last good checkpoint (after epoch {epoch}) is kept in {run.last_checkpoint}. Try a lower --lr."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss_value * len(idx)
-            correct += float(((logits.detach() > 0) == (y > 0.5)).float().mean(1).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-        bar.close()
-
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+        row = {"epoch": epoch + 1}
+        row.update(train_one_epoch(net, optimizer, epoch_inputs, cfg, epoch, device, process, progress, run))
         row.update(validation_row(model, data, cfg, device))
         row["lr"] = optimizer.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
         scheduler.step(row["val_loss"])
         score = score_of(row, cfg.select_metric)
-        if improved(score, state["best_score"], cfg.select_metric):
+        is_best = improved(score, state["best_score"], cfg.select_metric)
+        if is_best:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            save_weights(model, run.weights)
         else:
             state["bad_epochs"] += 1
         state["history"].append(row)
@@ -201,9 +200,12 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
         if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
             state["done"] = True
             echo(f"early stop: no val {cfg.select_metric} improvement for {cfg.early_stopping} epochs")
-        save_state({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, run.last_checkpoint)
-        write_history(run.history, state["history"])
-        mark = " *" if state["best_epoch"] == epoch + 1 else ""
+        if process.is_main:
+            if is_best:
+                save_weights(model, run.weights)
+            save_state({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, run.last_checkpoint)
+            write_history(run.history, state["history"])
+        mark = " *" if is_best else ""
         echo(
             f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
             f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_roc_auc']:.3f}  "
@@ -212,9 +214,59 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo:
 
     if state["best_epoch"] is None:
         raise TrainingDiverged(f"no epoch gave a usable val {cfg.select_metric}; nothing to evaluate")
-    finalize_run(run, cfg, data, device, state, n_params, train_seconds=sum(r["seconds"] for r in state["history"]), echo=echo)
-    echo(f"run directory: {run.path}  (wall {time.perf_counter() - started:.0f}s this session)")
+    if process.is_main:
+        finalize_run(run, cfg, data, device, state, n_params, train_seconds=sum(r["seconds"] for r in state["history"]), echo=echo)
+        echo(f"run directory: {run.path}  (wall {time.perf_counter() - started:.0f}s this session)")
+    barrier(process)
     return run
+
+
+@dataclass
+class EpochInputs:
+    images: torch.Tensor  # uint8 (N, S, S) on the training device
+    targets: torch.Tensor  # float (N, outputs)
+    augmentation: AugmentSettings
+    pos_weight: torch.Tensor | None
+    memory_format: torch.memory_format
+
+
+def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int, device, process: Process, progress: bool | None, run: RunDir) -> dict:
+    """One pass over this process's shard of the shuffled training set; loss and accuracy summed over all processes."""
+    seed = epoch_seed(cfg.seed, epoch)
+    torch.manual_seed(seed + process.rank)  # dropout
+    gen = torch.Generator(device=device).manual_seed(seed)  # the same order on every process
+    order = torch.randperm(len(inputs.targets), generator=gen, device=device)
+    if process.distributed:  # equal shards, so every process runs the same number of steps
+        order = order[: len(order) - len(order) % process.world_size][process.rank :: process.world_size]
+        gen = torch.Generator(device=device).manual_seed(seed + 7919 * process.rank)  # augmentation differs per shard
+    if len(order) % cfg.batch_size == 1:  # a batch of one breaks BatchNorm in training mode
+        order = order[:-1]
+    net.train()
+    loss_sum, correct, seen = 0.0, 0.0, 0
+    disable = not process.is_main or (None if progress is None else not progress)
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=disable)
+    for start in bar:
+        idx = order[start : start + cfg.batch_size]
+        x = training_batch(inputs.images[idx], inputs.augmentation, gen, cfg.norm_mean, cfg.norm_std, device)
+        y = inputs.targets[idx]
+        logits = net(x.contiguous(memory_format=inputs.memory_format))
+        loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=inputs.pos_weight)
+        loss_value = loss.item()
+        if not all_finite(process, loss_value, device):
+            raise TrainingDiverged(
+                f"loss became {loss_value} in epoch {epoch + 1}, batch {start // cfg.batch_size + 1}; training stopped. "
+                f"The last good checkpoint (after epoch {epoch}) is kept in {run.last_checkpoint}. Try a lower --lr."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss_value * len(idx)
+        correct += float(((logits.detach() > 0) == (y > 0.5)).float().mean(1).sum())
+        seen += len(idx)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    loss_sum, correct, seen = sum_across(process, [loss_sum, correct, seen], device)
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
 
 
 def _counts(data: TaskData) -> dict:
