@@ -128,3 +128,18 @@ def test_resume_before_the_first_epoch_finished_starts_over(quick_config, tmp_pa
     early.config.write_text(whole.config.read_text().replace(str(whole.path), str(early.path)))
     resumed = resume_training(early.path, progress=False, echo=quiet)
     assert history(resumed) == history(whole)
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_validation_reports_every_metric_that_can_select_the_best_epoch(quick_config, task):
+    from cxrlab.config import SELECT_METRICS
+    from cxrlab.data.task import load_task
+    from cxrlab.models import model_from_config
+    from cxrlab.training.loop import score_of, validation_row
+
+    cfg = replace(quick_config, task=task)
+    data = load_task(cfg.data_root, 28, cfg.classes, task=task, splits=("val",))
+    row = validation_row(model_from_config(cfg), data, cfg, torch.device("cpu"))
+    for metric in SELECT_METRICS:
+        if task == "binary" or metric != "balanced_accuracy":
+            assert isinstance(score_of(row, metric), float), metric

@@ -87,7 +87,7 @@ def compare(base: Config, models: list[str] = list(MODEL_NAMES), out: str | Path
     out = Path(out)
     rows = []
     for name in models:
-        cfg = resolve(replace(base, model=name, lr=base.lr, out=str(out / name)))
+        cfg = resolve(replace(base, model=name, out=str(out / name)))
         echo(f"\n=== {name} ===")
         rows.append(row_for(run_model(cfg, echo, progress)))
     labels = {row["data_label"] for row in rows}

@@ -60,6 +60,22 @@ def from_main(process: Process, value):
     return box[0]
 
 
+def main_first(process: Process, step) -> None:
+    """Run ``step`` on rank 0 only (a download, a check); if it raises a CxrlabError, every rank raises it,
+    rather than the other ranks waiting at the next collective until its timeout."""
+    from cxrlab.errors import CxrlabError
+
+    failure = None
+    if process.is_main:
+        try:
+            step()
+        except CxrlabError as exc:
+            failure = exc
+    failure = from_main(process, failure)
+    if failure is not None:
+        raise failure
+
+
 def sum_across(process: Process, values: list[float], device) -> list[float]:
     if not process.distributed:
         return values

@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from sklearn.metrics import balanced_accuracy_score
 from tqdm import tqdm
 
 from cxrlab.config import Config
 from cxrlab.data.augment import AugmentSettings, training_batch
+from cxrlab.data.chestmnist import locate
 from cxrlab.data.task import TaskData, data_label, load_task
 from cxrlab.errors import ConfigError, RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import finalize_run
@@ -32,9 +34,19 @@ from cxrlab.models import count_parameters, model_from_config
 from cxrlab.runs import RunDir, default_run_path
 from cxrlab.training.checkpoint import load_state, save_state, save_weights
 from cxrlab.training.device import setup_device
-from cxrlab.training.distributed import Process, all_finite, barrier, from_main, init_process, process_device, shutdown, sum_across
+from cxrlab.training.distributed import (
+    Process,
+    all_finite,
+    barrier,
+    from_main,
+    init_process,
+    main_first,
+    process_device,
+    shutdown,
+    sum_across,
+)
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr", "seconds")
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_roc_auc", "lr", "seconds")
 HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "loss": False}
 
 
@@ -76,15 +88,18 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 
 def validation_row(model, data: TaskData, cfg: Config, device) -> dict:
-    """Val loss, accuracy at 0.5 (for multilabel: over all labels, medmnist's ACC) and ROC-AUC (mean over labels)."""
+    """Val loss, accuracy at 0.5 (for multilabel: over all labels, medmnist's ACC), balanced accuracy (binary
+    only) and ROC-AUC (mean over labels): every metric ``select_metric`` can name."""
     val = data.splits["val"]
     logits = predict_logits(model, val.images, cfg, device)
     targets = val.targets.float().view(len(val), -1)
     probs = torch.sigmoid(logits).numpy()
+    y = targets.numpy()
     return {
         "val_loss": F.binary_cross_entropy_with_logits(logits, targets).item(),
-        "val_accuracy": float(((probs >= 0.5) == targets.numpy()).mean()),
-        "val_roc_auc": mean_auc(targets.numpy(), probs),
+        "val_accuracy": float(((probs >= 0.5) == y).mean()),
+        "val_balanced_accuracy": balanced_accuracy_score(y[:, 0], probs[:, 0] >= 0.5) if data.task == "binary" else float("nan"),
+        "val_roc_auc": mean_auc(y, probs),
     }
 
 
@@ -120,16 +135,17 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     if not resume:
         cfg = from_main(process, resolve(cfg))  # one run directory name, even if the clocks of ranks differ
     run = RunDir(cfg.out)
-    problem = None
-    if not resume and run.config.exists():
-        problem = f"{run.path} already holds a run; resume it with --resume {run.path} or choose another --out"
-    problem = from_main(process, problem)
-    if problem:
-        raise RunDirError(problem)
+
+    def check_new_run_and_data():
+        if not resume and run.config.exists():
+            raise RunDirError(f"{run.path} already holds a run; resume it with --resume {run.path} or choose another --out")
+        locate(cfg.data_root, cfg.size, download=cfg.download)  # one process downloads; the others wait for it
+
+    main_first(process, check_new_run_and_data)
 
     # ---- data and model ----
     device = setup_device(process_device(cfg.device, process), cfg.threads)
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download and process.is_main, task=cfg.task)
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, task=cfg.task)
     has_checkpoint = from_main(process, resume and run.last_checkpoint.is_file())
     if resume and process.is_main and run.data.is_file():
         recorded = run.read_json(run.data)
