@@ -5,6 +5,7 @@ medmnist's INFO table is the single source of file names, URLs, MD5s, label name
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import struct
@@ -154,9 +155,16 @@ def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray,
         raise _problem(path, f"{split}_labels holds values other than 0 and 1")
 
 
+@functools.lru_cache(maxsize=8)
+def _md5_of(path: str, file_size: int, mtime_ns: int) -> str:
+    """MD5 once per file version: compare and evaluate load the same file several times in one process."""
+    return file_md5(Path(path))
+
+
 def provenance(path: Path, size: int) -> dict:
     """What a run records about its data: the file, its checksum, and whether it is real or phantom."""
-    md5 = file_md5(path)
+    stat = path.stat()
+    md5 = _md5_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     official_md5 = url_and_md5(size)[1]
     marker = phantom_marker(path)
     if md5 == official_md5:
