@@ -38,7 +38,7 @@ from cxrlab.data.phantom import write_phantom
 from cxrlab.data.task import load_task
 from cxrlab.models import model_from_config
 from cxrlab.runs import RunDir
-from cxrlab.training.device import setup_device
+from cxrlab.training.device import autocast, setup_device
 from cxrlab.training.distributed import Process
 from cxrlab.training.loop import EpochInputs, train_one_epoch, validation_row
 
@@ -82,7 +82,9 @@ def bench_model(name: str, data, cfg: Config, device, repeats: int, workers: int
     def bare():
         model.train()
         for x, y in batches:
-            loss = F.binary_cross_entropy_with_logits(model(x), y)
+            with autocast(cfg, device):
+                logits = model(x).float()
+            loss = F.binary_cross_entropy_with_logits(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -146,6 +148,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="epochs timed per variant; the median counts")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="for bare and cxrlab; the usual way stays fp32")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the usual way")
     parser.add_argument("--images", type=int, default=None, help="use only the first N training images (quick look)")
     args = parser.parse_args()
@@ -158,10 +161,10 @@ def main() -> None:
     if args.images:
         s = data.splits["train"]
         s.images, s.targets = s.images[: args.images], s.targets[: args.images]
-    cfg = Config(batch_size=args.batch_size, device="cpu", eval_batch_size=512)
+    cfg = Config(batch_size=args.batch_size, device="cpu", eval_batch_size=512, precision=args.precision)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"{'PHANTOM' if data.is_phantom else data.provenance['kind']} data, {len(data.splits['train'])} train / "
-          f"{len(data.splits['val'])} val images at 28 px, batch {args.batch_size}, median of {args.repeats}")
+          f"{len(data.splits['val'])} val images at 28 px, batch {args.batch_size}, {args.precision}, median of {args.repeats}")
     header = f"{'model':<20}{'bare img/s':>11}{'cxrlab img/s':>13}{'usual img/s':>12}{'cxrlab/bare':>12}{'usual/cxrlab':>13}{'aug share':>10}"
     print(header)
     for name in args.models:

@@ -143,3 +143,13 @@ def test_validation_reports_every_metric_that_can_select_the_best_epoch(quick_co
     for metric in SELECT_METRICS:
         if task == "binary" or metric != "balanced_accuracy":
             assert isinstance(score_of(row, metric), float), metric
+
+
+def test_bf16_autocast_trains_and_learns(quick_config):
+    cfg = replace(quick_config, model="efficientnet_b0", epochs=3, lr=1e-3, precision="bf16", **NO_AUG)
+    run = train(cfg, progress=False, echo=quiet)
+    rows = history(run)
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert json.loads(run.metrics("val").read_text())["roc_auc"] > 0.7
+    assert run.load_config().precision == "bf16"

@@ -22,6 +22,7 @@ SIZES = (28, 64, 128, 224)
 SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
 THRESHOLD_RULES = ("0.5", "youden")
 TASKS = ("binary", "multilabel")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -73,6 +74,8 @@ class Config:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
     channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CPU)")
+    precision: str = _opt("fp32", "fp32, or bf16 autocast for training and inference (pays on GPUs; on CPUs with AVX512-BF16 "
+                          "only DenseNet-121 gained, see benchmarks/README.md)", choices=PRECISIONS)
     eval_batch_size: int = _opt(512, "batch size for validation and test passes")
     seed: int = _opt(0, "random seed; the same seed on the same CPU gives the same history")
     n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals")
@@ -131,6 +134,8 @@ class Config:
         lo, hi = self.aug_blur_sigma
         if not 0 < lo <= hi:
             raise ConfigError(f"aug_blur_sigma must be 0 < low <= high, got {self.aug_blur_sigma!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.norm_std <= 0:
             raise ConfigError("norm_std must be positive")
         if self.weights_file and not self.pretrained:

@@ -13,7 +13,7 @@ from cxrlab.data.augment import eval_batch
 from cxrlab.models import model_from_config
 from cxrlab.runs import RunDir
 from cxrlab.training.checkpoint import load_weights
-from cxrlab.training.device import setup_device
+from cxrlab.training.device import autocast, setup_device
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device) -> torch.Tensor:
@@ -21,7 +21,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, cfg: Config, device: 
     model.eval()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(cfg, device):
         for start in range(0, len(images), cfg.eval_batch_size):
             x = eval_batch(images[start : start + cfg.eval_batch_size], cfg.norm_mean, cfg.norm_std, device)
             out.append(model(x.contiguous(memory_format=memory_format)).float().cpu())

@@ -29,3 +29,8 @@ def setup_device(name: str = "auto", threads: int | None = None) -> torch.device
     if threads:
         torch.set_num_threads(threads)
     return device
+
+
+def autocast(cfg, device: torch.device):
+    """bf16 autocast when the config asks for it; a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")

@@ -33,7 +33,7 @@ from cxrlab.files import atomic_write_json, atomic_write_text
 from cxrlab.models import count_parameters, model_from_config
 from cxrlab.runs import RunDir, default_run_path
 from cxrlab.training.checkpoint import load_state, save_state, save_weights
-from cxrlab.training.device import setup_device
+from cxrlab.training.device import autocast, setup_device
 from cxrlab.training.distributed import (
     Process,
     all_finite,
@@ -265,7 +265,8 @@ def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int
         idx = order[start : start + cfg.batch_size]
         x = training_batch(inputs.images[idx], inputs.augmentation, gen, cfg.norm_mean, cfg.norm_std, device)
         y = inputs.targets[idx]
-        logits = net(x.contiguous(memory_format=inputs.memory_format))
+        with autocast(cfg, device):
+            logits = net(x.contiguous(memory_format=inputs.memory_format)).float()
         loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=inputs.pos_weight)
         loss_value = loss.item()
         if not all_finite(process, loss_value, device):
