@@ -20,7 +20,8 @@ MODEL_NAMES = ("mobilenet_v3_large", "densenet121", "efficientnet_b0")
 DEFAULT_LR = {"mobilenet_v3_large": 1e-3, "efficientnet_b0": 3e-4, "densenet121": 1e-4}
 SIZES = (28, 64, 128, 224)
 SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
-THRESHOLD_RULES = ("0.5", "youden")
+THRESHOLD_RULES = ("0.5", "youden", "sensitivity")
+FINETUNE_PARTS = ("head", "last", "all")
 TASKS = ("binary", "multilabel")
 PRECISIONS = ("fp32", "bf16")
 
@@ -57,7 +58,15 @@ class Config:
     plateau_patience: int = _opt(5, "ReduceLROnPlateau patience in epochs")
     early_stopping: int = _opt(10, "stop after this many epochs without val improvement (0: never)")
     select_metric: str = _opt("roc_auc", "val metric that picks the best checkpoint", choices=SELECT_METRICS)
-    threshold: str = _opt("0.5", "decision threshold: '0.5' or 'youden' (Youden's J on val, applied unchanged to test)", choices=THRESHOLD_RULES)
+    threshold: str = _opt("0.5", "decision threshold: '0.5', 'youden' (Youden's J on val) or 'sensitivity' (the highest val threshold "
+                          "reaching --target-sensitivity); always applied unchanged to test", choices=THRESHOLD_RULES)
+    target_sensitivity: float = _opt(0.9, "val sensitivity the 'sensitivity' threshold rule must reach")
+    label_smoothing: float = _opt(0.0, "BCE label smoothing: targets become y(1-e) + e/2 (0: off)")
+    mixup: float = _opt(0.0, "mixup alpha: mix each batch with a shuffled copy, lambda ~ Beta(alpha, alpha) (0: off)")
+    finetune: str = _opt("", "progressive fine-tuning stages 'PART:EPOCHS:LR,...' with PART head, last or all, e.g. "
+                         "'head:3:1e-3,last:3:3e-4,all:20:1e-4' (replaces --epochs and --lr; needs --pretrained)")
+    cv_folds: int = _opt(0, "k-fold cross-validation: train on the other folds of train, select on fold --cv-fold (0: off)")
+    cv_fold: int = _opt(0, "which fold (0 .. cv_folds-1) this run holds out")
     # augmentation (training batches only)
     aug_rotation: float = _opt(15.0, "random rotation, +/- degrees (0: off)")
     aug_translate: float = _opt(0.1, "random translation, fraction of the image side (0: off)")
@@ -82,6 +91,21 @@ class Config:
     out: str | None = _opt(None, "run directory (default runs/<timestamp>-<model>)")
 
     # ---- derived values -------------------------------------------------
+    @property
+    def stages(self) -> list[tuple[str, int, float]]:
+        """Fine-tuning stages (part, epochs, lr); one stage 'all' when --finetune is not given."""
+        if not self.finetune:
+            return [("all", self.epochs, self.learning_rate)]
+        stages = []
+        for item in self.finetune.split(","):
+            part, epochs, lr = item.strip().split(":")
+            stages.append((part, int(epochs), float(lr)))
+        return stages
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(epochs for _, epochs, _ in self.stages)
+
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.model]
@@ -125,6 +149,21 @@ class Config:
             raise ConfigError(f"select_metric must be one of {', '.join(SELECT_METRICS)}")
         if self.threshold not in THRESHOLD_RULES:
             raise ConfigError(f"threshold must be one of {', '.join(THRESHOLD_RULES)}, got {self.threshold!r}")
+        if not 0 < self.target_sensitivity < 1:
+            raise ConfigError(f"target_sensitivity must be between 0 and 1, got {self.target_sensitivity}")
+        if self.threshold == "sensitivity" and self.task != "binary":
+            raise ConfigError("threshold 'sensitivity' is for the binary task")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.mixup < 0:
+            raise ConfigError(f"mixup alpha must be 0 (off) or positive, got {self.mixup}")
+        if self.finetune:
+            self._check_finetune()
+        if self.cv_folds:
+            if self.task != "binary":
+                raise ConfigError("cross-validation folds are stratified by class: binary task only")
+            if self.cv_folds < 2 or not 0 <= self.cv_fold < self.cv_folds:
+                raise ConfigError(f"cv_folds must be at least 2 and cv_fold in 0..{self.cv_folds - 1}, got {self.cv_folds} / {self.cv_fold}")
         if self.pos_weight not in ("none", "auto"):
             try:
                 if float(self.pos_weight) <= 0:
@@ -141,6 +180,18 @@ class Config:
         if self.weights_file and not self.pretrained:
             raise ConfigError("weights_file is only used with pretrained: true (--pretrained)")
         return self
+
+    def _check_finetune(self) -> None:
+        try:
+            stages = self.stages
+        except ValueError:
+            raise ConfigError(f"finetune must look like 'head:3:1e-3,last:3:3e-4,all:20:1e-4', got {self.finetune!r}") from None
+        for part, epochs, lr in stages:
+            if part not in FINETUNE_PARTS or epochs < 1 or lr <= 0:
+                raise ConfigError(f"finetune stage '{part}:{epochs}:{lr:g}': part must be one of {', '.join(FINETUNE_PARTS)}, "
+                                  "epochs at least 1 and lr positive")
+        if not self.pretrained:
+            raise ConfigError("finetune (progressive fine-tuning) starts from pretrained weights: add --pretrained (and --weights-file offline)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -89,3 +89,23 @@ def data_label(provenance: dict) -> str:
     if kind == "real":
         return "ChestMNIST (official file, MD5 verified)"
     return "UNVERIFIED data (not the official ChestMNIST file)"
+
+
+CV_SPLIT_SEED = 0  # the same folds for every model and seed, so fold k means the same images everywhere
+
+
+def fold_view(data: TaskData, folds: int, fold: int) -> TaskData:
+    """Cross-validation: fold ``fold`` of a stratified k-fold split of train becomes 'val' (selection), the other
+    folds 'train'; 'test' is unchanged and the official val split stays available as 'official_val'."""
+    from sklearn.model_selection import StratifiedKFold
+
+    train = data.splits["train"]
+    targets = train.targets.numpy()
+    if min(np.bincount(targets, minlength=2)) < folds:
+        raise ConfigError(f"{folds} folds need at least {folds} training images of each class; train has {train.counts()}")
+    kept, held = list(StratifiedKFold(folds, shuffle=True, random_state=CV_SPLIT_SEED).split(np.zeros(len(targets)), targets))[fold]
+    pick = lambda rows: Split(train.images[torch.from_numpy(rows)], train.targets[torch.from_numpy(rows)])  # noqa: E731
+    splits = {"train": pick(kept), "val": pick(held), **{k: v for k, v in data.splits.items() if k not in ("train", "val")}}
+    if "val" in data.splits:
+        splits["official_val"] = data.splits["val"]
+    return TaskData(data.task, data.classes, data.size, splits, data.provenance)

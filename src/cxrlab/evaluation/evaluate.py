@@ -11,11 +11,11 @@ import torch
 
 import cxrlab
 from cxrlab.config import Config
-from cxrlab.data.task import TaskData, data_label, load_task
+from cxrlab.data.task import TaskData, data_label, fold_view, load_task
 from cxrlab.errors import RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import load_trained, predict_probs
-from cxrlab.evaluation.metrics import POINT_KEYS, evaluate_probs, youden_threshold
+from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, calibration_metrics, evaluate_probs, fit_temperature, sensitivity_threshold, youden_threshold
 from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
 from cxrlab.models import model_from_config
@@ -32,8 +32,13 @@ def positive_view(targets: np.ndarray, probs_class1: np.ndarray, classes: list[s
     return 1 - targets, 1 - probs_class1
 
 
-def choose_threshold(rule: str, val_targets: np.ndarray, val_probs: np.ndarray) -> float:
-    return youden_threshold(val_targets, val_probs) if rule == "youden" else 0.5
+def choose_threshold(cfg: Config, val_targets: np.ndarray, val_probs: np.ndarray) -> float:
+    """The decision threshold by cfg's rule, from val only."""
+    if cfg.threshold == "youden":
+        return youden_threshold(val_targets, val_probs)
+    if cfg.threshold == "sensitivity":
+        return sensitivity_threshold(val_targets, val_probs, cfg.target_sensitivity)
+    return 0.5
 
 
 def metrics_table(columns: dict[str, dict]) -> str:
@@ -46,18 +51,24 @@ def metrics_table(columns: dict[str, dict]) -> str:
             ci = f" [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]" if f"{key}_ci_low" in m else ""
             cells.append(f"{m[key]:.3f}{ci}")
         lines.append(f"{key:<18}" + "".join(f"{c:>26}" for c in cells))
+    for key in ("ece", "ece_calibrated", "brier", "brier_calibrated"):
+        if all(key in m for m in columns.values()):
+            lines.append(f"{key:<18}" + "".join(f"{m[key]:>26.3f}" for m in columns.values()))
     for key in ("tn", "fp", "fn", "tp", "n", "threshold"):
         lines.append(f"{key:<18}" + "".join(f"{m[key]:>26.4g}" if key == "threshold" else f"{m[key]:>26d}" for m in columns.values()))
     return "\n".join(lines)
 
 
-def split_metrics(data: TaskData, split: str, cfg: Config, probs: np.ndarray, threshold: float) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Metrics of one split from the model's probabilities (N, outputs); returns (metrics, targets, probs) as scored."""
+def split_metrics(data: TaskData, split: str, cfg: Config, probs: np.ndarray, threshold: float, temperature: float = 1.0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics of one split from the model's probabilities (N, outputs); returns (metrics, targets, probs) as scored.
+    Binary metrics include calibration (ECE, Brier) before and after scaling by ``temperature``."""
     targets = data.splits[split].targets.numpy()
     if data.task == "multilabel":
         return multilabel_metrics(targets, probs, data.provenance["file"], data.size, split), targets, probs
     targets, positive_probs = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
-    return evaluate_probs(targets, positive_probs, threshold, cfg.n_bootstrap, cfg.seed), targets, positive_probs
+    metrics = evaluate_probs(targets, positive_probs, threshold, cfg.n_bootstrap, cfg.seed)
+    metrics.update(calibration_metrics(targets, positive_probs, temperature))
+    return metrics, targets, positive_probs
 
 
 def write_split_outputs(run: RunDir, split: str, metrics: dict, targets, probs, cfg: Config, data: TaskData) -> None:
@@ -69,6 +80,8 @@ def write_split_outputs(run: RunDir, split: str, metrics: dict, targets, probs, 
         return
     plots.confusion_matrix(metrics, data.classes, cfg.positive, run.plots / f"confusion_{split}.png", f"{name}: confusion matrix", label)
     plots.roc(targets, probs, metrics, run.plots / f"roc_{split}.png", f"{name}: ROC", label)
+    plots.reliability({cfg.model: (targets, probs), f"{cfg.model}, T={metrics['temperature']:.2f}": (targets, apply_temperature(probs, metrics["temperature"]))},
+                      run.plots / f"reliability_{split}.png", f"{name}: reliability", label)
 
 
 def results_table(data: TaskData, columns: dict[str, dict]) -> str:
@@ -83,12 +96,13 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
     load_weights(model, run.weights)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     val_probs = predict_probs(model, data.splits["val"].images, cfg, device)
-    threshold = 0.5
+    threshold, temperature = 0.5, 1.0
     if data.task == "binary":
         val_targets, val_positive = positive_view(data.splits["val"].targets.numpy(), val_probs[:, 0], data.classes, cfg.positive)
-        threshold = choose_threshold(cfg.threshold, val_targets, val_positive)
+        threshold = choose_threshold(cfg, val_targets, val_positive)
+        temperature = fit_temperature(val_targets, val_positive)
     test_probs = predict_probs(model, data.splits["test"].images, cfg, device)
-    results = {"val": split_metrics(data, "val", cfg, val_probs, threshold), "test": split_metrics(data, "test", cfg, test_probs, threshold)}
+    results = {split: split_metrics(data, split, cfg, probs, threshold, temperature) for split, probs in (("val", val_probs), ("test", test_probs))}
     for split, (metrics, targets, probs) in results.items():
         write_split_outputs(run, split, metrics, targets, probs, cfg, data)
 
@@ -101,11 +115,12 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
         "positive_class": cfg.positive if data.task == "binary" else None,
         "threshold": threshold,
         "threshold_rule": cfg.threshold,
+        "temperature": temperature,
         "select_metric": cfg.select_metric,
         "best_epoch": state["best_epoch"],
         "best_val_score": state["best_score"],
         "epochs_run": len(history),
-        "early_stopped": bool(state["done"]) and len(history) < cfg.epochs,
+        "early_stopped": bool(state["done"]) and len(history) < cfg.total_epochs,
         "parameters": n_params,
         "model_size_mb": run.weights.stat().st_size / 2**20,
         "train_seconds": train_seconds,
@@ -142,14 +157,17 @@ def evaluate_run(run_path, split: str = "test", device: str | None = None, echo:
     """Recompute a finished run's metrics on one split with its saved threshold; writes metrics and plots."""
     trained = load_trained(run_path, device)
     cfg, run = trained.cfg, trained.run
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=False, splits=(split,), task=cfg.task)
+    folds = cfg.cv_folds and split == "val"  # a cross-validation run's val is its held-out fold of train
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=False, splits=("train", split) if folds else (split,), task=cfg.task)
+    if folds:
+        data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
     recorded = run.read_json(run.data)
     if recorded["md5"] != data.provenance["md5"]:
         raise RunDirError(
             f"the data file {data.provenance['file']} is not the one {run.path} was trained on "
             f"(MD5 {data.provenance['md5']}, run recorded {recorded['md5']})"
         )
-    metrics, targets, probs = split_metrics(data, split, cfg, trained.probs(data.splits[split].images), trained.threshold)
+    metrics, targets, probs = split_metrics(data, split, cfg, trained.probs(data.splits[split].images), trained.threshold, trained.temperature)
     write_split_outputs(run, split, metrics, targets, probs, cfg, data)
     what = f"positive class {cfg.positive}; threshold {trained.threshold:.4g}" if data.task == "binary" else "multilabel"
     echo(f"{cfg.model} on {split}; {what}; {data_label(data.provenance)}")

@@ -43,6 +43,7 @@ class TrainedModel:
     threshold: float
     classes: list[str]
     is_phantom: bool
+    temperature: float = 1.0  # fitted on val; binary task only
 
     def probs(self, images: torch.Tensor) -> np.ndarray:
         return predict_probs(self.model, images, self.cfg, self.device)
@@ -56,4 +57,5 @@ def load_trained(run_path, device: str | None = None) -> TrainedModel:
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format).eval()
-    return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], summary["data_kind"] == "phantom")
+    return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], summary["data_kind"] == "phantom",
+                        float(summary.get("temperature", 1.0)))

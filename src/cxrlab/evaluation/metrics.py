@@ -110,3 +110,62 @@ def youden_threshold(targets: np.ndarray, probs: np.ndarray) -> float:
     finite = np.isfinite(thresholds)  # sklearn puts +inf first
     best = np.argmax((tpr - fpr)[finite])
     return float(thresholds[finite][best])
+
+
+def sensitivity_threshold(targets: np.ndarray, probs: np.ndarray, target: float) -> float:
+    """The highest threshold at which sensitivity on the given (validation) set reaches ``target``."""
+    _, tpr, thresholds = skm.roc_curve(targets, probs)
+    finite = np.isfinite(thresholds)
+    reached = np.flatnonzero((tpr >= target) & finite)
+    return float(thresholds[reached[0]])  # thresholds fall as tpr rises; tpr reaches 1 at the lowest score
+
+
+# ---- calibration -----------------------------------------------------------------------------------------
+
+CALIBRATION_BINS = 15
+
+
+def expected_calibration_error(targets: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """ECE with equal-width bins: sum over bins of (share of cases) x |observed positive rate - mean probability|."""
+    targets, probs = np.asarray(targets, dtype=float), np.asarray(probs, dtype=float)
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            total += in_bin.mean() * abs(targets[in_bin].mean() - probs[in_bin].mean())
+    return float(total)
+
+
+def _logit(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(probs, dtype=float), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-_logit(probs) / temperature))
+
+
+def fit_temperature(targets: np.ndarray, probs: np.ndarray) -> float:
+    """Temperature scaling: the T > 0 minimising the log loss of sigmoid(logit / T) on the given (val) set.
+    T leaves the ranking (ROC-AUC) and the 0.5 decision unchanged; it only makes probabilities honest."""
+    from scipy.optimize import minimize_scalar
+
+    targets = np.asarray(targets, dtype=float)
+
+    def loss(log_t: float) -> float:
+        return skm.log_loss(targets, np.clip(apply_temperature(probs, np.exp(log_t)), 1e-7, 1 - 1e-7), labels=[0, 1])
+
+    return float(np.exp(minimize_scalar(loss, bounds=(-4, 4), method="bounded").x))
+
+
+def calibration_metrics(targets: np.ndarray, probs: np.ndarray, temperature: float) -> dict[str, float]:
+    """ECE and Brier score before and after temperature scaling with ``temperature`` (fitted on val)."""
+    calibrated = apply_temperature(probs, temperature)
+    return {
+        "ece": expected_calibration_error(targets, probs),
+        "brier": float(skm.brier_score_loss(targets, probs)),
+        "temperature": float(temperature),
+        "ece_calibrated": expected_calibration_error(targets, calibrated),
+        "brier_calibrated": float(skm.brier_score_loss(targets, calibrated)),
+    }

@@ -106,3 +106,56 @@ def per_label_auc(metrics: dict, labels: list[str], path: Path, title: str, data
     ax.legend(loc="lower right", fontsize=8)
     _title(fig, title, data_label)
     return _save(fig, path)
+
+
+def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str, data_label: str, bins: int = 10) -> Path:
+    """Reliability diagram: observed positive rate against mean predicted probability per bin, one line per entry."""
+    from sklearn.calibration import calibration_curve
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for name, (targets, probs) in curves.items():
+        observed, predicted = calibration_curve(targets, probs, n_bins=bins, strategy="uniform")
+        ax.plot(predicted, observed, marker="o", markersize=3, label=name)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed positive rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    _title(fig, title, data_label)
+    return _save(fig, path)
+
+
+def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str, data_label: str) -> Path:
+    from sklearn.metrics import roc_auc_score
+
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    for name, (targets, probs) in curves.items():
+        fpr, tpr, _ = roc_curve(targets, probs)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(targets, probs):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    _title(fig, title, data_label)
+    return _save(fig, path)
+
+
+def pr_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str, data_label: str) -> Path:
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    for name, (targets, probs) in curves.items():
+        precision, recall, _ = precision_recall_curve(targets, probs)
+        ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(targets, probs):.3f})")
+    prevalence = float(np.mean(next(iter(curves.values()))[0]))
+    ax.axhline(prevalence, color="grey", linestyle="--", linewidth=1, label=f"prevalence {prevalence:.2f}")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    _title(fig, title, data_label)
+    return _save(fig, path)

@@ -1,3 +1,3 @@
-from cxrlab.models.registry import ARCHITECTURES, count_parameters, create_model, model_from_config
+from cxrlab.models.registry import ARCHITECTURES, count_parameters, create_model, freeze_frozen_norms, model_from_config, set_trainable
 
-__all__ = ["ARCHITECTURES", "count_parameters", "create_model", "model_from_config"]
+__all__ = ["ARCHITECTURES", "count_parameters", "create_model", "freeze_frozen_norms", "model_from_config", "set_trainable"]

@@ -150,5 +150,32 @@ def model_from_config(cfg, initial_weights: bool = True) -> nn.Module:
     )
 
 
+# Feature blocks that the 'last' stage of progressive fine-tuning trains besides the head: the blocks after
+# the last resolution change (MobileNetV3-L features 14-16, DenseNet-121 denseblock4 + norm5,
+# EfficientNet-B0 features 6-8).
+LAST_BLOCKS = {"mobilenet_v3_large": 3, "densenet121": 2, "efficientnet_b0": 3}
+
+
+def set_trainable(model: nn.Module, name: str, part: str) -> None:
+    """Progressive fine-tuning: train only the head ('head'), the head and the last blocks ('last'), or all."""
+    net = model[-1] if isinstance(model, nn.Sequential) else model  # behind the SegmentationPreprocessor
+    if part == "all":
+        chosen = [model]
+    else:
+        chosen = [getattr(net, ARCHITECTURES[name].classifier)]
+        if part == "last":
+            chosen += list(net.features.children())[-LAST_BLOCKS[name]:]
+    model.requires_grad_(False)
+    for module in chosen:
+        module.requires_grad_(True)
+
+
+def freeze_frozen_norms(model: nn.Module) -> None:
+    """Keep BatchNorm layers whose parameters are frozen in eval mode, so their running statistics stay put."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

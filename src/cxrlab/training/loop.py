@@ -24,13 +24,13 @@ from tqdm import tqdm
 from cxrlab.config import Config
 from cxrlab.data.augment import AugmentSettings, training_batch
 from cxrlab.data.chestmnist import locate
-from cxrlab.data.task import TaskData, data_label, load_task
+from cxrlab.data.task import TaskData, data_label, fold_view, load_task
 from cxrlab.errors import ConfigError, RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import finalize_run
 from cxrlab.evaluation.inference import predict_logits
 from cxrlab.evaluation.metrics import mean_auc
 from cxrlab.files import atomic_write_json, atomic_write_text
-from cxrlab.models import count_parameters, model_from_config
+from cxrlab.models import count_parameters, freeze_frozen_norms, model_from_config, set_trainable
 from cxrlab.runs import RunDir, default_run_path
 from cxrlab.training.checkpoint import load_state, save_state, save_weights
 from cxrlab.training.device import autocast, setup_device
@@ -115,14 +115,29 @@ def improved(score: float, best: float | None, metric: str) -> bool:
     return score > best if HIGHER_IS_BETTER[metric] else score < best
 
 
-def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print) -> RunDir:
+EpochCallback = Callable[[int, dict], None]
+
+
+def stage_at(stages: list[tuple[str, int, float]], epoch: int) -> tuple[int, str, float, bool]:
+    """(stage index, part, lr, whether ``epoch`` is the stage's first) for a 0-based epoch."""
+    start = 0
+    for index, (part, epochs, lr) in enumerate(stages):
+        if epoch < start + epochs:
+            return index, part, lr, epoch == start
+        start += epochs
+    raise ValueError(f"epoch {epoch} is past the last stage")
+
+
+def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print,
+          on_epoch: EpochCallback | None = None) -> RunDir:
     """Train one model; return its finished run directory. ``resume`` continues ``cfg.out`` from its last checkpoint.
+    ``on_epoch(epoch, row)`` is called after every epoch (hyperparameter search prunes trials by raising there).
 
     Started by torchrun, every process runs this function and trains its shard (see training/distributed.py).
     """
     process = init_process(cfg.device)
     try:
-        return _train(cfg, resume, progress, echo if process.is_main else _silent, process)
+        return _train(cfg, resume, progress, echo if process.is_main else _silent, process, on_epoch)
     finally:
         shutdown(process)
 
@@ -131,7 +146,7 @@ def _silent(_: str) -> None:
     pass
 
 
-def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str], None], process: Process) -> RunDir:
+def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str], None], process: Process, on_epoch: EpochCallback | None) -> RunDir:
     if not resume:
         cfg = from_main(process, resolve(cfg))  # one run directory name, even if the clocks of ranks differ
     run = RunDir(cfg.out)
@@ -146,6 +161,10 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     # ---- data and model ----
     device = setup_device(process_device(cfg.device, process), cfg.threads)
     data = load_task(cfg.data_root, cfg.size, cfg.classes, task=cfg.task)
+    if cfg.cv_folds:
+        data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
+    if cfg.finetune and process.distributed:
+        raise ConfigError("progressive fine-tuning (finetune) freezes parameters, which DistributedDataParallel does not allow; train it in one process")
     has_checkpoint = from_main(process, resume and run.last_checkpoint.is_file())
     if resume and process.is_main and run.data.is_file():
         recorded = run.read_json(run.data)
@@ -195,9 +214,19 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
         pos_weight=pos_weight_tensor(cfg, data, device),
         memory_format=memory_format,
     )
+    stages = cfg.stages
     started = time.perf_counter()
-    while not state["done"] and state["epoch"] < cfg.epochs:
+    while not state["done"] and state["epoch"] < cfg.total_epochs:
         epoch = state["epoch"]
+        stage, part, stage_lr, stage_starts = stage_at(stages, epoch)
+        if cfg.finetune:
+            set_trainable(model, cfg.model, part)
+            if stage_starts:  # a new stage: its own learning rate, a fresh plateau schedule and patience
+                for group in optimizer.param_groups:
+                    group["lr"] = stage_lr
+                scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+                state["bad_epochs"] = 0
+                echo(f"fine-tuning stage {stage + 1}/{len(stages)}: train {part}, lr {stage_lr:g}, {stages[stage][1]} epochs")
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1}
         row.update(train_one_epoch(net, optimizer, epoch_inputs, cfg, epoch, device, process, progress, run))
@@ -213,7 +242,7 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
             state["bad_epochs"] += 1
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
+        if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping and stage == len(stages) - 1:
             state["done"] = True
             echo(f"early stop: no val {cfg.select_metric} improvement for {cfg.early_stopping} epochs")
         if process.is_main:
@@ -223,10 +252,12 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
             write_history(run.history, state["history"])
         mark = " *" if is_best else ""
         echo(
-            f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
+            f"epoch {epoch + 1:3d}/{cfg.total_epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
             f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_roc_auc']:.3f}  "
             f"lr {row['lr']:.2g}  {row['seconds']:.1f}s{mark}"
         )
+        if on_epoch:
+            on_epoch(epoch + 1, row)
 
     if state["best_epoch"] is None:
         raise TrainingDiverged(f"no epoch gave a usable val {cfg.select_metric}; nothing to evaluate")
@@ -258,13 +289,21 @@ def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int
     if len(order) % cfg.batch_size == 1:  # a batch of one breaks BatchNorm in training mode
         order = order[:-1]
     net.train()
+    freeze_frozen_norms(net)
+    mix = torch.distributions.Beta(cfg.mixup, cfg.mixup) if cfg.mixup else None
     loss_sum, correct, seen = 0.0, 0.0, 0
     disable = not process.is_main or (None if progress is None else not progress)
-    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=disable)
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.total_epochs}", leave=False, disable=disable)
     for start in bar:
         idx = order[start : start + cfg.batch_size]
         x = training_batch(inputs.images[idx], inputs.augmentation, gen, cfg.norm_mean, cfg.norm_std, device)
         y = inputs.targets[idx]
+        if mix is not None:  # torch.manual_seed above makes the draws replay on resume
+            lam = float(mix.sample())
+            partner = torch.randperm(len(idx), generator=gen, device=device)
+            x, y = lam * x + (1 - lam) * x[partner], lam * y + (1 - lam) * y[partner]
+        if cfg.label_smoothing:
+            y = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
         with autocast(cfg, device):
             logits = net(x.contiguous(memory_format=inputs.memory_format)).float()
         loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=inputs.pos_weight)
