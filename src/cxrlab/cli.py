@@ -31,8 +31,18 @@ EXAMPLES = {
     "predict": """
         cxrlab predict runs/mnv3 xray1.png xray2.jpg""",
     "compare": """
-        cxrlab compare --data-root data/phantom --epochs 3 --out runs/demo
-        cxrlab compare --models mobilenet_v3_large efficientnet_b0 --download""",
+        cxrlab compare --data-root data/phantom --epochs 3 --seeds 0 1 --tta 8 --out runs/demo
+        cxrlab compare --download                               # the full study: 3 models x 3 seeds, real data
+        cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
+        cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)""",
+    "cv": """
+        cxrlab cv --data-root data/phantom --model efficientnet_b0 --folds 5 --epochs 3 --out runs/cv
+        cxrlab cv --config configs/example.yaml --folds 5""",
+    "search": """
+        cxrlab search --method grid --data-root data/phantom --epochs 3          # all 27 grid points
+        cxrlab search --method optuna --trials 30 --workers 2 --out runs/search  # TPE + median pruning
+        cxrlab search --storage postgresql://user@db/optuna --study cxr1         # workers on several machines
+        cxrlab train --config runs/search/best.yaml                              # train the winner""",
 }
 
 
@@ -71,10 +81,11 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
         parser.add_argument(flag, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, values: dict | None = None) -> Config:
     names = {f.name for f in config_fields()}
     config_file = getattr(args, "config", None)
-    values = load_yaml(config_file) if config_file else {}
+    if values is None:
+        values = load_yaml(config_file) if config_file else {}
     values.update({k: v for k, v in vars(args).items() if k in names})
     return from_dict(values, source=config_file or "options")
 
@@ -118,12 +129,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--device", default=None, help="device (default: the run's)")
 
-    p = _subparser(sub, "compare", "Train the models under one protocol and print their comparison table.")
-    p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
-    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES), help="models to compare (default: all three)")
-    p.add_argument("--out", dest="compare_out", default="runs/compare", help="folder for the runs and the table (default: runs/compare)")
+    p = _subparser(sub, "compare", "Train the models for several seeds under one protocol; write report.md and report.html.")
+    p.add_argument("--config", metavar="FILE", help="YAML file with training options and a 'compare:' section (models, seeds, "
+                   "ensemble, tta, out), as OUT/compare.yaml holds; flags override it")
+    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=argparse.SUPPRESS, help="models to compare (default: all three)")
+    p.add_argument("--seeds", nargs="+", type=int, default=argparse.SUPPRESS, help="seeds per model (default: 0 1 2)")
+    p.add_argument("--ensemble", nargs="+", default=argparse.SUPPRESS, metavar="W",
+                   help="'fit' (weights fitted on val; the default), 'off', or one weight per model in --models order")
+    p.add_argument("--tta", type=int, default=argparse.SUPPRESS, metavar="N", help="test-time augmentation with N views, shown beside each model (default: 0, off)")
+    p.add_argument("--out", dest="compare_out", default=argparse.SUPPRESS, help="folder for the runs and the report (default: runs/compare)")
     _progress_option(p)
     add_config_options(p, skip=("model", "out"))
+
+    p = _subparser(sub, "cv", "k-fold cross-validation over train: mean ± sd on val and test, and the fold ensemble.")
+    p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
+    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
+    p.add_argument("--out", dest="cv_out", default="runs/cv", help="folder for the fold runs and the report (default: runs/cv)")
+    _progress_option(p)
+    add_config_options(p, skip=("out", "cv_folds", "cv_fold"))
+
+    p = _subparser(sub, "search", "Hyperparameter search (grid or Optuna TPE with median pruning) on val; writes best.yaml.")
+    p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
+    p.add_argument("--method", choices=("grid", "optuna"), default="optuna", help="grid: all 27 points; optuna: TPE + median pruning (default)")
+    p.add_argument("--trials", type=int, default=None, help="trials to run (default: 27 for grid, 20 for optuna)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes sharing the study (default: 1)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    p.add_argument("--study", default=None, help="study name, to share or continue a study (default: cxrlab-METHOD-MODEL)")
+    p.add_argument("--out", dest="search_out", default="runs/search", help="folder for the trial runs and results (default: runs/search)")
+    add_config_options(p, skip=("out", "batch_size", "lr", "dropout"))
     return parser
 
 
@@ -205,17 +238,44 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cxrlab.report.compare import compare
+    from cxrlab.errors import ConfigError
+    from cxrlab.report.compare import STUDY_KEYS, Study, compare
     from cxrlab.training.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
         raise CxrlabError("compare trains one model after another in one process; run 'torchrun ... -m cxrlab train' per model instead")
 
-    compare(config_from_args(args), args.models, args.compare_out, progress=args.progress)
+    values = load_yaml(args.config) if args.config else {}
+    section = values.pop("compare", None) or {}
+    if not isinstance(section, dict) or set(section) - set(STUDY_KEYS):
+        raise ConfigError(f"{args.config}: the compare section takes {', '.join(STUDY_KEYS)}")
+    flags = {"models": "models", "seeds": "seeds", "ensemble": "ensemble", "tta": "tta", "compare_out": "out"}
+    section.update({key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)})
+    if isinstance(section.get("ensemble"), list) and len(section["ensemble"]) == 1:
+        section["ensemble"] = str(section["ensemble"][0])  # --ensemble fit / off
+    try:
+        study = Study(**section)
+    except TypeError as exc:
+        raise ConfigError(f"compare options: {exc}") from None
+    compare(config_from_args(args, values), study, progress=args.progress)
     return 0
 
 
-COMMANDS = {"data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
+def cmd_cv(args) -> int:
+    from cxrlab.report.crossval import cross_validate
+
+    cross_validate(config_from_args(args), args.folds, args.cv_out, progress=args.progress)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from cxrlab.report.search import search
+
+    search(config_from_args(args), args.method, args.trials, args.workers, args.storage, args.study, args.search_out)
+    return 0
+
+
+COMMANDS = {"cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,34 +2,76 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from cxrlab.config import Config
-from cxrlab.data.augment import eval_batch
+from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize, to_float
 from cxrlab.models import model_from_config
 from cxrlab.runs import RunDir
 from cxrlab.training.checkpoint import load_weights
 from cxrlab.training.device import autocast, setup_device
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device) -> torch.Tensor:
-    """uint8 (N, S, S) -> float logits (N, outputs) on the CPU. Leaves the model in eval mode."""
+View = Callable[[torch.Tensor], torch.Tensor]  # uint8 (n, S, S) batch -> normalised float (n, 1, S, S) on the device
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, view: View | None = None) -> torch.Tensor:
+    """uint8 (N, S, S) -> float logits (N, outputs) on the CPU. Leaves the model in eval mode.
+    ``view`` replaces plain normalisation (test-time augmentation)."""
     model.eval()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    view = view or (lambda batch: eval_batch(batch, cfg.norm_mean, cfg.norm_std, device))
     out = []
     with torch.inference_mode(), autocast(cfg, device):
         for start in range(0, len(images), cfg.eval_batch_size):
-            x = eval_batch(images[start : start + cfg.eval_batch_size], cfg.norm_mean, cfg.norm_std, device)
+            x = view(images[start : start + cfg.eval_batch_size])
             out.append(model(x.contiguous(memory_format=memory_format)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, cfg.num_outputs)
 
 
 def predict_probs(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device) -> np.ndarray:
     return torch.sigmoid(predict_logits(model, images, cfg, device)).numpy()
+
+
+# Test-time views: small flips, shifts and rotations only; no intensity changes, which move the decision.
+TTA_SETTINGS = AugmentSettings(rotation=10.0, translate=0.05, hflip=0.5, brightness=0.0, contrast=0.0, blur=False)
+
+
+def predict_probs_tta(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, views: int, seed: int = 0) -> np.ndarray:
+    """Mean probability over ``views`` views: the image itself, then views-1 random geometric views (fixed seed,
+    so the same call gives the same numbers)."""
+    total = predict_probs(model, images, cfg, device)
+    for v in range(1, views):
+        gen = torch.Generator(device=device).manual_seed(seed * 1000 + v)
+
+        def view(batch: torch.Tensor) -> torch.Tensor:
+            return normalize(augment(to_float(batch, device), TTA_SETTINGS, gen), cfg.norm_mean, cfg.norm_std)
+
+        total = total + torch.sigmoid(predict_logits(model, images, cfg, device, view)).numpy()
+    return total / views
+
+
+def inference_speed(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, single: int = 50, repeats: int = 3) -> dict[str, float]:
+    """Median batch-1 latency (ms/image, over ``single`` images) and batched throughput (images/s, eval batch size)."""
+    one = replace(cfg, eval_batch_size=1)
+    predict_logits(model, images[:4], one, device)  # warm-up: allocator, kernel selection
+    latencies = []
+    for image in images[:single].split(1):
+        t0 = time.perf_counter()
+        predict_logits(model, image, one, device)
+        latencies.append(time.perf_counter() - t0)
+    batched = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict_logits(model, images, cfg, device)
+        batched.append(time.perf_counter() - t0)
+    return {"ms_per_image": 1000 * float(np.median(latencies)), "images_per_s": len(images) / float(np.median(batched))}
 
 
 @dataclass

@@ -1,33 +1,93 @@
-"""The main experiment: train several models under one protocol and put their test results side by side."""
+"""The main experiment: train the models for several seeds under one protocol (train on train, choose on val,
+report on test) and write one report from the runs. Every number in the report is one a run or this module
+measured; nothing is typed in.
+
+    OUT/compare.yaml          the study's options and training options: `cxrlab compare --config` reproduces it
+    OUT/runs/<model>-seed<k>/ one run directory per model and seed (reused when the config matches)
+    OUT/comparison.csv        one line per entry (model, model + TTA, ensemble) and seed, with its run directories
+    OUT/report.md, .html      the report; figures in OUT/figures/ (embedded in the HTML)
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import platform
+import shutil
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import torch
+import yaml
+
 from cxrlab.config import MODEL_NAMES, Config
-from cxrlab.errors import RunDirError
+from cxrlab.data.task import TaskData, data_label, load_task
+from cxrlab.errors import ConfigError, RunDirError
+from cxrlab.evaluation import plots
+from cxrlab.evaluation.ensemble import check_weights, combine, fit_weights
+from cxrlab.evaluation.evaluate import choose_threshold, positive_view
+from cxrlab.evaluation.inference import inference_speed, load_trained, predict_probs, predict_probs_tta
+from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs, fit_temperature
 from cxrlab.files import atomic_write_text
+from cxrlab.report.document import Document
 from cxrlab.runs import RunDir
 from cxrlab.training.loop import resolve, resume_training, train
 
-COLUMNS = (
-    ("model", "model"),
-    ("parameters", "params"),
-    ("model_size_mb", "size MB"),
-    ("best_epoch", "best epoch"),
-    ("seconds_per_epoch", "s/epoch"),
-    ("val_accuracy", "val acc"),
-    ("accuracy", "test acc"),
-    ("balanced_accuracy", "test bal acc"),
-    ("sensitivity", "sensitivity"),
-    ("specificity", "specificity"),
-    ("f1", "F1"),
-    ("roc_auc", "ROC-AUC [95% CI]"),
-)
+STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out")
+
+
+@dataclass
+class Study:
+    """What `compare` runs, beyond the training options every run shares."""
+
+    models: list[str] = field(default_factory=lambda: list(MODEL_NAMES))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ensemble: str | list[float] = "fit"  # "off", "fit" (weights fitted on val) or one weight per model
+    tta: int = 0  # test-time augmentation views (0 or 1: off)
+    out: str = "runs/compare"
+
+    def validate(self) -> "Study":
+        unknown = [m for m in self.models if m not in MODEL_NAMES]
+        if unknown or not self.models or len(set(self.models)) != len(self.models):
+            raise ConfigError(f"models must be distinct names from {', '.join(MODEL_NAMES)}, got {self.models}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct integers, got {self.seeds}")
+        if isinstance(self.ensemble, str):
+            if self.ensemble not in ("off", "fit"):
+                try:
+                    self.ensemble = [float(w) for w in self.ensemble.replace(",", " ").split()]
+                except ValueError:
+                    raise ConfigError(f"ensemble must be 'off', 'fit' or one weight per model, got {self.ensemble!r}") from None
+        if isinstance(self.ensemble, list):
+            check_weights(self.ensemble, self.models)
+            if len(self.models) < 2:
+                raise ConfigError("an ensemble needs at least two models")
+        if self.tta < 0:
+            raise ConfigError(f"tta must be 0 (off) or a number of views, got {self.tta}")
+        return self
+
+    @property
+    def ensemble_on(self) -> bool:
+        return self.ensemble != "off" and len(self.models) > 1
+
+
+@dataclass
+class Entry:
+    """One row for one seed: a model's run, the same run with test-time augmentation, or an ensemble."""
+
+    name: str
+    kind: str  # model, tta, ensemble
+    seed: int
+    val: dict
+    test: dict
+    curves: dict  # split -> (targets, positive probabilities)
+    info: dict  # parameters, sizes, timings, run directories, ensemble weights
+
+
+# ---- runs ------------------------------------------------------------------------------------------------
 
 
 def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None) -> RunDir:
@@ -45,72 +105,360 @@ def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None) -
     return resume_training(run.path, progress=progress, echo=echo)
 
 
-MULTILABEL_COLUMNS = (
-    ("model", "model"),
-    ("parameters", "params"),
-    ("model_size_mb", "size MB"),
-    ("best_epoch", "best epoch"),
-    ("seconds_per_epoch", "s/epoch"),
-    ("val_auc", "val AUC"),
-    ("auc", "test AUC"),
-    ("acc", "test ACC"),
+def check_compatible(runs: list[RunDir]) -> None:
+    """Runs on different data files, sizes, tasks or classes never share a table or an ensemble."""
+    seen: dict[tuple, list[str]] = {}
+    for run in runs:
+        summary = run.require_finished()
+        key = (summary["data_md5"], summary["size"], summary.get("task", "binary"), tuple(summary["classes"]), summary.get("positive_class"))
+        seen.setdefault(key, []).append(str(run.path))
+    if len(seen) > 1:
+        groups = "; ".join(f"data MD5 {k[0][:8]}…, size {k[1]}, task {k[2]}, classes {'/'.join(k[3])}: {', '.join(v)}" for k, v in seen.items())
+        raise RunDirError(f"these runs do not share data, size, task and classes, so they cannot be compared or ensembled: {groups}")
+
+
+def train_runs(base: Config, study: Study, echo, progress) -> dict[tuple[str, int], RunDir]:
+    runs = {}
+    out = Path(study.out)
+    for seed in study.seeds:
+        for name in study.models:
+            echo(f"\n=== {name}, seed {seed} ===")
+            cfg = resolve(replace(base, model=name, seed=seed, out=str(out / "runs" / f"{name}-seed{seed}")))
+            runs[name, seed] = run_model(cfg, echo, progress)
+    check_compatible(list(runs.values()))
+    return runs
+
+
+# ---- scoring ---------------------------------------------------------------------------------------------
+
+
+def score(cfg: Config, curves: dict) -> tuple[dict, dict]:
+    """Val and test metrics of probabilities that no run scored (TTA, ensembles), by the runs' own rules:
+    threshold and temperature chosen on val, applied unchanged to test."""
+    (val_t, val_p), (test_t, test_p) = curves["val"], curves["test"]
+    threshold = choose_threshold(cfg, val_t, val_p)
+    temperature = fit_temperature(val_t, val_p)
+    out = []
+    for targets, probs in ((val_t, val_p), (test_t, test_p)):
+        metrics = evaluate_probs(targets, probs, threshold, cfg.n_bootstrap, cfg.seed)
+        metrics.update(calibration_metrics(targets, probs, temperature))
+        out.append(metrics)
+    return out[0], out[1]
+
+
+def train_accuracy_at_best(run: RunDir, best_epoch: int) -> float:
+    with open(run.history) as fh:
+        rows = list(csv.DictReader(fh))
+    return float(rows[best_epoch - 1]["train_accuracy"])
+
+
+def model_entries(runs: dict, data: TaskData, study: Study, echo) -> list[Entry]:
+    entries, speed = [], {}
+    for (name, seed), run in runs.items():
+        trained = load_trained(run.path)
+        cfg, summary = trained.cfg, run.read_json(run.summary)
+        curves, tta_curves = {}, {}
+        for split in ("val", "test"):
+            images = data.splits[split].images
+            targets = data.splits[split].targets.numpy()
+            curves[split] = positive_view(targets, predict_probs(trained.model, images, cfg, trained.device)[:, 0], data.classes, cfg.positive)
+            if study.tta > 1:
+                probs = predict_probs_tta(trained.model, images, cfg, trained.device, study.tta, seed=seed)
+                tta_curves[split] = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
+        if name not in speed:  # per architecture, once: the first seed's run
+            echo(f"timing inference: {name}")
+            speed[name] = inference_speed(trained.model, data.splits["test"].images, cfg, trained.device)
+        info = {
+            "parameters": summary["parameters"],
+            "model_size_mb": summary["model_size_mb"],
+            "train_accuracy": train_accuracy_at_best(run, summary["best_epoch"]),
+            "best_epoch": summary["best_epoch"],
+            "seconds_per_epoch": summary["seconds_per_epoch"],
+            "train_seconds": summary["train_seconds"],
+            "device": summary["device"],
+            **speed[name],
+            "runs": [str(run.path)],
+        }
+        val, test = run.read_json(run.metrics("val")), run.read_json(run.metrics("test"))
+        entries.append(Entry(name, "model", seed, val, test, curves, info))
+        if tta_curves:
+            tta_val, tta_test = score(cfg, tta_curves)
+            tta_info = {k: info[k] for k in ("parameters", "model_size_mb", "train_accuracy", "best_epoch", "seconds_per_epoch", "train_seconds", "device", "runs")}
+            entries.append(Entry(f"{name} + TTA×{study.tta}", "tta", seed, tta_val, tta_test, tta_curves, tta_info))
+    return entries
+
+
+def ensemble_entries(singles: list[Entry], base: Config, study: Study) -> list[Entry]:
+    entries = []
+    for seed in study.seeds:
+        members = [next(e for e in singles if e.name == name and e.seed == seed) for name in study.models]
+        val_t = members[0].curves["val"][0]
+        weights = (
+            fit_weights(val_t, [m.curves["val"][1] for m in members]) if study.ensemble == "fit" else check_weights(study.ensemble, study.models)
+        )
+        curves = {split: (members[0].curves[split][0], combine([m.curves[split][1] for m in members], weights)) for split in ("val", "test")}
+        cfg = replace(base, seed=seed)
+        val, test = score(cfg, curves)
+        info = {
+            "parameters": sum(m.info["parameters"] for m in members),
+            "model_size_mb": sum(m.info["model_size_mb"] for m in members),
+            "train_seconds": sum(m.info["train_seconds"] for m in members),
+            "device": members[0].info["device"],
+            "weights": {m.name: float(w) for m, w in zip(members, weights)},
+            "runs": [r for m in members for r in m.info["runs"]],
+        }
+        entries.append(Entry("ensemble", "ensemble", seed, val, test, curves, info))
+    return entries
+
+
+# ---- tables ----------------------------------------------------------------------------------------------
+
+METRIC_COLUMNS = (  # (key, title, source): source 'test', 'val' or 'info'
+    ("train_accuracy", "train acc", "info"),
+    ("accuracy", "val acc", "val"),
+    ("accuracy", "test acc", "test"),
+    ("balanced_accuracy", "bal acc", "test"),
+    ("sensitivity", "sensitivity", "test"),
+    ("specificity", "specificity", "test"),
+    ("f1", "F1", "test"),
+    ("roc_auc", "ROC-AUC", "test"),
 )
 
 
-def row_for(run: RunDir) -> dict:
-    summary = run.require_finished()
-    test = run.read_json(run.metrics("test"))
-    val = run.read_json(run.metrics("val"))
-    extra = {"val_auc": val["auc"]} if summary.get("task") == "multilabel" else {"val_accuracy": val["accuracy"]}
-    return {**test, **summary, **extra, "run": str(run.path)}
+def values(entries: list[Entry], key: str, source: str) -> np.ndarray:
+    got = [(e.info if source == "info" else getattr(e, source)).get(key) for e in entries]
+    return np.array([np.nan if v is None else v for v in got], dtype=float)
 
 
-def format_cell(key: str, row: dict) -> str:
-    value = row[key]
-    if key == "roc_auc":
-        return f"{value:.3f} [{row['roc_auc_ci_low']:.3f}, {row['roc_auc_ci_high']:.3f}]"
-    if key == "parameters":
-        return f"{value / 1e6:.2f}M"
-    if isinstance(value, float):
-        return f"{value:.3f}" if key not in ("model_size_mb", "seconds_per_epoch") else f"{value:.1f}"
-    return str(value)
+def mean_sd(v: np.ndarray, digits: int = 3) -> str:
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return "—"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
 
 
-def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
-    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_cell(key, row) for key, _ in columns) + " |" for row in rows]
-    return "\n".join(lines)
+def grouped(entries: list[Entry]) -> dict[str, list[Entry]]:
+    groups: dict[str, list[Entry]] = {}
+    for e in entries:
+        groups.setdefault(e.name, []).append(e)
+    return groups
 
 
-def compare(base: Config, models: list[str] = list(MODEL_NAMES), out: str | Path = "runs/compare", progress: bool | None = None, echo: Callable[[str], None] = print) -> list[dict]:
-    """Train (or reuse) one run per model in ``out/<model>``; write comparison.md and comparison.csv there."""
-    out = Path(out)
+def comparison_rows(groups: dict[str, list[Entry]]) -> tuple[list[str], list[list[str]]]:
+    header = ["entry", "seeds", "params", "size MB"] + [t for _, t, _ in METRIC_COLUMNS] + [
+        "ROC-AUC 95% CI (one run)", "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (batch 1)", "images/s (batched)"]
     rows = []
-    for name in models:
-        cfg = resolve(replace(base, model=name, out=str(out / name)))
-        echo(f"\n=== {name} ===")
-        rows.append(row_for(run_model(cfg, echo, progress)))
-    labels = {row["data_label"] for row in rows}
-    if len({row["data_md5"] for row in rows}) > 1:
-        raise RunDirError("these runs were trained on different data files; they cannot share one table: " + ", ".join(r["run"] for r in rows))
-    label = labels.pop()
-    multilabel = base.task == "multilabel"
-    columns = MULTILABEL_COLUMNS if multilabel else COLUMNS
-    task_text = (
-        "all 14 labels, medmnist's AUC and ACC" if multilabel
-        else f"positive class: {rows[0]['positive_class']}, threshold rule: {rows[0]['threshold_rule']}"
-    )
-    header = (
-        f"# Model comparison\n\nData: {label}\n\n"
-        f"Protocol: trained on train, best epoch and threshold chosen on val, reported on test ({task_text}).\n\n"
-    )
-    table = markdown_table(rows, columns)
-    atomic_write_text(out / "comparison.md", header + table + "\n\nRuns: " + ", ".join(r["run"] for r in rows) + "\n")
-    buffer = io.StringIO()
-    extra = [] if multilabel else ["roc_auc_ci_low", "roc_auc_ci_high"]
-    writer = csv.DictWriter(buffer, fieldnames=[k for k, _ in columns] + extra + ["run"], extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "comparison.csv", buffer.getvalue())
-    echo(f"\n{header}{table}\n\nwritten: {out / 'comparison.md'}, {out / 'comparison.csv'}")
+    for name, group in groups.items():
+        first = group[0]
+        params = first.info["parameters"]
+        row = [name, str(len(group)), f"{params / 1e6:.2f}M", f"{first.info['model_size_mb']:.1f}"]
+        row += [mean_sd(values(group, key, source)) for key, _, source in METRIC_COLUMNS]
+        row.append(f"[{first.test['roc_auc_ci_low']:.3f}, {first.test['roc_auc_ci_high']:.3f}] (seed {first.seed})")
+        row.append(mean_sd(values(group, "best_epoch", "info"), 1))
+        row.append(mean_sd(values(group, "seconds_per_epoch", "info"), 1))
+        row.append(mean_sd(values(group, "train_seconds", "info"), 0))
+        row.append(first.info["device"])
+        row.append(f"{first.info['ms_per_image']:.2f}" if "ms_per_image" in first.info else "—")
+        row.append(f"{first.info['images_per_s']:.0f}" if "images_per_s" in first.info else "—")
+        rows.append(row)
+    return header, rows
+
+
+WINNER_CRITERIA = (  # (title, key, source, higher is better)
+    ("test accuracy", "accuracy", "test", True),
+    ("balanced accuracy", "balanced_accuracy", "test", True),
+    ("sensitivity", "sensitivity", "test", True),
+    ("specificity", "specificity", "test", True),
+    ("F1", "f1", "test", True),
+    ("ROC-AUC", "roc_auc", "test", True),
+    ("calibration (ECE after temperature scaling)", "ece_calibrated", "test", False),
+    ("fewest parameters", "parameters", "info", False),
+    ("fastest inference (ms/image, batch 1)", "ms_per_image", "info", False),
+    ("shortest training (s)", "train_seconds", "info", False),
+)
+
+
+def winners(groups: dict[str, list[Entry]]) -> list[list[str]]:
+    """The best entry per criterion by its mean over seeds; ties and entries without the value are named."""
+    rows = []
+    for title, key, source, higher in WINNER_CRITERIA:
+        means = {name: np.nanmean(values(g, key, source)) if not np.isnan(values(g, key, source)).all() else np.nan for name, g in groups.items()}
+        means = {k: v for k, v in means.items() if not np.isnan(v)}
+        if not means:
+            continue
+        best = max(means.values()) if higher else min(means.values())
+        names = [k for k, v in means.items() if v == best]
+        rows.append([title, " = ".join(names), f"{best:.4g}"])
     return rows
+
+
+def calibration_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
+    return [
+        [name, mean_sd(values(g, "temperature", "test"), 2), mean_sd(values(g, "ece", "test")), mean_sd(values(g, "ece_calibrated", "test")),
+         mean_sd(values(g, "brier", "test")), mean_sd(values(g, "brier_calibrated", "test")), mean_sd(values(g, "threshold", "test"))]
+        for name, g in groups.items()
+    ]
+
+
+CSV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high",
+            "pr_auc", "ece", "ece_calibrated", "brier", "brier_calibrated", "temperature", "threshold")
+
+
+def write_csv(path: Path, entries: list[Entry]) -> None:
+    buffer = io.StringIO()
+    fields = ["entry", "kind", "seed", "val_accuracy", "val_roc_auc", *CSV_KEYS, "parameters", "train_seconds", "ms_per_image", "images_per_s", "weights", "runs"]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for e in entries:
+        writer.writerow({
+            "entry": e.name, "kind": e.kind, "seed": e.seed, "val_accuracy": e.val["accuracy"], "val_roc_auc": e.val["roc_auc"],
+            **{k: e.test.get(k) for k in CSV_KEYS}, **{k: e.info.get(k) for k in ("parameters", "train_seconds", "ms_per_image", "images_per_s")},
+            "weights": " ".join(f"{k}={v:.2f}" for k, v in e.info.get("weights", {}).items()), "runs": " ".join(e.info["runs"]),
+        })
+    atomic_write_text(path, buffer.getvalue())
+
+
+# ---- figures and report ----------------------------------------------------------------------------------
+
+
+def figures(out: Path, entries: list[Entry], runs: dict, study: Study, base: Config, label: str, data: TaskData) -> dict[str, list[Path]]:
+    folder = out / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    first = study.seeds[0]
+    shown = [e for e in entries if e.seed == first]
+    made: dict[str, list[Path]] = {"overlay": [], "curves": [], "confusion": [], "grid": []}
+    test_curves = {e.name: e.curves["test"] for e in shown}
+    made["overlay"].append(plots.roc_overlay(test_curves, folder / "roc_test.png", f"ROC on test (seed {first})", label))
+    made["overlay"].append(plots.pr_overlay(test_curves, folder / "pr_test.png", f"precision-recall on test (seed {first})", label))
+    made["overlay"].append(plots.reliability(test_curves, folder / "reliability_test.png", f"reliability on test, before temperature scaling (seed {first})", label))
+    for name in study.models:
+        run = runs[name, first]
+        for kind, source in (("curves", "curves.png"), ("confusion", "confusion_test.png"), ("grid", "val_grid.png")):
+            if (run.plots / source).is_file():
+                target = folder / f"{kind}_{name}.png"
+                shutil.copyfile(run.plots / source, target)
+                made[kind].append(target)
+    for e in shown:
+        if e.kind != "model":
+            path = folder / f"confusion_{e.name.replace(' ', '').replace('+', '_').replace('×', 'x')}.png"
+            made["confusion"].append(plots.confusion_matrix(e.test, data.classes, base.positive, path, f"{e.name}: confusion matrix, test", label))
+    return made
+
+
+def write_report(out: Path, base: Config, study: Study, entries: list[Entry], runs: dict, data: TaskData, echo) -> tuple[Path, Path]:
+    label = data_label(data.provenance)
+    groups = grouped(entries)
+    figs = figures(out, entries, runs, study, base, label, data)
+    prov = data.provenance
+    doc = Document("cxrlab model comparison", warning=f"{label}: every number below describes synthetic images" if data.is_phantom else None)
+
+    doc.heading("Data")
+    counts = "; ".join(f"{split} {s.counts()[0]:,} {data.classes[0]} / {s.counts()[1]:,} {data.classes[1]}" for split, s in data.splits.items())
+    doc.bullets([label, f"file `{prov['file']}`, MD5 `{prov['md5']}` (official: `{prov['official_md5']}`)", f"{data.size} px; images per split and class: {counts}"])
+
+    doc.heading("Protocol")
+    first = runs[study.models[0], study.seeds[0]].load_config()
+    doc.bullets([
+        "trained on train; best epoch, decision threshold and temperature chosen on val; reported on test, once",
+        f"positive class: **{base.positive}**; threshold rule: `{base.threshold}`"
+        + (f" (target sensitivity {base.target_sensitivity})" if base.threshold == "sensitivity" else "")
+        + f"; best epoch by val `{base.select_metric}`",
+        f"seeds {', '.join(map(str, study.seeds))}: tables give mean ± sd over seeds; the CI column is the bootstrap 95% CI "
+        f"({base.n_bootstrap} resamples) of one run",
+        f"up to {first.total_epochs} epochs, batch {base.batch_size}, Adam, BCE, ReduceLROnPlateau, early stopping {base.early_stopping}; "
+        "learning rates per model: " + ", ".join(f"{m} {runs[m, study.seeds[0]].load_config().lr:g}" for m in study.models),
+        f"ensemble: {'off' if not study.ensemble_on else 'weights fitted on val (log loss, simplex grid)' if study.ensemble == 'fit' else 'weights ' + ', '.join(f'{w:g}' for w in study.ensemble)}; "
+        f"test-time augmentation: {'off' if study.tta < 2 else f'{study.tta} views (the image, then flips, shifts up to 5%, rotations up to 10°)'}",
+        f"regularisation: label smoothing {base.label_smoothing:g}, mixup alpha {base.mixup:g}, dropout {base.dropout}, "
+        f"erasing p {base.aug_erasing:g}, perspective {base.aug_perspective:g}" + (f"; fine-tuning stages `{base.finetune}`" if base.finetune else ""),
+    ])
+    doc.heading("Machine")
+    doc.bullets([f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                 f"{torch.get_num_threads()} torch threads", "training devices: " + ", ".join(sorted({e.info['device'] for e in entries}))])
+
+    doc.heading("Comparison (test set unless marked)")
+    header, rows = comparison_rows(groups)
+    doc.table(header, rows)
+    if study.ensemble_on:
+        weights = "; ".join(f"seed {e.seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in e.info["weights"].items()) for e in entries if e.kind == "ensemble")
+        doc.text(f"Ensemble weights: {weights}.")
+    doc.heading("Winner per criterion (mean over seeds)")
+    doc.table(["criterion", "best", "value"], winners(groups))
+    doc.heading("Calibration on test (temperature fitted on val)")
+    doc.table(["entry", "temperature", "ECE before", "ECE after", "Brier before", "Brier after", "threshold"], calibration_rows(groups))
+    doc.figures(figs["overlay"], "ROC, precision-recall and reliability on test, all entries of the first seed")
+    doc.heading("Per model (first seed)")
+    doc.figures(figs["curves"], "training curves (train and val loss, accuracy, val ROC-AUC; dotted line: best epoch)")
+    doc.figures(figs["confusion"], "confusion matrices on test at the val-chosen threshold")
+    doc.figures(figs["grid"], "random val images with predictions")
+    doc.heading("Reproduce")
+    doc.text(f"`cxrlab compare --config {out / 'compare.yaml'}` reuses these runs, or trains them again where they are missing. "
+             "Each run directory holds its config, history, weights and metrics:")
+    doc.table(["entry", "seed", "run directories"], [[e.name, str(e.seed), ", ".join(f"`{r}`" for r in e.info["runs"])] for e in entries])
+    return doc.write(out)
+
+
+def save_study(out: Path, base: Config, study: Study) -> Path:
+    """compare.yaml: the training options and the study's, in the layout `compare --config` reads."""
+    values = base.to_dict()
+    for key in ("model", "out", "seed"):
+        values.pop(key)
+    study_values = {"models": study.models, "seeds": study.seeds, "ensemble": study.ensemble, "tta": study.tta, "out": str(out)}
+    path = out / "compare.yaml"
+    atomic_write_text(path, yaml.safe_dump({"compare": study_values, **values}, sort_keys=False))
+    return path
+
+
+def compare(base: Config, study: Study | None = None, progress: bool | None = None, echo: Callable[[str], None] = print) -> list[Entry]:
+    """Train (or reuse) every model for every seed; score models, TTA and ensemble; write the report."""
+    study = (study or Study()).validate()
+    base = base.validate()
+    if base.task != "binary":
+        return compare_multilabel(base, study, progress, echo)
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_study(out, base, study)
+    runs = train_runs(base, study, echo, progress)
+    data = load_task(base.data_root, base.size, base.classes, task=base.task)
+    recorded = runs[study.models[0], study.seeds[0]].read_json(runs[study.models[0], study.seeds[0]].summary)["data_md5"]
+    if recorded != data.provenance["md5"]:
+        raise RunDirError(f"the data file {data.provenance['file']} is not the one the runs in {out} were trained on")
+    echo("\nscoring runs" + (f", {study.tta}-view TTA" if study.tta > 1 else "") + (", ensemble" if study.ensemble_on else ""))
+    entries = model_entries(runs, data, study, echo)
+    if study.ensemble_on:
+        entries += ensemble_entries([e for e in entries if e.kind == "model"], base, study)
+    entries.sort(key=lambda e: ({"model": 0, "tta": 1, "ensemble": 2}[e.kind], e.name, e.seed))
+    write_csv(out / "comparison.csv", entries)
+    md, page = write_report(out, base, study, entries, runs, data, echo)
+    header, rows = comparison_rows(grouped(entries))
+    keep = [0, 1, 5, 6, 11, 12]  # entry, seeds, val acc, test acc, ROC-AUC, its CI
+    echo("\n" + data_label(data.provenance))
+    echo("\n".join("  ".join(f"{row[i]:<22}" for i in keep) for row in [header, *rows]))
+    echo(f"\nwritten: {md}, {page}, {out / 'comparison.csv'}")
+    return entries
+
+
+# ---- multilabel: medmnist's metrics only -----------------------------------------------------------------
+
+
+def compare_multilabel(base: Config, study: Study, progress, echo) -> list[Entry]:
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_study(out, base, study)
+    runs = train_runs(base, study, echo, progress)
+    entries = []
+    for (name, seed), run in runs.items():
+        summary = run.read_json(run.summary)
+        info = {k: summary[k] for k in ("parameters", "model_size_mb", "best_epoch", "seconds_per_epoch", "train_seconds", "device")}
+        entries.append(Entry(name, "model", seed, run.read_json(run.metrics("val")), run.read_json(run.metrics("test")), {}, {**info, "runs": [str(run.path)]}))
+    label = runs[study.models[0], study.seeds[0]].read_json(runs[study.models[0], study.seeds[0]].summary)["data_label"]
+    doc = Document("cxrlab model comparison: all 14 labels", warning=label if "PHANTOM" in label else None)
+    doc.text(f"Data: {label}. Metrics are medmnist's Evaluator AUC and ACC (mean over seeds ± sd).")
+    rows = [[name, str(len(g)), mean_sd(values(g, "auc", "val")), mean_sd(values(g, "auc", "test")), mean_sd(values(g, "acc", "test")),
+             mean_sd(values(g, "seconds_per_epoch", "info"), 1)] for name, g in grouped(entries).items()]
+    doc.table(["model", "seeds", "val AUC", "test AUC", "test ACC", "s/epoch"], rows)
+    doc.table(["entry", "seed", "run"], [[e.name, str(e.seed), f"`{e.info['runs'][0]}`"] for e in entries])
+    md, page = doc.write(out)
+    echo("\n".join("  ".join(f"{c:<20}" for c in r) for r in rows))
+    echo(f"\nwritten: {md}, {page}")
+    return entries
