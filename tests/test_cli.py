@@ -99,14 +99,3 @@ def test_bad_input_gives_a_message_and_no_traceback(tmp_path):
     assert corrupt.returncode == 2 and "Traceback" not in corrupt.stderr and "chestmnist.npz" in corrupt.stderr
     not_a_run = run("evaluate", str(tmp_path))
     assert not_a_run.returncode == 2 and "not a cxrlab run directory" in not_a_run.stderr
-
-
-def test_compare_trains_each_model_and_reuses_finished_runs(phantom_root, tmp_path, capsys):
-    args = ["compare", "--data-root", str(phantom_root), "--models", "mobilenet_v3_large", "efficientnet_b0", "--out", str(tmp_path), *FAST]
-    args[args.index("--epochs") + 1] = "1"
-    assert main(args) == 0
-    table = (tmp_path / "comparison.md").read_text()
-    assert "PHANTOM" in table and "mobilenet_v3_large" in table and "efficientnet_b0" in table
-    capsys.readouterr()
-    assert main(args) == 0
-    assert capsys.readouterr().out.count("reusing finished run") == 2

@@ -68,3 +68,66 @@ def test_positive_class_can_be_the_first_class():
     targets, probs = positive_view(TARGETS, PROBS, ["cardiomegaly", "pneumothorax"], "cardiomegaly")
     assert targets.tolist() == (1 - TARGETS).tolist()
     assert point_metrics(targets, probs)["roc_auc"] == pytest.approx(skm.roc_auc_score(1 - TARGETS, 1 - PROBS))
+
+
+# ---- thresholds, calibration, ensembles ----
+
+from cxrlab.errors import ConfigError  # noqa: E402
+from cxrlab.evaluation.ensemble import check_weights, combine, fit_weights  # noqa: E402
+from cxrlab.evaluation.metrics import (  # noqa: E402
+    apply_temperature,
+    calibration_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    sensitivity_threshold,
+)
+
+
+def test_sensitivity_threshold_is_the_highest_that_reaches_the_target():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, 500)
+    probs = np.clip(0.3 * targets + rng.normal(0.35, 0.2, 500), 0, 1)
+    for target in (0.8, 0.9, 0.95):
+        t = sensitivity_threshold(targets, probs, target)
+        assert point_metrics(targets, probs, t)["sensitivity"] >= target
+        above = np.min(probs[probs > t])  # the next higher threshold misses the target
+        assert point_metrics(targets, probs, above)["sensitivity"] < target
+
+
+def test_temperature_scaling_recovers_an_overconfident_model():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1.5, 20000)
+    targets = (rng.random(20000) < 1 / (1 + np.exp(-logits))).astype(int)  # calibrated at T = 1
+    overconfident = 1 / (1 + np.exp(-3 * logits))
+    t = fit_temperature(targets, overconfident)
+    assert t == pytest.approx(3, rel=0.08)
+    m = calibration_metrics(targets, overconfident, t)
+    assert m["ece"] > 0.08 and m["ece_calibrated"] < 0.02 and m["brier_calibrated"] < m["brier"]
+    # ranking and the 0.5 decision do not move
+    calibrated = apply_temperature(overconfident, t)
+    assert skm.roc_auc_score(targets, calibrated) == pytest.approx(skm.roc_auc_score(targets, overconfident))
+    assert ((calibrated >= 0.5) == (overconfident >= 0.5)).all()
+
+
+def test_ece_by_hand():
+    # bins of width 1/15: 0.1 and 0.9 fall in different bins; observed rates 0 and 1
+    assert expected_calibration_error(np.array([0, 1]), np.array([0.1, 0.9])) == pytest.approx(0.1)
+    assert expected_calibration_error(np.array([0, 1, 1, 0]), np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.0)
+
+
+def test_ensemble_weights_fitted_on_val_prefer_the_informative_model():
+    rng = np.random.default_rng(2)
+    targets = rng.integers(0, 2, 400)
+    good = np.clip(0.6 * targets + rng.normal(0.2, 0.15, 400), 0.01, 0.99)
+    noise = rng.random(400)
+    w = fit_weights(targets, [noise, good])
+    assert w.sum() == pytest.approx(1) and w[1] > 0.8
+    assert combine([noise, good], np.array([0.0, 1.0])) == pytest.approx(good)
+
+
+def test_given_ensemble_weights_are_checked_and_normalised():
+    assert check_weights([5, 3, 2], ["a", "b", "c"]) == pytest.approx([0.5, 0.3, 0.2])
+    with pytest.raises(ConfigError, match="2 ensemble weights given for 3 models"):
+        check_weights([0.5, 0.5], ["a", "b", "c"])
+    with pytest.raises(ConfigError, match="non-negative"):
+        check_weights([1, -1, 1], ["a", "b", "c"])

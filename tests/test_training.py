@@ -153,3 +153,51 @@ def test_bf16_autocast_trains_and_learns(quick_config):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert json.loads(run.metrics("val").read_text())["roc_auc"] > 0.7
     assert run.load_config().precision == "bf16"
+
+
+def test_label_smoothing_and_mixup_still_learn(quick_config):
+    cfg = replace(quick_config, model="efficientnet_b0", epochs=3, lr=1e-3, label_smoothing=0.1, mixup=0.4, **NO_AUG)
+    run = train(cfg, progress=False, echo=quiet)
+    rows = history(run)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert json.loads(run.metrics("val").read_text())["roc_auc"] > 0.7
+
+
+def test_progressive_fine_tuning_trains_head_then_last_blocks_then_all(quick_config, tmp_path):
+    import torchvision
+
+    weights = tmp_path / "imagenet.pth"
+    torch.manual_seed(0)
+    imagenet = torchvision.models.efficientnet_b0().state_dict()
+    torch.save(imagenet, weights)
+    cfg = replace(quick_config, model="efficientnet_b0", pretrained=True, weights_file=str(weights),
+                  finetune="head:1:1e-3,last:1:5e-4,all:1:2e-4", select_metric="loss", **NO_AUG)
+    states = []
+    run = train(cfg, progress=False, echo=quiet, on_epoch=lambda epoch, row: states.append(load_state(RunDir(cfg.out).last_checkpoint)["model"]))
+    assert [r["lr"] for r in history(run)] == [1e-3, 5e-4, 2e-4]  # each stage starts at its own rate
+    head, last, full = states
+    folded_stem = imagenet["features.0.0.weight"].sum(1, keepdim=True)
+    block = "features.7.0.block.3.0.weight"  # in the last blocks
+    # stage 1 (head): backbone weights and frozen BatchNorm statistics are still ImageNet's
+    assert torch.equal(head["features.0.0.weight"], folded_stem) and torch.equal(head[block], imagenet[block])
+    assert torch.equal(head["features.0.1.running_mean"], imagenet["features.0.1.running_mean"])
+    # stage 2 (last): the last blocks move, the stem does not
+    assert not torch.equal(last[block], imagenet[block]) and torch.equal(last["features.0.0.weight"], folded_stem)
+    # stage 3 (all): everything trains
+    assert not torch.equal(full["features.0.0.weight"], folded_stem)
+
+
+def test_cross_validation_folds_partition_train_and_keep_test(phantom_root):
+    from cxrlab.data.task import fold_view, load_task
+
+    data = load_task(phantom_root, 28, ["cardiomegaly", "pneumothorax"])
+    train_images = data.splits["train"].images
+    held = []
+    for k in range(3):
+        view = fold_view(data, 3, k)
+        assert len(view.splits["train"]) + len(view.splits["val"]) == len(train_images)
+        assert view.splits["official_val"] is data.splits["val"] and view.splits["test"] is data.splits["test"]
+        ratio = view.splits["val"].targets.float().mean() / data.splits["train"].targets.float().mean()
+        assert 0.9 < ratio < 1.1  # stratified
+        held.append({bytes(im.numpy()) for im in view.splits["val"].images})
+    assert sum(map(len, held)) == len({bytes(im.numpy()) for im in train_images})  # every image held out once

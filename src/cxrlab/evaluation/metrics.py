@@ -114,7 +114,7 @@ def youden_threshold(targets: np.ndarray, probs: np.ndarray) -> float:
 
 def sensitivity_threshold(targets: np.ndarray, probs: np.ndarray, target: float) -> float:
     """The highest threshold at which sensitivity on the given (validation) set reaches ``target``."""
-    _, tpr, thresholds = skm.roc_curve(targets, probs)
+    _, tpr, thresholds = skm.roc_curve(targets, probs, drop_intermediate=False)  # every candidate threshold
     finite = np.isfinite(thresholds)
     reached = np.flatnonzero((tpr >= target) & finite)
     return float(thresholds[reached[0]])  # thresholds fall as tpr rises; tpr reaches 1 at the lowest score

@@ -1,0 +1,134 @@
+"""compare, cv and search end to end on phantom data: the report, run reuse, reproduction, bad input."""
+
+import csv
+import json
+import shutil
+
+import pytest
+import yaml
+
+from cxrlab.cli import main
+from cxrlab.config import load_config
+from cxrlab.errors import RunDirError
+from cxrlab.report.compare import check_compatible
+from cxrlab.runs import RunDir
+
+FAST = ["--epochs", "1", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu", "--no-progress"]
+SEARCH_FAST = ["--epochs", "1", "--n-bootstrap", "50", "--device", "cpu"]  # search chooses the batch size itself
+MODELS = ["mobilenet_v3_large", "efficientnet_b0"]
+
+
+def compare_args(root, out, *extra):
+    return ["compare", "--data-root", str(root), "--models", *MODELS, "--out", str(out), "--tta", "3",
+            "--threshold", "sensitivity", "--target-sensitivity", "0.8", *FAST, *extra]
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def study(phantom_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    assert main(compare_args(phantom_root, out, "--seeds", "0", "1")) == 0
+    return out
+
+
+def test_compare_writes_the_complete_report(study):
+    md = (study / "report.md").read_text()
+    assert md.splitlines()[2].startswith("> **PHANTOM")  # phantom reports say so at the top
+    for section in ("## Data", "## Protocol", "## Machine", "## Comparison", "## Winner per criterion", "## Calibration", "## Reproduce"):
+        assert section in md
+    for entry in ("| mobilenet_v3_large |", "| efficientnet_b0 |", "| efficientnet_b0 + TTA×3 |", "| ensemble |"):
+        assert entry in md
+    assert "Ensemble weights: seed 0:" in md and "target sensitivity 0.8" in md
+    figures = {p.name for p in (study / "figures").iterdir()}
+    assert {"roc_test.png", "pr_test.png", "reliability_test.png", "curves_efficientnet_b0.png", "confusion_ensemble.png",
+            "grid_mobilenet_v3_large.png"} <= figures
+    html = (study / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= len(figures) and 'src="figures' not in html  # self-contained
+    assert "PHANTOM" in html
+
+
+def test_every_number_traces_to_a_run(study):
+    rows = read_csv(study / "comparison.csv")
+    assert sorted((r["entry"], r["seed"]) for r in rows if r["kind"] == "model") == sorted((m, s) for m in MODELS for s in "01")
+    assert len(rows) == 2 * (2 + 2 + 1)  # seeds x (models + TTA rows + ensemble)
+    for row in rows:
+        for run in row["runs"].split():
+            assert (RunDir(run).config).is_file()
+        if row["kind"] == "model":
+            metrics = json.loads(RunDir(row["runs"]).metrics("test").read_text())
+            assert float(row["accuracy"]) == pytest.approx(metrics["accuracy"])
+            assert float(row["roc_auc"]) == pytest.approx(metrics["roc_auc"])
+            val = json.loads(RunDir(row["runs"]).metrics("val").read_text())
+            assert val["sensitivity"] >= 0.8  # threshold rule 'sensitivity' met on val, where it was chosen
+        assert 0 < float(row["temperature"]) and 0 <= float(row["ece_calibrated"]) <= 1
+
+
+def test_more_seeds_train_only_what_is_missing_and_the_config_reproduces(study, phantom_root, capsys):
+    capsys.readouterr()
+    assert main(compare_args(phantom_root, study, "--seeds", "0", "1", "2")) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing finished run") == 4 and "efficientnet_b0, seed 2" in out
+    before = read_csv(study / "comparison.csv")
+    assert len(before) == 3 * 5
+    saved = yaml.safe_load((study / "compare.yaml").read_text())
+    assert saved["compare"]["seeds"] == [0, 1, 2] and saved["threshold"] == "sensitivity"
+    assert main(["compare", "--config", str(study / "compare.yaml"), "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("reusing finished run") == 6
+    after = read_csv(study / "comparison.csv")
+    timing = {"ms_per_image", "images_per_s"}  # measured again; everything else must be identical
+    assert [{k: v for k, v in r.items() if k not in timing} for r in after] == [{k: v for k, v in r.items() if k not in timing} for r in before]
+
+
+def test_bad_ensemble_weights_fail_before_any_training(phantom_root, tmp_path, capsys):
+    code = main(["compare", "--data-root", str(phantom_root), "--ensemble", "0.5", "0.5", "--out", str(tmp_path / "c"), *FAST])
+    assert code == 2
+    assert "2 ensemble weights given for 3 models" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "runs").exists()
+
+
+def test_runs_on_different_data_are_never_mixed(study, tmp_path):
+    good = RunDir(study / "runs" / "efficientnet_b0-seed0")
+    other = RunDir(tmp_path / "other")
+    shutil.copytree(good.path, other.path)
+    summary = json.loads(other.summary.read_text())
+    summary["data_md5"] = "0" * 32
+    other.summary.write_text(json.dumps(summary))
+    with pytest.raises(RunDirError, match="do not share data") as err:
+        check_compatible([good, other])
+    assert str(good.path) in str(err.value) and str(other.path) in str(err.value)
+
+
+def test_cross_validation_reports_folds_and_their_ensemble(phantom_root, tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert main(["cv", "--data-root", str(phantom_root), "--model", "efficientnet_b0", "--folds", "2", "--out", str(out), *FAST]) == 0
+    rows = read_csv(out / "cv.csv")
+    assert [r["entry"] for r in rows] == ["fold0", "fold1", "fold ensemble"]
+    for k in (0, 1):
+        cfg = load_config(out / f"fold{k}" / "config.yaml")
+        assert (cfg.cv_folds, cfg.cv_fold) == (2, k)
+    fold_data = json.loads((out / "fold0" / "data.json").read_text())["counts"]
+    assert sum(fold_data["train"].values()) + sum(fold_data["val"].values()) == 600  # the folds split train, not val
+    assert "mean ± sd" in (out / "cv.md").read_text() and "PHANTOM" in (out / "cv.html").read_text()
+
+
+def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_root, tmp_path, capsys):
+    grid = tmp_path / "grid"
+    assert main(["search", "--method", "grid", "--trials", "2", "--data-root", str(phantom_root), "--model", "mobilenet_v3_large",
+                 "--out", str(grid), *SEARCH_FAST]) == 0
+    trials = read_csv(grid / "search.csv")
+    assert len(trials) == 2 and all(t["state"] == "complete" for t in trials)
+    assert len({(t["batch"], t["lr"], t["dropout"]) for t in trials}) == 2  # two different grid points
+    best = load_config(grid / "best.yaml")  # valid for `cxrlab train --config`
+    assert best.out is None and best.batch_size in (8, 16, 32) and best.lr in (1e-3, 5e-4, 3e-4)
+
+    tpe = tmp_path / "tpe"
+    args = ["search", "--method", "optuna", "--trials", "4", "--workers", "2", "--data-root", str(phantom_root), "--model", "mobilenet_v3_large",
+            "--out", str(tpe), *SEARCH_FAST]
+    assert main(args) == 0
+    trials = read_csv(tpe / "search.csv")
+    assert len(trials) == 4 and {t["state"] for t in trials} <= {"complete", "pruned"}
+    assert len({t["run"] for t in trials}) == 4 and (tpe / "study.db").is_file()
