@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PHANTOM := data/phantom
 
-.PHONY: install run demo test clean
+.PHONY: install run demo test browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ demo: $(STAMP)
 	test -f $(PHANTOM)/chestmnist.npz || $(BIN)/cxrlab phantom --out $(PHANTOM) --official-counts
 	$(BIN)/cxrlab compare --data-root $(PHANTOM) --epochs 3 --seeds 0 1 --tta 4 --threshold youden --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The browser test drives Debian's chromium with Playwright (Playwright's own browser download does not work here).
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) runs/demo $(PHANTOM) .pytest_cache

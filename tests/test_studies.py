@@ -45,7 +45,7 @@ def test_compare_writes_the_complete_report(study):
     assert "Ensemble weights: seed 0:" in md and "target sensitivity 0.8" in md
     figures = {p.name for p in (study / "figures").iterdir()}
     assert {"roc_test.png", "pr_test.png", "reliability_test.png", "curves_efficientnet_b0.png", "confusion_ensemble.png",
-            "grid_mobilenet_v3_large.png"} <= figures
+            "grid_mobilenet_v3_large.png", "gradcam_efficientnet_b0.png"} <= figures
     html = (study / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= len(figures) and 'src="figures' not in html  # self-contained
     assert "PHANTOM" in html

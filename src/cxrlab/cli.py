@@ -35,6 +35,17 @@ EXAMPLES = {
         cxrlab compare --download                               # the full study: 3 models x 3 seeds, real data
         cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
         cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)""",
+    "explain": """
+        cxrlab explain runs/mnv3 xray1.png xray2.dcm --out explained/   # one overlay PNG per image
+        cxrlab explain runs/mnv3 --val-grid --out explained/             # a grid of val images with overlays""",
+    "export": """
+        cxrlab export runs/mnv3                  # model.onnx (checked against PyTorch), then the INT8 trials
+        cxrlab export runs/mnv3 --no-quantize""",
+    "bench": """
+        cxrlab bench runs/mnv3                   # eager, channels_last, onnxruntime fp32 / INT8, predict end to end""",
+    "serve": """
+        cxrlab serve runs/mnv3                   # http://127.0.0.1:8000  (web page), /docs (API)
+        cxrlab serve runs/mnv3 --host 0.0.0.0 --port 8080 --max-upload-mb 20""",
     "cv": """
         cxrlab cv --data-root data/phantom --model efficientnet_b0 --folds 5 --epochs 3 --out runs/cv
         cxrlab cv --config configs/example.yaml --folds 5""",
@@ -157,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=None, help="study name, to share or continue a study (default: cxrlab-METHOD-MODEL)")
     p.add_argument("--out", dest="search_out", default="runs/search", help="folder for the trial runs and results (default: runs/search)")
     add_config_options(p, skip=("out", "batch_size", "lr", "dropout"))
+
+    p = _subparser(sub, "explain", "Grad-CAM overlays for image files, or a grid of val images, with a finished run.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, DICOM, ...)")
+    p.add_argument("--val-grid", action="store_true", help="also write gradcam_val_grid.png: random val images with overlays")
+    p.add_argument("--out", default="explained", help="folder for the PNGs (default: explained)")
+
+    p = _subparser(sub, "export", "Export a finished run to ONNX (checked against PyTorch) and try INT8 quantisation.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True, help="try the INT8 quantisations; ship one only if it pays (default: on)")
+
+    p = _subparser(sub, "bench", "Inference speed of a run: every backend side by side, in one process.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--batch", type=int, default=256, help="batch size for the throughput figures (default: 256)")
+
+    p = _subparser(sub, "serve", "Serve a run over HTTP: web page, /predict, /explain, /model, /health, /docs.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="auto: the exported ONNX model when present (default)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body in MB (default: 10)")
     return parser
 
 
@@ -220,8 +253,10 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from cxrlab.evaluation.inference import load_trained
     from cxrlab.evaluation.predict import predict_files
+    from cxrlab.export.runtime import attach_runtime
 
     trained = load_trained(args.run, args.device)
+    attach_runtime(trained)  # the exported ONNX model when the run has one: 3-5x faster on CPU
     if trained.is_phantom:
         print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
     failed = 0
@@ -275,7 +310,67 @@ def cmd_search(args) -> int:
     return 0
 
 
-COMMANDS = {"cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
+def cmd_explain(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from cxrlab.data.images import load_image
+    from cxrlab.evaluation.explain import Explainer, overlay, png_bytes, val_grid
+    from cxrlab.evaluation.inference import load_trained
+    from cxrlab.files import atomic_write_bytes
+
+    if not args.images and not args.val_grid:
+        raise CxrlabError("give image files to explain, or --val-grid")
+    trained = load_trained(args.run, "cpu")
+    explainer = Explainer(trained)
+    out = Path(args.out)
+    print(f"Grad-CAM on {trained.cfg.model} layer {explainer.layer_name}" + ("  (PHANTOM-trained model)" if trained.is_phantom else ""))
+    failed = 0
+    for path in args.images:
+        try:
+            gray = load_image(path, trained.cfg.size)
+        except CxrlabError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        maps, probs, classes = explainer.heatmaps(torch.from_numpy(gray[None]))
+        target = out / f"{Path(path).stem}_gradcam.png"
+        atomic_write_bytes(target, png_bytes(overlay(gray, maps[0])))
+        print(f"{path}\t{classes[0]}\tP({trained.cfg.positive})={probs[0]:.4f}\t{target}")
+    if args.val_grid:
+        print(f"wrote {val_grid(explainer, out / 'gradcam_val_grid.png')}")
+    return 1 if failed else 0
+
+
+def cmd_export(args) -> int:
+    from cxrlab.evaluation.inference import load_trained
+    from cxrlab.export.onnx import export_onnx
+    from cxrlab.export.quantize import quantize_run
+
+    trained = load_trained(args.run, "cpu")
+    export_onnx(trained)
+    if args.quantize:
+        print("INT8 quantisation (shipped only if faster and within 0.5 points of fp32 val accuracy):")
+        quantize_run(trained)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from cxrlab.export.bench import bench_run
+
+    bench_run(args.run, args.batch)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from cxrlab.serve.app import serve
+
+    serve(args.run, args.host, args.port, args.backend, args.max_upload_mb)
+    return 0
+
+
+COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

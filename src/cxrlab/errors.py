@@ -31,3 +31,15 @@ class WeightsError(CxrlabError):
 
 class ImageFileError(CxrlabError):
     """An image file given for prediction cannot be read."""
+
+
+class UnsupportedImage(ImageFileError):
+    """The bytes are not an image format cxrlab reads (the service answers 415)."""
+
+
+class DamagedImage(ImageFileError):
+    """A known format that cannot be decoded: truncated file, broken DICOM pixel data (the service answers 422)."""
+
+
+class ExportError(CxrlabError):
+    """A model could not be exported, or the export does not match PyTorch."""

@@ -86,8 +86,13 @@ class TrainedModel:
     classes: list[str]
     is_phantom: bool
     temperature: float = 1.0  # fitted on val; binary task only
+    runtime: object | None = None  # an exported model (cxrlab.export.runtime) that serves probs() instead of PyTorch
+    backend: str = "pytorch"
 
     def probs(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 (N, S, S) -> probabilities (N, outputs), from the exported model when one is attached."""
+        if self.runtime is not None:
+            return self.runtime.probs(images)
         return predict_probs(self.model, images, self.cfg, self.device)
 
 

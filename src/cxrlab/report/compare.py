@@ -29,6 +29,7 @@ from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.ensemble import check_weights, combine, fit_weights
 from cxrlab.evaluation.evaluate import choose_threshold, positive_view
+from cxrlab.evaluation.explain import Explainer, val_grid
 from cxrlab.evaluation.inference import inference_speed, load_trained, predict_probs, predict_probs_tta
 from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs, fit_temperature
 from cxrlab.files import atomic_write_text
@@ -326,7 +327,7 @@ def figures(out: Path, entries: list[Entry], runs: dict, study: Study, base: Con
     folder.mkdir(parents=True, exist_ok=True)
     first = study.seeds[0]
     shown = [e for e in entries if e.seed == first]
-    made: dict[str, list[Path]] = {"overlay": [], "curves": [], "confusion": [], "grid": []}
+    made: dict[str, list[Path]] = {"overlay": [], "curves": [], "confusion": [], "grid": [], "gradcam": []}
     test_curves = {e.name: e.curves["test"] for e in shown}
     made["overlay"].append(plots.roc_overlay(test_curves, folder / "roc_test.png", f"ROC on test (seed {first})", label))
     made["overlay"].append(plots.pr_overlay(test_curves, folder / "pr_test.png", f"precision-recall on test (seed {first})", label))
@@ -338,6 +339,7 @@ def figures(out: Path, entries: list[Entry], runs: dict, study: Study, base: Con
                 target = folder / f"{kind}_{name}.png"
                 shutil.copyfile(run.plots / source, target)
                 made[kind].append(target)
+        made["gradcam"].append(val_grid(Explainer(load_trained(run.path, "cpu")), folder / f"gradcam_{name}.png"))
     for e in shown:
         if e.kind != "model":
             path = folder / f"confusion_{e.name.replace(' ', '').replace('+', '_').replace('×', 'x')}.png"
@@ -391,6 +393,8 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
     doc.figures(figs["curves"], "training curves (train and val loss, accuracy, val ROC-AUC; dotted line: best epoch)")
     doc.figures(figs["confusion"], "confusion matrices on test at the val-chosen threshold")
     doc.figures(figs["grid"], "random val images with predictions")
+    doc.figures(figs["gradcam"], "Grad-CAM on random val images: where each model looked for the class it predicted "
+                "(the deepest layer with a map of at least 7x7; see README)")
     doc.heading("Reproduce")
     doc.text(f"`cxrlab compare --config {out / 'compare.yaml'}` reuses these runs, or trains them again where they are missing. "
              "Each run directory holds its config, history, weights and metrics:")

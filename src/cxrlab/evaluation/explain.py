@@ -1,0 +1,115 @@
+"""Grad-CAM explanations with pytorch-grad-cam.
+
+Which layer: at 28 px the last feature map is 2x2 (MobileNetV3, EfficientNet-B0) or 1x1 (DenseNet-121), and a
+Grad-CAM of a 1x1 map is one constant. cxrlab takes, per model and image size, the deepest feature block whose
+map is still at least 7x7 (found by a forward pass, so it holds for every --size): at 28 px MobileNetV3-L
+features.6, EfficientNet-B0 features.3 and DenseNet-121 denseblock2; at 224 px the last block (7x7).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from torch import nn
+
+from cxrlab.data.augment import eval_batch
+from cxrlab.data.task import data_label, load_task
+from cxrlab.evaluation import plots
+from cxrlab.evaluation.inference import TrainedModel
+
+MIN_MAP = 7  # smallest useful Grad-CAM map side
+DISPLAY = 224  # overlays are drawn at this size (28 px is too small to read)
+
+
+def feature_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    net = model[-1] if isinstance(model, nn.Sequential) else model  # behind the SegmentationPreprocessor
+    return [(f"features.{name}", block) for name, block in net.features.named_children()]
+
+
+def cam_layer(model: nn.Module, size: int) -> tuple[str, nn.Module]:
+    """The deepest feature block whose output map is at least MIN_MAP x MIN_MAP for ``size`` px input."""
+    blocks = feature_blocks(model)
+    sides: dict[str, int] = {}
+    hooks = [block.register_forward_hook(lambda _m, _i, out, name=name: sides.__setitem__(name, out.shape[-1])) for name, block in blocks]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 1, size, size, device=next(model.parameters()).device))
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    chosen = [(name, block) for name, block in blocks if sides.get(name, 0) >= min(MIN_MAP, size)]
+    return chosen[-1]
+
+
+class Explainer:
+    """Grad-CAM for a trained run. Thread-safe: Grad-CAM hooks the model, so one explanation runs at a time."""
+
+    def __init__(self, trained: TrainedModel):
+        self.trained = trained
+        # Grad-CAM needs gradients in float32 and plain NCHW; a copy leaves the serving model untouched.
+        self.model = _float_copy(trained.model)
+        self.layer_name, layer = cam_layer(self.model, trained.cfg.size)
+        self.cam = GradCAM(model=self.model, target_layers=[layer])
+        self._lock = threading.Lock()
+
+    def heatmaps(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """uint8 (N, S, S) -> (Grad-CAM maps (N, S, S) in [0, 1], P(positive class), predicted class names).
+        Each map explains the class the run's threshold predicts: evidence for it is hot."""
+        cfg, trained = self.trained.cfg, self.trained
+        x = eval_batch(images, cfg.norm_mean, cfg.norm_std, trained.device)
+        with self._lock:
+            with torch.no_grad():
+                p1 = torch.sigmoid(self.model(x)[:, 0]).cpu().numpy()
+            positive = trained.classes.index(cfg.positive)
+            p_positive = p1 if positive == 1 else 1 - p1
+            predicted = [positive if p >= trained.threshold else 1 - positive for p in p_positive]
+            # the target scores the logit (class 1) or its negative (class 0)
+            maps = self.cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(c) for c in predicted])
+        return maps, p_positive, [trained.classes[c] for c in predicted]
+
+    def overlays(self, images: torch.Tensor) -> list[np.ndarray]:
+        """RGB uint8 (DISPLAY, DISPLAY, 3) overlays of each image and its Grad-CAM."""
+        maps, _, _ = self.heatmaps(images)
+        return [overlay(image, heat) for image, heat in zip(images.numpy(), maps)]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, side: int = DISPLAY) -> np.ndarray:
+    gray = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), dtype=np.float32) / 255
+    heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR), dtype=np.float32) / 255
+    return show_cam_on_image(np.repeat(gray[..., None], 3, axis=2), heat, use_rgb=True, image_weight=0.6)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _float_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
+
+
+def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0) -> Path:
+    """Random val images (fixed seed) above their Grad-CAM overlays, titled with truth, prediction and P."""
+    trained, cfg = explainer.trained, explainer.trained.cfg
+    data = load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",), task=cfg.task)
+    val = data.splits["val"]
+    pick = np.sort(np.random.default_rng(seed).choice(len(val), size=min(count, len(val)), replace=False))
+    images = val.images[torch.from_numpy(pick)]
+    maps, probs, predicted = explainer.heatmaps(images)
+    truth = [trained.classes[int(t)] for t in val.targets[torch.from_numpy(pick)]]
+    return plots.gradcam_grid(images.numpy(), [overlay(i, m) for i, m in zip(images.numpy(), maps)], truth, predicted, probs, cfg.positive,
+                              Path(path), f"{cfg.model}: Grad-CAM on random val images (layer {explainer.layer_name})", data_label(data.provenance))

@@ -1,0 +1,98 @@
+"""Inference speed of one run, every way it can run, measured in one process on the same val images.
+
+Batch-1 latency (p50, p95 over single images) and batched throughput (images/s) for: eager PyTorch (NCHW),
+eager PyTorch channels_last, onnxruntime fp32 and any INT8 model, plus `predict` end to end (PNG bytes in,
+class out) on the backend `predict` and `serve` use. Ratios are against eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cxrlab.data.images import decode_image
+from cxrlab.data.task import load_task
+from cxrlab.evaluation.inference import TrainedModel, load_trained, predict_logits
+from cxrlab.export.quantize import latency_ms
+from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel, attach_runtime
+from cxrlab.files import atomic_write_json
+
+
+def throughput(run_batch, images, repeats: int = 3) -> float:
+    run_batch(images[:64])  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run_batch(images)
+        times.append(time.perf_counter() - t0)
+    return len(images) / float(np.median(times))
+
+
+def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
+    trained = load_trained(run_path, "cpu")
+    cfg = trained.cfg
+    images = load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",), task=cfg.task).splits["val"].images
+    arrays = images.numpy()
+    cpu = torch.device("cpu")
+    variants = {}
+    for name, channels_last in (("PyTorch eager (NCHW)", False), ("PyTorch eager, channels_last", True)):
+        c = replace(cfg, channels_last=channels_last, precision="fp32", eval_batch_size=batch)
+        model = copy.deepcopy(trained.model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        variants[name] = (lambda x, c=c, m=model: predict_logits(m, torch.as_tensor(x), c, cpu))
+    for file, name in ((FP32_FILE, "onnxruntime fp32"), (INT8_FILE, "onnxruntime INT8 (shipped)")):
+        if (trained.run.path / file).is_file():
+            session = OnnxModel(trained.run.path / file, cfg.norm_mean, cfg.norm_std, cfg.threads)
+            variants[name] = (lambda x, s=session: s.logits(x, batch))
+    rows = []
+    for name, fn in variants.items():
+        p50, p95 = latency_ms(fn, arrays)
+        rows.append({"variant": name, "p50_ms": p50, "p95_ms": p95, "images_per_s": throughput(fn, arrays)})
+    rows.append(end_to_end(trained, arrays))
+    eager = rows[0]
+    for r in rows:
+        r["p50_vs_eager"] = eager["p50_ms"] / r["p50_ms"]
+        r["throughput_vs_eager"] = (r["images_per_s"] / eager["images_per_s"]) if r["images_per_s"] else None
+    atomic_write_json(trained.run.path / "bench.json", {"images": len(arrays), "batch": batch, "threads": torch.get_num_threads(), "rows": rows})
+    echo(f"{trained.cfg.model}, {cfg.size} px, {len(arrays)} val images, {torch.get_num_threads()} threads; ratios: eager p50 / variant p50")
+    echo(f"{'variant':<44}{'p50 ms':>9}{'p95 ms':>9}{'images/s':>11}{'p50 speed-up':>14}")
+    for r in rows:
+        ips = f"{r['images_per_s']:>11.0f}" if r["images_per_s"] else f"{'—':>11}"
+        echo(f"{r['variant']:<44}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{ips}{r['p50_vs_eager']:>13.2f}x")
+    quant = trained.run.path / "quantization.json"
+    if quant.is_file():
+        echo("quantisation (cxrlab export): " + "; ".join(f"{c['name']}: {'shipped' if c['shipped'] else c['why']}"
+                                                       for c in trained.run.read_json(quant)["candidates"][1:]))
+    else:
+        echo("no INT8 model: run 'cxrlab export RUN' to try the quantisations")
+    return rows
+
+
+def end_to_end(trained: TrainedModel, arrays: np.ndarray) -> dict:
+    """What `predict` does for one image: decode PNG bytes, resize, run the served backend, threshold."""
+    backend = attach_runtime(trained)
+    pngs = []
+    for image in arrays[:200]:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    size = trained.cfg.size
+
+    def one(i):
+        gray = decode_image(pngs[i], "bench.png", size)
+        return trained.probs(torch.from_numpy(gray[None]))[0, 0] >= trained.threshold
+
+    for i in range(5):
+        one(i)
+    times = []
+    for i in range(len(pngs)):
+        t0 = time.perf_counter()
+        one(i)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"variant": f"predict end to end (PNG -> class, {backend})", "p50_ms": float(np.percentile(times, 50)),
+            "p95_ms": float(np.percentile(times, 95)), "images_per_s": None}

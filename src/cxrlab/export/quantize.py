@@ -1,0 +1,136 @@
+"""INT8 quantisation: try what exists, ship only what pays.
+
+Candidates, each measured on the run's val images against onnxruntime fp32:
+- torch dynamic INT8 (quantize_dynamic on the Linear layers: only the head; convolutions stay fp32);
+- onnxruntime dynamic INT8 (weights INT8, activations quantised at run time; convolutions become ConvInteger);
+- onnxruntime static INT8 (QDQ, per-channel weights, activation ranges calibrated on val images).
+
+Rule: an INT8 model is shipped (RUN/model.int8.onnx, which `predict` and `serve` then use) only when its
+batch-1 median latency is below fp32's and its val accuracy at the run's threshold is within 0.5 points of
+fp32's. RUN/quantization.json records every candidate and why it was or was not shipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrlab.data.task import load_task
+from cxrlab.evaluation.evaluate import positive_view
+from cxrlab.evaluation.inference import TrainedModel, predict_logits
+from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel
+from cxrlab.files import atomic_write_bytes, atomic_write_json
+
+MAX_ACCURACY_DROP = 0.5  # points of val accuracy
+CALIBRATION_IMAGES = 256
+LATENCY_IMAGES = 200
+
+
+def latency_ms(run_one, images: np.ndarray | torch.Tensor, n: int = LATENCY_IMAGES) -> tuple[float, float]:
+    """(p50, p95) in ms of ``run_one`` on single images, after a warm-up."""
+    for i in range(min(5, len(images))):
+        run_one(images[i : i + 1])
+    times = []
+    for i in range(min(n, len(images))):
+        t0 = time.perf_counter()
+        run_one(images[i : i + 1])
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def accuracy(trained: TrainedModel, logits: np.ndarray, targets: np.ndarray) -> float:
+    probs = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)[:, 0]))
+    y, p = positive_view(targets, probs, trained.classes, trained.cfg.positive)
+    return float(((p >= trained.threshold) == (y == 1)).mean())
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over normalised val images."""
+
+    def __init__(self, images: np.ndarray, mean: float, std: float):
+        self.batches = iter([{"image": ((images[i : i + 32, None].astype(np.float32) / 255) - mean) / std} for i in range(0, len(images), 32)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def torch_dynamic(model: nn.Module) -> nn.Module:
+    cpu = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).eval()
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices: measured here, not relied on
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(cpu, {nn.Linear}, dtype=torch.qint8)
+
+
+@contextlib.contextmanager
+def quiet_root_logger():
+    """onnxruntime.quantization logs advice through the root logger at WARNING; keep the console for results."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_run(trained: TrainedModel, echo=print) -> dict:
+    """Build and measure every candidate; ship the best that passes the rule. Needs RUN/model.onnx."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    cfg, run = trained.cfg, trained.run
+    val = load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",), task=cfg.task).splits["val"]
+    images, targets = val.images.numpy(), val.targets.numpy()
+    fp32 = OnnxModel(run.path / FP32_FILE, cfg.norm_mean, cfg.norm_std, cfg.threads)
+    base_acc = accuracy(trained, fp32.logits(images), targets)
+    base_p50, base_p95 = latency_ms(fp32.logits, images)
+    results = [{"name": "onnxruntime fp32", "accuracy": base_acc, "p50_ms": base_p50, "p95_ms": base_p95, "shipped": False, "why": "reference"}]
+
+    q_torch = torch_dynamic(trained.model)
+    eager = replace(cfg, channels_last=False, precision="fp32")
+    cpu = torch.device("cpu")
+    acc = accuracy(trained, predict_logits(q_torch, val.images, eager, cpu).numpy(), targets)
+    p50, p95 = latency_ms(lambda x: predict_logits(q_torch, torch.from_numpy(x), eager, cpu), images)
+    results.append({"name": "torch dynamic INT8 (Linear layers)", "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "shipped": False,
+                    "why": "PyTorch model, not an ONNX file: measured only"})
+
+    with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
+        files = {"onnxruntime dynamic INT8": Path(tmp) / "dynamic.onnx", "onnxruntime static INT8 (QDQ, calibrated on val)": Path(tmp) / "static.onnx"}
+        quantize_dynamic(str(run.path / FP32_FILE), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8)
+        quantize_static(str(run.path / FP32_FILE), str(files["onnxruntime static INT8 (QDQ, calibrated on val)"]),
+                        _Calibration(images[:CALIBRATION_IMAGES], cfg.norm_mean, cfg.norm_std), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        shippable = []
+        for name, path in files.items():
+            model = OnnxModel(path, cfg.norm_mean, cfg.norm_std, cfg.threads)
+            acc = accuracy(trained, model.logits(images), targets)
+            p50, p95 = latency_ms(model.logits, images)
+            faster, close = p50 < base_p50, (base_acc - acc) * 100 <= MAX_ACCURACY_DROP
+            why = ("faster and accurate enough" if faster and close else
+                   "; ".join(([] if faster else [f"slower than fp32 ({p50:.2f} vs {base_p50:.2f} ms at batch 1)"])
+                             + ([] if close else [f"val accuracy {100 * (base_acc - acc):.1f} points below fp32 (limit {MAX_ACCURACY_DROP})"])))
+            entry = {"name": name, "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "shipped": False, "why": why}
+            results.append(entry)
+            if faster and close:
+                shippable.append((p50, entry, path.read_bytes()))
+        target = run.path / INT8_FILE
+        if shippable:
+            _, entry, data = min(shippable, key=lambda s: s[0])
+            entry["shipped"] = True
+            atomic_write_bytes(target, data)
+        elif target.exists():
+            target.unlink()  # an older INT8 file no longer passes: do not serve it
+    report = {"rule": f"batch-1 p50 below fp32 and val accuracy within {MAX_ACCURACY_DROP} points", "val_images": len(images), "candidates": results}
+    atomic_write_json(run.path / "quantization.json", report)
+    for r in results:
+        echo(f"  {r['name']:<48} val acc {r['accuracy']:.3f}  p50 {r['p50_ms']:.2f} ms  {'SHIPPED' if r['shipped'] else r['why']}")
+    return report

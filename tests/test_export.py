@@ -1,0 +1,102 @@
+"""ONNX export checked on a trained model, onnxruntime serving predict, quantisation rule, bench, Grad-CAM."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrlab.cli import main
+from cxrlab.data.task import load_task
+from cxrlab.errors import ExportError
+from cxrlab.evaluation.explain import Explainer, cam_layer
+from cxrlab.evaluation.inference import load_trained
+from cxrlab.export.onnx import export_onnx
+from cxrlab.export.runtime import attach_runtime
+from cxrlab.models import create_model
+
+
+def val_images(run_path, n=64):
+    trained = load_trained(run_path, "cpu")
+    cfg = trained.cfg
+    return trained, load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",)).splits["val"].images[:n]
+
+
+def test_onnx_export_matches_pytorch_and_serves_predict(exported_run):
+    check = json.loads((exported_run / "export.json").read_text())
+    assert check["images"] > 100 and check["max_abs_diff"] < 1e-3 and check["logit_std"] > 1e-3
+    trained, images = val_images(exported_run)
+    reference = trained.probs(images)
+    assert attach_runtime(trained) == "onnxruntime" and trained.runtime is not None
+    onnx_probs = trained.probs(images)
+    assert onnx_probs.std() > 1e-3  # a constant model would make the comparison meaningless
+    np.testing.assert_allclose(onnx_probs, reference, rtol=1e-3, atol=1e-5)
+    # dynamic batch: one image and 64 images through the same file
+    assert trained.probs(images[:1]).shape == (1, 1)
+
+
+def test_a_model_with_constant_outputs_is_not_exported(exported_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(exported_run, copy)
+    (copy / "model.onnx").unlink()
+    trained = load_trained(copy, "cpu")
+    with torch.no_grad():  # the last layer ignores its input: every image gets the same logit
+        trained.model.classifier[-1].weight.zero_()
+    with pytest.raises(ExportError, match="same output for every val image"):
+        export_onnx(trained, echo=lambda _: None)
+    assert not (copy / "model.onnx").exists()
+
+
+def test_quantisation_ships_only_what_passes_the_rule_and_bench_reports_every_backend(exported_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(exported_run, copy)
+    assert main(["export", str(copy)]) == 0
+    report = json.loads((copy / "quantization.json").read_text())
+    fp32, *candidates = report["candidates"]
+    assert {c["name"].split(" (")[0] for c in candidates} == {"torch dynamic INT8", "onnxruntime dynamic INT8", "onnxruntime static INT8"}
+    passing = [c for c in candidates if c["name"].startswith("onnxruntime")
+               and c["p50_ms"] < fp32["p50_ms"] and (fp32["accuracy"] - c["accuracy"]) * 100 <= 0.5]
+    shipped = [c for c in candidates if c["shipped"]]
+    assert len(shipped) == (1 if passing else 0) and all(c in passing for c in shipped)
+    assert all(c["why"] for c in candidates)  # every candidate says why it was or was not shipped
+    assert (copy / "model.int8.onnx").exists() == any(c["shipped"] for c in candidates)
+    capsys.readouterr()
+    assert main(["bench", str(copy), "--batch", "64"]) == 0
+    out = capsys.readouterr().out
+    for variant in ("PyTorch eager (NCHW)", "channels_last", "onnxruntime fp32", "predict end to end"):
+        assert variant in out
+    rows = json.loads((copy / "bench.json").read_text())["rows"]
+    assert all(r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] for r in rows)
+
+
+@pytest.mark.parametrize("name, size, layer, side", [
+    ("mobilenet_v3_large", 28, "features.6", 7),
+    ("efficientnet_b0", 28, "features.3", 7),
+    ("densenet121", 28, "features.denseblock2", 7),
+    ("densenet121", 224, "features.norm5", 7),
+])
+def test_gradcam_layer_is_the_deepest_with_a_useful_map(name, size, layer, side):
+    model = create_model(name, image_size=size)
+    chosen, block = cam_layer(model, size)
+    assert chosen == layer
+    seen = {}
+    block.register_forward_hook(lambda _m, _i, out: seen.update(side=out.shape[-1]))  # returns None: output kept
+    model.eval()(torch.zeros(1, 1, size, size))
+    assert seen["side"] == side
+
+
+def test_gradcam_maps_vary_and_explain_writes_overlays(exported_run, tmp_path, capsys):
+    trained, images = val_images(exported_run, 8)
+    maps, probs, classes = Explainer(trained).heatmaps(images)
+    assert maps.shape == (8, 28, 28) and 0 <= maps.min() and maps.max() <= 1
+    assert all(m.std() > 0 for m in maps)  # not the constant map of a 1x1 layer
+    assert set(classes) <= set(trained.classes)
+    png = tmp_path / "xray.png"
+    Image.fromarray(images[0].numpy()).resize((200, 160)).convert("RGB").save(png)
+    out = tmp_path / "out"
+    assert main(["explain", str(exported_run), str(png), "--val-grid", "--out", str(out)]) == 0
+    overlay = Image.open(out / "xray_gradcam.png")
+    assert overlay.size == (224, 224) and overlay.mode == "RGB"
+    assert (out / "gradcam_val_grid.png").stat().st_size > 10_000
