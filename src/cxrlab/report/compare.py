@@ -247,7 +247,7 @@ def grouped(entries: list[Entry]) -> dict[str, list[Entry]]:
 
 def comparison_rows(groups: dict[str, list[Entry]]) -> tuple[list[str], list[list[str]]]:
     header = ["entry", "seeds", "params", "size MB"] + [t for _, t, _ in METRIC_COLUMNS] + [
-        "ROC-AUC 95% CI (one run)", "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (batch 1)", "images/s (batched)"]
+        "ROC-AUC 95% CI (one run)", "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (PyTorch, batch 1)", "images/s (PyTorch, batched)"]
     rows = []
     for name, group in groups.items():
         first = group[0]
@@ -274,7 +274,7 @@ WINNER_CRITERIA = (  # (title, key, source, higher is better)
     ("ROC-AUC", "roc_auc", "test", True),
     ("calibration (ECE after temperature scaling)", "ece_calibrated", "test", False),
     ("fewest parameters", "parameters", "info", False),
-    ("fastest inference (ms/image, batch 1)", "ms_per_image", "info", False),
+    ("fastest inference (PyTorch ms/image, batch 1)", "ms_per_image", "info", False),
     ("shortest training (s)", "train_seconds", "info", False),
 )
 
