@@ -45,3 +45,15 @@ def test_the_shipped_example_config_is_valid():
 
     cfg = load_config(Path(__file__).parent.parent / "configs" / "example.yaml")
     assert cfg.model == "densenet121" and cfg.threshold == "youden"
+
+
+def test_the_shipped_study_config_is_valid():
+    from pathlib import Path
+
+    from cxrlab.config import from_dict, load_yaml
+    from cxrlab.report.compare import Study
+
+    values = load_yaml(Path(__file__).parent.parent / "configs" / "study.yaml")
+    study = Study(**values.pop("compare")).validate()
+    assert study.ensemble == [0.5, 0.3, 0.2] and study.seeds == [0, 1, 2]
+    assert from_dict(values).threshold == "sensitivity"

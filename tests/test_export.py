@@ -57,7 +57,7 @@ def test_quantisation_ships_only_what_passes_the_rule_and_bench_reports_every_ba
     fp32, *candidates = report["candidates"]
     assert {c["name"].split(" (")[0] for c in candidates} == {"torch dynamic INT8", "onnxruntime dynamic INT8", "onnxruntime static INT8"}
     passing = [c for c in candidates if c["name"].startswith("onnxruntime")
-               and c["p50_ms"] < fp32["p50_ms"] and (fp32["accuracy"] - c["accuracy"]) * 100 <= 0.5]
+               and fp32["p50_ms"] / c["p50_ms"] >= 1.1 and (fp32["accuracy"] - c["accuracy"]) * 100 <= 0.5]
     shipped = [c for c in candidates if c["shipped"]]
     assert len(shipped) == (1 if passing else 0) and all(c in passing for c in shipped)
     assert all(c["why"] for c in candidates)  # every candidate says why it was or was not shipped

@@ -132,3 +132,12 @@ def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_r
     trials = read_csv(tpe / "search.csv")
     assert len(trials) == 4 and {t["state"] for t in trials} <= {"complete", "pruned"}
     assert len({t["run"] for t in trials}) == 4 and (tpe / "study.db").is_file()
+
+
+def test_given_ensemble_weights_are_normalised_and_used(study, phantom_root):
+    # runs in the shared study folder after the tests above: it reuses their runs and rewrites the report
+    assert main(compare_args(phantom_root, study, "--seeds", "0", "--ensemble", "3", "1")) == 0
+    ensemble = [r for r in read_csv(study / "comparison.csv") if r["kind"] == "ensemble"]
+    assert [r["weights"] for r in ensemble] == ["mobilenet_v3_large=0.75 efficientnet_b0=0.25"]
+    report = (study / "report.md").read_text()
+    assert "ensemble: weights 3, 1" in report and "seed 0: mobilenet_v3_large 0.75, efficientnet_b0 0.25" in report

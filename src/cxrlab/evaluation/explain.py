@@ -22,6 +22,7 @@ from torch import nn
 
 from cxrlab.data.augment import eval_batch
 from cxrlab.data.task import data_label, load_task
+from cxrlab.errors import ConfigError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import TrainedModel
 
@@ -56,6 +57,8 @@ class Explainer:
     """Grad-CAM for a trained run. Thread-safe: Grad-CAM hooks the model, so one explanation runs at a time."""
 
     def __init__(self, trained: TrainedModel):
+        if trained.cfg.task != "binary":
+            raise ConfigError("Grad-CAM explanations are for binary-task runs (one logit per image)")
         self.trained = trained
         # Grad-CAM needs gradients in float32 and plain NCHW; a copy leaves the serving model untouched.
         self.model = _float_copy(trained.model)

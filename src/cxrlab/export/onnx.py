@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,10 +41,14 @@ def export_onnx(trained: TrainedModel, echo=print) -> Path:
     dummy = torch.zeros(2, 1, cfg.size, cfg.size)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            model, (dummy,), str(tmp_path), dynamo=False, opset_version=OPSET, input_names=["image"], output_names=["logit"],
-            dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}},
-        )
+        # The TorchScript exporter (dynamo=False), though deprecated: the torch.export-based one gave a graph of the
+        # same speed whose shapes onnxruntime's quantisation tools could not infer (tried with onnxscript 0.7.2).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model, (dummy,), str(tmp_path), dynamo=False, opset_version=OPSET, input_names=["image"], output_names=["logit"],
+                dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}},
+            )
         check = verify(trained, tmp_path)
         atomic_write_bytes(onnx_path(run.path), tmp_path.read_bytes())
     import onnx

@@ -63,6 +63,10 @@ class Study:
                 except ValueError:
                     raise ConfigError(f"ensemble must be 'off', 'fit' or one weight per model, got {self.ensemble!r}") from None
         if isinstance(self.ensemble, list):
+            try:
+                self.ensemble = [float(w) for w in self.ensemble]
+            except (TypeError, ValueError):
+                raise ConfigError(f"ensemble weights must be numbers, got {self.ensemble}") from None
             check_weights(self.ensemble, self.models)
             if len(self.models) < 2:
                 raise ConfigError("an ensemble needs at least two models")
@@ -245,16 +249,22 @@ def grouped(entries: list[Entry]) -> dict[str, list[Entry]]:
     return groups
 
 
+def single_run_ci(entry: Entry, key: str, source: str) -> str:
+    """' [low, high]': the bootstrap 95% CI of one run (the first seed's), where the metric has one."""
+    metrics = entry.info if source == "info" else getattr(entry, source)
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
+
+
 def comparison_rows(groups: dict[str, list[Entry]]) -> tuple[list[str], list[list[str]]]:
     header = ["entry", "seeds", "params", "size MB"] + [t for _, t, _ in METRIC_COLUMNS] + [
-        "ROC-AUC 95% CI (one run)", "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (PyTorch, batch 1)", "images/s (PyTorch, batched)"]
+        "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (PyTorch, batch 1)", "images/s (PyTorch, batched)"]
     rows = []
     for name, group in groups.items():
         first = group[0]
         params = first.info["parameters"]
         row = [name, str(len(group)), f"{params / 1e6:.2f}M", f"{first.info['model_size_mb']:.1f}"]
-        row += [mean_sd(values(group, key, source)) for key, _, source in METRIC_COLUMNS]
-        row.append(f"[{first.test['roc_auc_ci_low']:.3f}, {first.test['roc_auc_ci_high']:.3f}] (seed {first.seed})")
+        row += [mean_sd(values(group, key, source)) + single_run_ci(first, key, source) for key, _, source in METRIC_COLUMNS]
         row.append(mean_sd(values(group, "best_epoch", "info"), 1))
         row.append(mean_sd(values(group, "seconds_per_epoch", "info"), 1))
         row.append(mean_sd(values(group, "train_seconds", "info"), 0))
@@ -365,8 +375,8 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
         f"positive class: **{base.positive}**; threshold rule: `{base.threshold}`"
         + (f" (target sensitivity {base.target_sensitivity})" if base.threshold == "sensitivity" else "")
         + f"; best epoch by val `{base.select_metric}`",
-        f"seeds {', '.join(map(str, study.seeds))}: tables give mean ± sd over seeds; the CI column is the bootstrap 95% CI "
-        f"({base.n_bootstrap} resamples) of one run",
+        f"seeds {', '.join(map(str, study.seeds))}: tables give mean ± sd over seeds, and in brackets the bootstrap 95% CI "
+        f"({base.n_bootstrap} resamples) of the first seed's run",
         f"up to {first.total_epochs} epochs, batch {base.batch_size}, Adam, BCE, ReduceLROnPlateau, early stopping {base.early_stopping}; "
         "learning rates per model: " + ", ".join(f"{m} {runs[m, study.seeds[0]].load_config().lr:g}" for m in study.models),
         f"ensemble: {'off' if not study.ensemble_on else 'weights fitted on val (log loss, simplex grid)' if study.ensemble == 'fit' else 'weights ' + ', '.join(f'{w:g}' for w in study.ensemble)}; "
@@ -435,9 +445,9 @@ def compare(base: Config, study: Study | None = None, progress: bool | None = No
     write_csv(out / "comparison.csv", entries)
     md, page = write_report(out, base, study, entries, runs, data, echo)
     header, rows = comparison_rows(grouped(entries))
-    keep = [0, 1, 5, 6, 11, 12]  # entry, seeds, val acc, test acc, ROC-AUC, its CI
+    keep = [0, 1, 5, 6, 11]  # entry, seeds, val acc, test acc, ROC-AUC
     echo("\n" + data_label(data.provenance))
-    echo("\n".join("  ".join(f"{row[i]:<22}" for i in keep) for row in [header, *rows]))
+    echo("\n".join("  ".join(f"{row[i]:<30}" for i in keep) for row in [header, *rows]))
     echo(f"\nwritten: {md}, {page}, {out / 'comparison.csv'}")
     return entries
 
@@ -446,6 +456,8 @@ def compare(base: Config, study: Study | None = None, progress: bool | None = No
 
 
 def compare_multilabel(base: Config, study: Study, progress, echo) -> list[Entry]:
+    if study.tta > 1 or isinstance(study.ensemble, list):
+        raise ConfigError("ensemble weights and TTA rows are for the binary task; compare --task multilabel reports medmnist's AUC and ACC per model")
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)

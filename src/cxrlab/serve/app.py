@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 import cxrlab
 from cxrlab.data.images import decode_image
-from cxrlab.errors import DamagedImage, ImageFileError, UnsupportedImage
+from cxrlab.errors import ConfigError, DamagedImage, ImageFileError, UnsupportedImage
 from cxrlab.evaluation.explain import Explainer, png_bytes
 from cxrlab.evaluation.inference import TrainedModel, load_trained
 from cxrlab.export.runtime import attach_runtime
@@ -41,7 +41,7 @@ class Service:
     def __init__(self, run_path, backend: str = "auto", device: str | None = "cpu"):
         self.trained: TrainedModel = load_trained(run_path, device)
         if self.trained.cfg.task != "binary":
-            raise ImageFileError("the service serves binary-task runs (one class and probability per image)")
+            raise ConfigError("the service serves binary-task runs (one class and probability per image)")
         self.backend = attach_runtime(self.trained, backend)
         self.explainer = Explainer(self.trained)
         summary = self.trained.run.read_json(self.trained.run.summary)
