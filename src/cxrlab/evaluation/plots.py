@@ -163,14 +163,14 @@ def pr_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
 
 def gradcam_grid(images: np.ndarray, overlays: list[np.ndarray], truth: list[str], predicted: list[str], probs: np.ndarray, positive: str,
                  path: Path, title: str, data_label: str) -> Path:
-    """Two rows: the images, then their Grad-CAM overlays; green titles where the prediction is right."""
+    """Two rows: the images (titled with truth, prediction and P; green where right), then their Grad-CAM overlays."""
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(2.1 * n, 4.8), squeeze=False)
     for k in range(n):
         axes[0, k].imshow(images[k], cmap="gray", vmin=0, vmax=255)
-        axes[0, k].set_title(f"true {truth[k]}", fontsize=7)
+        axes[0, k].set_title(f"true {truth[k]}\npred {predicted[k]}\nP({positive})={probs[k]:.2f}", fontsize=7,
+                             color="green" if truth[k] == predicted[k] else "crimson")
         axes[1, k].imshow(overlays[k])
-        axes[1, k].set_title(f"pred {predicted[k]}\nP({positive})={probs[k]:.2f}", fontsize=7, color="green" if truth[k] == predicted[k] else "crimson")
     for ax in axes.flat:
         ax.axis("off")
     _title(fig, title, data_label)

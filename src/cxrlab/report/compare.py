@@ -299,7 +299,7 @@ def winners(groups: dict[str, list[Entry]]) -> list[list[str]]:
             continue
         best = max(means.values()) if higher else min(means.values())
         names = [k for k, v in means.items() if v == best]
-        rows.append([title, " = ".join(names), f"{best:.4g}"])
+        rows.append([title, " = ".join(names), f"{best / 1e6:.2f}M" if key == "parameters" else f"{best:.4g}"])
     return rows
 
 

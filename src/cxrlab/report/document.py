@@ -73,7 +73,7 @@ class Document:
             elif kind == "table":
                 head = "".join(f"<th>{e(h)}</th>" for h in block[1])
                 rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in block[2])
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
             elif kind == "figures":
                 images = "".join(
                     f'<img alt="{e(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in block[1]
@@ -101,7 +101,8 @@ HTML_PAGE = """<!doctype html>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; white-space: nowrap; }}
+.scroll {{ overflow-x: auto; }}
 th:first-child, td:first-child {{ text-align: left; }}
 th {{ background: #f3f3f3; }}
 .warning {{ background: #fde8e8; border: 2px solid crimson; color: crimson; padding: 0.6em; font-weight: bold; }}
