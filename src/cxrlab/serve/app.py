@@ -105,6 +105,8 @@ def _error(status: int, message: str) -> HTTPException:
 
 
 def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str | None = "cpu") -> FastAPI:
+    if not max_upload_mb > 0:
+        raise ConfigError(f"max_upload_mb must be positive, got {max_upload_mb}")
     service = Service(run_path, backend, device)
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="cxrlab", version=cxrlab.__version__,
