@@ -141,3 +141,18 @@ def test_given_ensemble_weights_are_normalised_and_used(study, phantom_root):
     assert [r["weights"] for r in ensemble] == ["mobilenet_v3_large=0.75 efficientnet_b0=0.25"]
     report = (study / "report.md").read_text()
     assert "ensemble: weights 3, 1" in report and "seed 0: mobilenet_v3_large 0.75, efficientnet_b0 0.25" in report
+
+
+def test_a_pruned_trial_stops_after_the_epoch_the_pruner_rejects(phantom_root, tmp_path):
+    import optuna
+
+    from cxrlab.config import Config
+    from cxrlab.report.search import objective
+
+    base = Config(data_root=str(phantom_root), model="mobilenet_v3_large", epochs=3, n_bootstrap=20, device="cpu")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.1))  # no AUC reaches 1.1
+    study.optimize(objective(base, tmp_path, lambda _: None), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [1]
+    with open(tmp_path / "trials" / "trial000" / "history.csv") as fh:
+        assert len(fh.readlines()) == 2  # header and the one epoch run before pruning

@@ -201,3 +201,21 @@ def test_cross_validation_folds_partition_train_and_keep_test(phantom_root):
         assert 0.9 < ratio < 1.1  # stratified
         held.append({bytes(im.numpy()) for im in view.splits["val"].images})
     assert sum(map(len, held)) == len({bytes(im.numpy()) for im in train_images})  # every image held out once
+
+
+def test_mixup_blends_pairs_and_smoothing_softens_targets():
+    from cxrlab.training.loop import regularised_batch
+
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1)
+    y = torch.tensor([[1.0], [0.0]] * 4)
+    _, smoothed = regularised_batch(x, y, None, 0.1, torch.Generator().manual_seed(0))
+    assert torch.allclose(smoothed, torch.tensor([[0.95], [0.05]] * 4))
+    torch.manual_seed(0)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    partner = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    mixed_x, mixed_y = regularised_batch(x, y, torch.distributions.Beta(0.4, 0.4), 0.0, torch.Generator().manual_seed(0))
+    assert 0 < lam < 1 and not torch.equal(partner, torch.arange(8))
+    # image and target are blended with the same partner and the same lambda
+    assert torch.allclose(mixed_x, lam * x + (1 - lam) * x[partner]) and torch.allclose(mixed_y, lam * y + (1 - lam) * y[partner])
+    assert ((mixed_y > 0) & (mixed_y < 1)).any()

@@ -277,6 +277,19 @@ class EpochInputs:
     memory_format: torch.memory_format
 
 
+def regularised_batch(x: torch.Tensor, y: torch.Tensor, mix: torch.distributions.Beta | None, smoothing: float,
+                      gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (each image and target blended with a shuffled partner, lambda ~ mix) then label smoothing
+    (targets y(1-e) + e/2). The global torch seed set per epoch makes the lambda draws replay on resume."""
+    if mix is not None:
+        lam = float(mix.sample())
+        partner = torch.randperm(len(y), generator=gen, device=y.device)
+        x, y = lam * x + (1 - lam) * x[partner], lam * y + (1 - lam) * y[partner]
+    if smoothing:
+        y = y * (1 - smoothing) + smoothing / 2
+    return x, y
+
+
 def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int, device, process: Process, progress: bool | None, run: RunDir) -> dict:
     """One pass over this process's shard of the shuffled training set; loss and accuracy summed over all processes."""
     seed = epoch_seed(cfg.seed, epoch)
@@ -297,13 +310,7 @@ def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int
     for start in bar:
         idx = order[start : start + cfg.batch_size]
         x = training_batch(inputs.images[idx], inputs.augmentation, gen, cfg.norm_mean, cfg.norm_std, device)
-        y = inputs.targets[idx]
-        if mix is not None:  # torch.manual_seed above makes the draws replay on resume
-            lam = float(mix.sample())
-            partner = torch.randperm(len(idx), generator=gen, device=device)
-            x, y = lam * x + (1 - lam) * x[partner], lam * y + (1 - lam) * y[partner]
-        if cfg.label_smoothing:
-            y = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
+        x, y = regularised_batch(x, inputs.targets[idx], mix, cfg.label_smoothing, gen)
         with autocast(cfg, device):
             logits = net(x.contiguous(memory_format=inputs.memory_format)).float()
         loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=inputs.pos_weight)
