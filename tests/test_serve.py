@@ -4,7 +4,6 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image

@@ -12,7 +12,6 @@ which run provenance reads, so every output made from it says PHANTOM.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
