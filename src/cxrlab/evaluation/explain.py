@@ -24,7 +24,7 @@ from cxrlab.data.augment import eval_batch
 from cxrlab.data.task import data_label, load_task
 from cxrlab.errors import ConfigError
 from cxrlab.evaluation import plots
-from cxrlab.evaluation.inference import TrainedModel
+from cxrlab.evaluation.inference import TrainedModel, plain_copy
 
 MIN_MAP = 7  # smallest useful Grad-CAM map side
 DISPLAY = 224  # overlays are drawn at this size (28 px is too small to read)
@@ -61,7 +61,7 @@ class Explainer:
             raise ConfigError("Grad-CAM explanations are for binary-task runs (one logit per image)")
         self.trained = trained
         # Grad-CAM needs gradients in float32 and plain NCHW; a copy leaves the serving model untouched.
-        self.model = _float_copy(trained.model)
+        self.model = plain_copy(trained.model)
         self.layer_name, layer = cam_layer(self.model, trained.cfg.size)
         self.cam = GradCAM(model=self.model, target_layers=[layer])
         self._lock = threading.Lock()
@@ -97,12 +97,6 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _float_copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
 
 
 def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,6 +34,12 @@ def predict_logits(model: nn.Module, images: torch.Tensor, cfg: Config, device: 
             x = view(images[start : start + cfg.eval_batch_size])
             out.append(model(x.contiguous(memory_format=memory_format)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, cfg.num_outputs)
+
+
+def plain_copy(model: nn.Module, device: torch.device | str | None = None, channels_last: bool = False) -> nn.Module:
+    """A float32 eval-mode copy (for Grad-CAM, export, quantisation, benchmarks) that leaves the served model as it is."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return copy.deepcopy(model).float().to(device, memory_format=memory_format).eval()
 
 
 def predict_probs(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device) -> np.ndarray:

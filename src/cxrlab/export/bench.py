@@ -7,7 +7,6 @@ class out) on the backend `predict` and `serve` use. Ratios are against eager Py
 
 from __future__ import annotations
 
-import copy
 import io
 import time
 from dataclasses import replace
@@ -18,7 +17,7 @@ from PIL import Image
 
 from cxrlab.data.images import decode_image
 from cxrlab.data.task import load_task
-from cxrlab.evaluation.inference import TrainedModel, load_trained, predict_logits
+from cxrlab.evaluation.inference import TrainedModel, load_trained, plain_copy, predict_logits
 from cxrlab.export.quantize import latency_ms
 from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel, attach_runtime
 from cxrlab.files import atomic_write_json
@@ -43,7 +42,7 @@ def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
     variants = {}
     for name, channels_last in (("PyTorch eager (NCHW)", False), ("PyTorch eager, channels_last", True)):
         c = replace(cfg, channels_last=channels_last, precision="fp32", eval_batch_size=batch)
-        model = copy.deepcopy(trained.model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        model = plain_copy(trained.model, cpu, channels_last)
         variants[name] = (lambda x, c=c, m=model: predict_logits(m, torch.as_tensor(x), c, cpu))
     for file, name in ((FP32_FILE, "onnxruntime fp32"), (INT8_FILE, "onnxruntime INT8 (shipped)")):
         if (trained.run.path / file).is_file():

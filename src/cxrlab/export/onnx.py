@@ -21,7 +21,7 @@ import torch
 
 from cxrlab.data.task import load_task
 from cxrlab.errors import ExportError
-from cxrlab.evaluation.inference import TrainedModel, predict_logits
+from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.export.runtime import FP32_FILE, OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 
@@ -37,7 +37,7 @@ def onnx_path(run_path) -> Path:
 def export_onnx(trained: TrainedModel, echo=print) -> Path:
     """Write RUN/model.onnx (only when it passes the check) and RUN/export.json."""
     cfg, run = trained.cfg, trained.run
-    model = _export_copy(trained.model)
+    model = plain_copy(trained.model, "cpu")
     dummy = torch.zeros(2, 1, cfg.size, cfg.size)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
@@ -76,9 +76,3 @@ def verify(trained: TrainedModel, path: Path) -> dict:
         worst = float(np.abs(got - reference).max()) if got.shape == reference.shape else float("nan")
         raise ExportError(f"the ONNX model's logits differ from PyTorch's on val images (largest difference {worst:.3g}); not written")
     return {"images": len(images), "rtol": RTOL, "atol": ATOL, "max_abs_diff": float(np.abs(got - reference).max()), "logit_std": spread}
-
-
-def _export_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).eval()

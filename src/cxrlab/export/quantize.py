@@ -13,7 +13,6 @@ fp32's. RUN/quantization.json records every candidate and why it was or was not 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import tempfile
 import time
@@ -27,7 +26,7 @@ from torch import nn
 
 from cxrlab.data.task import load_task
 from cxrlab.evaluation.evaluate import positive_view
-from cxrlab.evaluation.inference import TrainedModel, predict_logits
+from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 
@@ -66,7 +65,7 @@ class _Calibration:
 
 
 def torch_dynamic(model: nn.Module) -> nn.Module:
-    cpu = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).eval()
+    cpu = plain_copy(model, "cpu")
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices: measured here, not relied on
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(cpu, {nn.Linear}, dtype=torch.qint8)
