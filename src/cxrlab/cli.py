@@ -273,25 +273,16 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cxrlab.errors import ConfigError
-    from cxrlab.report.compare import STUDY_KEYS, Study, compare
+    from cxrlab.report.compare import compare, study_from
     from cxrlab.training.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
         raise CxrlabError("compare trains one model after another in one process; run 'torchrun ... -m cxrlab train' per model instead")
 
     values = load_yaml(args.config) if args.config else {}
-    section = values.pop("compare", None) or {}
-    if not isinstance(section, dict) or set(section) - set(STUDY_KEYS):
-        raise ConfigError(f"{args.config}: the compare section takes {', '.join(STUDY_KEYS)}")
     flags = {"models": "models", "seeds": "seeds", "ensemble": "ensemble", "tta": "tta", "compare_out": "out"}
-    section.update({key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)})
-    if isinstance(section.get("ensemble"), list) and len(section["ensemble"]) == 1:
-        section["ensemble"] = str(section["ensemble"][0])  # --ensemble fit / off
-    try:
-        study = Study(**section)
-    except TypeError as exc:
-        raise ConfigError(f"compare options: {exc}") from None
+    study = study_from(values.pop("compare", None), {key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)},
+                       source=args.config or "options")
     compare(config_from_args(args, values), study, progress=args.progress)
     return 0
 
@@ -313,33 +304,23 @@ def cmd_search(args) -> int:
 def cmd_explain(args) -> int:
     from pathlib import Path
 
-    import torch
-
-    from cxrlab.data.images import load_image
-    from cxrlab.evaluation.explain import Explainer, overlay, png_bytes, val_grid
+    from cxrlab.evaluation.explain import Explainer, explain_files, val_grid
     from cxrlab.evaluation.inference import load_trained
-    from cxrlab.files import atomic_write_bytes
 
     if not args.images and not args.val_grid:
         raise CxrlabError("give image files to explain, or --val-grid")
     trained = load_trained(args.run, "cpu")
     explainer = Explainer(trained)
-    out = Path(args.out)
     print(f"Grad-CAM on {trained.cfg.model} layer {explainer.layer_name}" + ("  (PHANTOM-trained model)" if trained.is_phantom else ""))
     failed = 0
-    for path in args.images:
-        try:
-            gray = load_image(path, trained.cfg.size)
-        except CxrlabError as exc:
+    for result in explain_files(explainer, args.images, Path(args.out)):
+        if result.error:
             failed += 1
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        maps, probs, classes = explainer.heatmaps(torch.from_numpy(gray[None]))
-        target = out / f"{Path(path).stem}_gradcam.png"
-        atomic_write_bytes(target, png_bytes(overlay(gray, maps[0])))
-        print(f"{path}\t{classes[0]}\tP({trained.cfg.positive})={probs[0]:.4f}\t{target}")
+            print(f"error: {result.error}", file=sys.stderr)
+        else:
+            print(f"{result.path}\t{result.label}\tP({trained.cfg.positive})={result.probability:.4f}\t{result.overlay}")
     if args.val_grid:
-        print(f"wrote {val_grid(explainer, out / 'gradcam_val_grid.png')}")
+        print(f"wrote {val_grid(explainer, Path(args.out) / 'gradcam_val_grid.png')}")
     return 1 if failed else 0
 
 

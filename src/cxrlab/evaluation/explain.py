@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,12 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from cxrlab.data.augment import eval_batch
+from cxrlab.data.images import load_image
 from cxrlab.data.task import data_label, load_task
-from cxrlab.errors import ConfigError
+from cxrlab.errors import ConfigError, ImageFileError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import TrainedModel, plain_copy
+from cxrlab.files import atomic_write_bytes
 
 MIN_MAP = 7  # smallest useful Grad-CAM map side
 DISPLAY = 224  # overlays are drawn at this size (28 px is too small to read)
@@ -110,3 +113,28 @@ def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0) ->
     truth = [trained.classes[int(t)] for t in val.targets[torch.from_numpy(pick)]]
     return plots.gradcam_grid(images.numpy(), [overlay(i, m) for i, m in zip(images.numpy(), maps)], truth, predicted, probs, cfg.positive,
                               Path(path), f"{cfg.model}: Grad-CAM on random val images (layer {explainer.layer_name})", data_label(data.provenance))
+
+
+@dataclass
+class Explanation:
+    path: str
+    label: str | None = None  # the predicted class the overlay explains
+    probability: float | None = None  # P(positive class)
+    overlay: Path | None = None  # the written PNG
+    error: str | None = None
+
+
+def explain_files(explainer: Explainer, paths: list[str], out: Path) -> list[Explanation]:
+    """One overlay PNG per readable image, OUT/<stem>_gradcam.png; unreadable files get an error, the rest go on."""
+    results = []
+    for path in paths:
+        try:
+            gray = load_image(path, explainer.trained.cfg.size)
+        except ImageFileError as exc:
+            results.append(Explanation(str(path), error=str(exc)))
+            continue
+        maps, probs, classes = explainer.heatmaps(torch.from_numpy(gray[None]))
+        target = Path(out) / f"{Path(path).stem}_gradcam.png"
+        atomic_write_bytes(target, png_bytes(overlay(gray, maps[0])))
+        results.append(Explanation(str(path), classes[0], float(probs[0]), target))
+    return results

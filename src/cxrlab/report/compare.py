@@ -79,6 +79,17 @@ class Study:
         return self.ensemble != "off" and len(self.models) > 1
 
 
+def study_from(section: dict | None, overrides: dict, source: str = "config") -> Study:
+    """A Study from a config file's `compare:` section, with command-line values on top."""
+    section = dict(section or {})
+    if set(section) - set(STUDY_KEYS):
+        raise ConfigError(f"{source}: the compare section takes {', '.join(STUDY_KEYS)}, got {', '.join(sorted(set(section) - set(STUDY_KEYS)))}")
+    section.update(overrides)
+    if isinstance(section.get("ensemble"), list) and len(section["ensemble"]) == 1:
+        section["ensemble"] = str(section["ensemble"][0])  # --ensemble fit / off
+    return Study(**section).validate()
+
+
 @dataclass
 class Entry:
     """One row for one seed: a model's run, the same run with test-time augmentation, or an ensemble."""
