@@ -15,15 +15,19 @@ EXAMPLES = {
         cxrlab data                                   # official file in ~/.medmnist
         cxrlab data --data-root data/phantom          # a phantom file
         cxrlab data --classes effusion pneumothorax --size 64 --download
-        cxrlab data --task multilabel                 # all 14 labels""",
+        cxrlab data --task multilabel                 # all 14 labels
+        cxrlab data --dataset pneumoniamnist --data-root ../shared/data   # PneumoniaMNIST: normal vs pneumonia""",
     "phantom": """
         cxrlab phantom --out data/phantom                      # small file: 2000/400/600 rows
         cxrlab phantom --out data/phantom --official-counts    # the official split sizes and binary counts
-        cxrlab phantom --out data/phantom --size 64 --seed 1""",
+        cxrlab phantom --out data/phantom --size 64 --seed 1
+        cxrlab phantom --out data/phantom --dataset pneumoniamnist --official-counts""",
     "train": """
         cxrlab train --data-root data/phantom --model densenet121 --epochs 5
         cxrlab train --config configs/example.yaml --out runs/mnv3
         cxrlab train --task multilabel --size 64 --model densenet121    # all 14 labels, medmnist's AUC/ACC
+        cxrlab train --dataset pneumoniamnist --data-root ../shared/data --epochs 10
+        cxrlab train --config configs/medmnist_v2.yaml --dataset pneumoniamnist   # MedMNIST v2's ResNet-18 recipe
         cxrlab train --resume runs/mnv3                        # continue an interrupted run""",
     "evaluate": """
         cxrlab evaluate runs/mnv3                  # test split, with the threshold chosen on val
@@ -33,6 +37,7 @@ EXAMPLES = {
     "compare": """
         cxrlab compare --data-root data/phantom --epochs 3 --seeds 0 1 --tta 8 --out runs/demo
         cxrlab compare --download                               # the full study: 3 models x 3 seeds, real data
+        cxrlab compare --dataset pneumoniamnist --models mobilenet_v3_large resnet18 --data-root ../shared/data
         cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
         cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)""",
     "explain": """
@@ -80,7 +85,8 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
-            kwargs.update(nargs=len(default), type=type(default[0]), metavar=f.name.split("_")[-1].upper())
+            kwargs.update(nargs=f.metadata.get("nargs", len(default)), type=f.metadata.get("type", type(default[0]) if default else str),
+                          metavar=f.name.split("_")[-1].upper())
         elif f.metadata.get("choices"):
             kwargs.update(choices=f.metadata["choices"], type=type(default))
         elif default is not None and not isinstance(default, str):
@@ -104,7 +110,8 @@ def config_from_args(args: argparse.Namespace, values: dict | None = None) -> Co
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrlab",
-        description="Chest X-ray classification on ChestMNIST: Cardiomegaly vs Pneumothorax with three adapted CNNs.",
+        description="Chest X-ray classification on MedMNIST: ChestMNIST Cardiomegaly vs Pneumothorax (default) or PneumoniaMNIST "
+        "normal vs pneumonia, with three adapted CNNs and MedMNIST v2's reference ResNet-18.",
         formatter_class=_formatter,
         epilog="examples:\n  make demo                      # the whole experiment on phantom data\n"
         "  cxrlab phantom --out data/phantom && cxrlab train --data-root data/phantom --epochs 5\n"
@@ -114,15 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _subparser(sub, "data", "Show the data file, its provenance and the binary task's counts per split and class.")
-    add_config_options(p, only=("task", "data_root", "size", "classes", "download"))
+    add_config_options(p, only=("dataset", "task", "data_root", "size", "classes", "download"))
 
-    p = _subparser(sub, "phantom", "Write a phantom ChestMNIST file (synthetic, official npz layout) for tests and demos.")
-    p.add_argument("--out", required=True, help="folder to write chestmnist[_SIZE].npz into")
+    p = _subparser(sub, "phantom", "Write a phantom data file (synthetic, official npz layout) for tests and demos.")
+    p.add_argument("--out", required=True, help="folder to write DATASET[_SIZE].npz into")
+    add_config_options(p, only=("dataset",))
     p.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size (default: 28)")
-    p.add_argument("--official-counts", action="store_true", help="official split sizes (78,468/11,219/22,433) and binary counts")
+    p.add_argument("--official-counts", action="store_true", help="the data set's official split sizes and binary-task counts")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     for split, n in (("train", 2000), ("val", 400), ("test", 600)):
-        p.add_argument(f"--{split}", type=int, default=None, metavar="N", help=f"rows in {split} (default: {n}; half are binary-task rows)")
+        p.add_argument(f"--{split}", type=int, default=None, metavar="N", help=f"rows in {split} (default: {n}; ChestMNIST: half are binary-task rows)")
 
     p = _subparser(sub, "train", "Train one model: select on val, report on test; writes a run directory.")
     p.add_argument("--config", metavar="FILE", help="YAML file with any of the options below; flags override it")
@@ -139,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--device", default=None, help="device (default: the run's)")
+    _max_image_option(p)
 
     p = _subparser(sub, "compare", "Train the models for several seeds under one protocol; write report.md and report.html.")
     p.add_argument("--config", metavar="FILE", help="YAML file with training options and a 'compare:' section (models, seeds, "
@@ -149,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'fit' (weights fitted on val; the default), 'off', or one weight per model in --models order")
     p.add_argument("--tta", type=int, default=argparse.SUPPRESS, metavar="N", help="test-time augmentation with N views, shown beside each model (default: 0, off)")
     p.add_argument("--out", dest="compare_out", default=argparse.SUPPRESS, help="folder for the runs and the report (default: runs/compare)")
+    p.add_argument("--recipe", action="append", default=argparse.SUPPRESS, metavar="MODEL=FILE",
+                   help="training options of one model's own, over the shared ones (e.g. resnet18=configs/medmnist_v2.yaml); repeatable")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once, each in its own process (default: 1); give each --threads "
+                   "so that workers x threads <= cores")
     _progress_option(p)
     add_config_options(p, skip=("model", "out"))
 
@@ -174,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, DICOM, ...)")
     p.add_argument("--val-grid", action="store_true", help="also write gradcam_val_grid.png: random val images with overlays")
     p.add_argument("--out", default="explained", help="folder for the PNGs (default: explained)")
+    _max_image_option(p)
 
     p = _subparser(sub, "export", "Export a finished run to ONNX (checked against PyTorch) and try INT8 quantisation.")
     p.add_argument("run", metavar="RUN", help="run directory")
@@ -190,7 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="auto: the exported ONNX model when present (default)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body in MB (default: 10)")
+    _max_image_option(p)
     return parser
+
+
+def _max_image_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-image-mp", type=float, default=50.0, metavar="MP",
+                   help="refuse images that declare more megapixels (width x height x frames) than this, before decoding them (default: 50)")
+
+
+def _max_pixels(args) -> int:
+    if not args.max_image_mp > 0:
+        raise CxrlabError(f"--max-image-mp must be positive, got {args.max_image_mp:g}")
+    return int(args.max_image_mp * 1e6)
 
 
 def _progress_option(p: argparse.ArgumentParser) -> None:
@@ -198,21 +224,23 @@ def _progress_option(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args) -> int:
-    from cxrlab.data.task import data_label, load_task
+    from cxrlab.data.datasets import get_dataset
+    from cxrlab.data.task import data_label, task_data
 
     cfg = config_from_args(args)
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=cfg.download, task=cfg.task)
+    data = task_data(cfg, download=cfg.download)
     prov = data.provenance
     print(f"file:   {prov['file']}\nmd5:    {prov['md5']} (official: {prov['official_md5']})\ndata:   {data_label(prov)}")
     if data.task == "multilabel":
-        print("task:   multilabel, all images, 14 labels (positives per label)\n")
+        print(f"task:   multilabel, all images, {len(data.classes)} labels (positives per label)\n")
         print(f"{'label':<20}" + "".join(f"{split:>10}" for split in data.splits))
         counts = {split: s.counts() for split, s in data.splits.items()}
         for i, label in enumerate(data.classes):
             print(f"{label:<20}" + "".join(f"{counts[split][i]:>10,}" for split in data.splits))
         print(f"{'images':<20}" + "".join(f"{len(s):>10,}" for s in data.splits.values()))
         return 0
-    print(f"task:   {data.classes[0]} (label 0) vs {data.classes[1]} (label 1), images whose only positive label is one of them\n")
+    which = "every image" if get_dataset(cfg.dataset).binary_task == "all-images" else "images whose only positive label is one of them"
+    print(f"task:   {data.classes[0]} (label 0) vs {data.classes[1]} (label 1), {which}\n")
     print(f"{'split':<8}{data.classes[0]:>16}{data.classes[1]:>16}{'total':>10}")
     for split, s in data.splits.items():
         a, b = s.counts()
@@ -224,9 +252,11 @@ def cmd_phantom(args) -> int:
     from cxrlab.data.phantom import write_phantom
 
     sizes = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None}
-    path = write_phantom(args.out, args.size, args.official_counts, args.seed, sizes or None)
+    dataset = getattr(args, "dataset", "chestmnist")
+    path = write_phantom(args.out, args.size, args.official_counts, args.seed, sizes or None, dataset)
     print(f"wrote PHANTOM data (synthetic; for tests and demos, never a result): {path}")
-    print(f"next: cxrlab data --data-root {args.out}" + (f" --size {args.size}" if args.size != 28 else ""))
+    print(f"next: cxrlab data --data-root {args.out}" + (f" --size {args.size}" if args.size != 28 else "")
+          + (f" --dataset {dataset}" if dataset != "chestmnist" else ""))
     return 0
 
 
@@ -260,7 +290,7 @@ def cmd_predict(args) -> int:
     if trained.is_phantom:
         print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
     failed = 0
-    for result in predict_files(trained, args.images):
+    for result in predict_files(trained, args.images, _max_pixels(args)):
         if result.error:
             failed += 1
             print(f"error: {result.error}", file=sys.stderr)
@@ -281,9 +311,16 @@ def cmd_compare(args) -> int:
 
     values = load_yaml(args.config) if args.config else {}
     flags = {"models": "models", "seeds": "seeds", "ensemble": "ensemble", "tta": "tta", "compare_out": "out"}
-    study = study_from(values.pop("compare", None), {key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)},
-                       source=args.config or "options")
-    compare(config_from_args(args, values), study, progress=args.progress)
+    overrides = {key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)}
+    if hasattr(args, "recipe"):
+        pairs = [item.partition("=") for item in args.recipe]
+        if any(not model or not sep or not path for model, sep, path in pairs):
+            raise CxrlabError(f"--recipe takes MODEL=FILE, got {' '.join(args.recipe)}")
+        overrides["recipes"] = {model: path for model, _, path in pairs}
+    if args.workers < 1:
+        raise CxrlabError(f"--workers must be at least 1, got {args.workers}")
+    study = study_from(values.pop("compare", None), overrides, source=args.config or "options")
+    compare(config_from_args(args, values), study, progress=args.progress, workers=args.workers)
     return 0
 
 
@@ -313,7 +350,7 @@ def cmd_explain(args) -> int:
     explainer = Explainer(trained)
     print(f"Grad-CAM on {trained.cfg.model} layer {explainer.layer_name}" + ("  (PHANTOM-trained model)" if trained.is_phantom else ""))
     failed = 0
-    for result in explain_files(explainer, args.images, Path(args.out)):
+    for result in explain_files(explainer, args.images, Path(args.out), _max_pixels(args)):
         if result.error:
             failed += 1
             print(f"error: {result.error}", file=sys.stderr)
@@ -349,7 +386,7 @@ def cmd_bench(args) -> int:
 def cmd_serve(args) -> int:
     from cxrlab.serve.app import serve
 
-    serve(args.run, args.host, args.port, args.backend, args.max_upload_mb)
+    serve(args.run, args.host, args.port, args.backend, args.max_upload_mb, _max_pixels(args) / 1e6)
     return 0
 
 

@@ -15,10 +15,14 @@ import yaml
 
 from cxrlab.errors import ConfigError
 
-MODEL_NAMES = ("mobilenet_v3_large", "densenet121", "efficientnet_b0")
-# Learning rates the experiment uses per architecture; `lr: null` picks these.
-DEFAULT_LR = {"mobilenet_v3_large": 1e-3, "efficientnet_b0": 3e-4, "densenet121": 1e-4}
-SIZES = (28, 64, 128, 224)
+from cxrlab.data.datasets import DATASET_NAMES, SIZES, get_dataset
+
+# The three models of the experiment, then MedMNIST v2's reference ResNet-18 (configs/medmnist_v2.yaml).
+MODEL_NAMES = ("mobilenet_v3_large", "densenet121", "efficientnet_b0", "resnet18")
+STUDY_MODELS = MODEL_NAMES[:3]
+# Learning rates the experiment uses per architecture (resnet18: MedMNIST v2's); `lr: null` picks these.
+DEFAULT_LR = {"mobilenet_v3_large": 1e-3, "efficientnet_b0": 3e-4, "densenet121": 1e-4, "resnet18": 1e-3}
+LR_SCHEDULES = ("plateau", "multistep")
 SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
 THRESHOLD_RULES = ("0.5", "youden", "sensitivity")
 FINETUNE_PARTS = ("head", "last", "all")
@@ -35,15 +39,21 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 @dataclass
 class Config:
     # data
-    task: str = _opt("binary", "binary: two labels, single-label images only; multilabel: all 14 labels, all images", choices=TASKS)
-    data_root: str = _opt(os.path.join("~", ".medmnist"), "folder holding chestmnist[_SIZE].npz (medmnist's root)")
+    dataset: str = _opt("chestmnist", "MedMNIST data set: chestmnist (NIH ChestX-ray14) or pneumoniamnist (pediatric, normal vs pneumonia)",
+                        choices=DATASET_NAMES)
+    task: str = _opt("binary", "binary (ChestMNIST: two labels, single-label images only; PneumoniaMNIST: every image); "
+                     "multilabel: all 14 ChestMNIST labels, all images", choices=TASKS)
+    data_root: str = _opt(os.path.join("~", ".medmnist"), "folder holding DATASET[_SIZE].npz (medmnist's root)")
     size: int = _opt(28, "image size: 28, 64, 128 or 224", choices=SIZES)
-    classes: list = _opt(["cardiomegaly", "pneumothorax"], "binary task: the two ChestMNIST labels, label 0 then label 1")
+    classes: list = _opt([], "binary task: two labels, label 0 then label 1 (default: chestmnist cardiomegaly pneumothorax, "
+                         "pneumoniamnist normal pneumonia)", nargs=2)
     positive_class: str | None = _opt(None, "class counted as positive in metrics (default: the second of --classes)")
     download: bool = _opt(False, "download the data file from Zenodo when it is missing")
     # model
     model: str = _opt("mobilenet_v3_large", "architecture", choices=MODEL_NAMES)
     dropout: list = _opt([0.4, 0.3], "dropout of the two hidden layers of the head")
+    bn_momentum: float | None = _opt(0.1, "BatchNorm running-statistics momentum for every BatchNorm layer (null: torchvision's, "
+                                     "0.01 in MobileNetV3, whose stale statistics made val swing)")
     pretrained: bool = _opt(False, "start from torchvision ImageNet weights (stem folded to one channel)")
     weights_file: str | None = _opt(None, "ImageNet state dict file to use instead of downloading")
     segmentation: bool = _opt(False, "put the SegmentationPreprocessor in front of the model")
@@ -54,6 +64,10 @@ class Config:
     lr: float | None = _opt(None, "learning rate (default per model: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     weight_decay: float = _opt(0.0, "Adam weight decay")
     pos_weight: str = _opt("none", "BCE pos_weight: 'none', 'auto' (negatives/positives in train) or a number")
+    lr_schedule: str = _opt("plateau", "plateau: ReduceLROnPlateau on val loss; multistep: lr x --lr-gamma at each of --lr-milestones",
+                            choices=LR_SCHEDULES)
+    lr_milestones: list = _opt([], "multistep: epochs after which the lr is multiplied by --lr-gamma (e.g. 50 75)", nargs="+", type=int)
+    lr_gamma: float = _opt(0.1, "multistep: factor at each milestone")
     plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor (on val loss)")
     plateau_patience: int = _opt(5, "ReduceLROnPlateau patience in epochs")
     early_stopping: int = _opt(10, "stop after this many epochs without val improvement (0: never)")
@@ -112,7 +126,7 @@ class Config:
 
     @property
     def num_outputs(self) -> int:
-        return 1 if self.task == "binary" else 14
+        return 1 if self.task == "binary" else get_dataset(self.dataset).label_columns
 
     @property
     def positive(self) -> str:
@@ -122,6 +136,9 @@ class Config:
         """Check values that argparse or YAML cannot; return self for chaining."""
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        spec = get_dataset(self.dataset)
+        if self.task == "multilabel" and not spec.multilabel:
+            raise ConfigError(f"{spec.title} has one binary label per image: the multilabel task is for multi-label sets (chestmnist)")
         if self.task == "multilabel":
             if self.threshold != "0.5":
                 raise ConfigError("threshold 'youden' is for the binary task; the multilabel task uses 0.5 per label, as medmnist's Evaluator does")
@@ -130,10 +147,14 @@ class Config:
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
         if self.size not in SIZES:
-            raise ConfigError(f"size {self.size} is not available; ChestMNIST comes in {', '.join(map(str, SIZES))}")
+            raise ConfigError(f"size {self.size} is not available; {spec.title} comes in {', '.join(map(str, SIZES))}")
+        if not self.classes:
+            self.classes = list(spec.default_classes)
         if len(self.classes) != 2 or self.classes[0].lower() == self.classes[1].lower():
             raise ConfigError(f"classes must be two different label names, got {self.classes!r}")
         self.classes = [c.lower() for c in self.classes]
+        if self.task == "binary":
+            spec.check_classes(self.classes)
         if self.positive.lower() not in self.classes:
             raise ConfigError(f"positive_class {self.positive_class!r} is not one of classes {self.classes}")
         if self.positive_class is not None:
@@ -175,6 +196,17 @@ class Config:
             raise ConfigError(f"aug_blur_sigma must be 0 < low <= high, got {self.aug_blur_sigma!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "multistep":
+            if not self.lr_milestones or any(m < 1 for m in self.lr_milestones) or sorted(self.lr_milestones) != self.lr_milestones:
+                raise ConfigError(f"lr_milestones must be increasing epochs of at least 1 for the multistep schedule, got {self.lr_milestones!r}")
+            if self.finetune:
+                raise ConfigError("finetune stages each use a fresh plateau schedule; lr_schedule multistep does not combine with them")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum < 1:
+            raise ConfigError(f"bn_momentum must be in (0, 1) or null, got {self.bn_momentum}")
         if self.norm_std <= 0:
             raise ConfigError("norm_std must be positive")
         if self.weights_file and not self.pretrained:
@@ -223,7 +255,7 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     kind = type(default)
     try:
         if default is None:  # optional options: keep numbers numeric, paths as strings
-            return float(value) if name == "lr" else int(value) if name == "threads" else str(value)
+            return float(value) if name in ("lr", "bn_momentum") else int(value) if name == "threads" else str(value)
         if kind is bool:
             if isinstance(value, bool):
                 return value
@@ -231,7 +263,8 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
         if kind is list:
             if not isinstance(value, (list, tuple)):
                 raise ValueError
-            return [type(default[0])(v) for v in value]
+            item = type(default[0]) if default else int if name == "lr_milestones" else str
+            return [item(v) for v in value]
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         return kind(value)

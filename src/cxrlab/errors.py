@@ -43,3 +43,8 @@ class DamagedImage(ImageFileError):
 
 class ExportError(CxrlabError):
     """A model could not be exported, or the export does not match PyTorch."""
+
+
+class ImageTooLarge(ImageFileError):
+    """An image declares more pixels than the limit (a decompression bomb, or no radiograph): refused before decoding
+    (the service answers 413)."""

@@ -1,7 +1,9 @@
-"""The two tasks on ChestMNIST.
+"""The tasks on a data set (data/datasets.py says which apply).
 
-- binary (the default): keep the images whose only positive label is one of two classes, relabelled 0/1.
-- multilabel: all images and all 14 labels, the task MedMNIST's published benchmarks use.
+- binary (the default). ChestMNIST: keep the images whose only positive label is one of two classes,
+  relabelled 0/1. PneumoniaMNIST (a binary data set): every image, with its own label (normal 0, pneumonia 1).
+- multilabel (multi-label sets: ChestMNIST): all images and all 14 labels, the task MedMNIST's published
+  benchmarks use.
 """
 
 from __future__ import annotations
@@ -12,16 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlab.data.chestmnist import LABEL_NAMES, SPLITS, load_arrays, locate, provenance
+from cxrlab.data.datafile import SPLITS, load_arrays, locate, provenance
+from cxrlab.data.datasets import Dataset, get_dataset
 from cxrlab.errors import ConfigError
-
-
-def label_index(name: str) -> int:
-    """Index of a ChestMNIST label by name, case-insensitive."""
-    wanted = name.strip().lower()
-    if wanted not in LABEL_NAMES:
-        raise ConfigError(f"unknown ChestMNIST label {name!r}; the 14 labels are: {', '.join(LABEL_NAMES)}")
-    return LABEL_NAMES.index(wanted)
 
 
 def select_binary(labels: np.ndarray, class_indices: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,28 +62,53 @@ class TaskData:
         return self.provenance.get("kind") == "phantom"
 
 
-def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary") -> TaskData:
-    path = locate(data_root, size, download=download)
-    arrays = load_arrays(path, size, splits)
+def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary",
+              dataset: str = "chestmnist") -> TaskData:
+    spec = get_dataset(dataset)
+    if task == "multilabel" and not spec.multilabel:
+        raise ConfigError(f"{spec.title} has one binary label per image: use the binary task")
+    if task == "binary":
+        spec.check_classes(classes)
+    path = locate(data_root, size, download=download, dataset=dataset)
+    arrays = load_arrays(path, size, splits, dataset=dataset)
+    source = provenance(path, size, dataset)
     if task == "multilabel":
         result = {s: Split(torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"])) for s in splits}
-        return TaskData("multilabel", list(LABEL_NAMES), size, result, provenance(path, size))
-    indices = tuple(label_index(c) for c in classes)
+        return TaskData("multilabel", spec.label_names, size, result, source)
+    indices = tuple(spec.label_index(c) for c in classes)
     result = {}
     for split in splits:
-        rows, targets = select_binary(arrays[f"{split}_labels"], indices)
-        result[split] = Split(torch.from_numpy(np.ascontiguousarray(arrays[f"{split}_images"][rows])), torch.from_numpy(targets))
-    return TaskData("binary", [LABEL_NAMES[i] for i in indices], size, result, provenance(path, size))
+        rows, targets = binary_rows(spec, arrays[f"{split}_labels"], indices)
+        images = arrays[f"{split}_images"] if rows is None else np.ascontiguousarray(arrays[f"{split}_images"][rows])
+        result[split] = Split(torch.from_numpy(images), torch.from_numpy(targets))
+    return TaskData("binary", [spec.label_names[i] for i in indices], size, result, source)
+
+
+def task_data(cfg, splits=SPLITS, download: bool = False, task: str | None = None) -> TaskData:
+    """The task a config describes (data set, size, classes, task), loaded from its data root."""
+    return load_task(cfg.data_root, cfg.size, cfg.classes, download=download, splits=splits, task=task or cfg.task, dataset=cfg.dataset)
+
+
+def binary_rows(spec: Dataset, labels: np.ndarray, class_indices: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray]:
+    """(rows to keep or None for all, 0/1 targets) of the binary task on this data set."""
+    if spec.binary_task == "all-images":
+        return None, np.asarray(labels[:, 0], dtype=np.int64)
+    return select_binary(labels, class_indices)
 
 
 def data_label(provenance: dict) -> str:
     """The words every output carries about where its numbers come from."""
+    title = get_dataset(provenance.get("dataset", "chestmnist")).title
     kind = provenance.get("kind")
     if kind == "phantom":
-        return "PHANTOM data (synthetic, for tests and demos; not a result)"
+        return f"PHANTOM data (synthetic {title} layout, for tests and demos; not a result)"
     if kind == "real":
-        return "ChestMNIST (official file, MD5 verified)"
-    return "UNVERIFIED data (not the official ChestMNIST file)"
+        return f"{title} (official file, MD5 verified)"
+    return f"UNVERIFIED data (not the official {title} file)"
+
+
+def is_real(data_label: str) -> bool:
+    return not data_label.startswith(("PHANTOM", "UNVERIFIED"))
 
 
 CV_SPLIT_SEED = 0  # the same folds for every model and seed, so fold k means the same images everywhere

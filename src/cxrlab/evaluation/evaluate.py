@@ -11,7 +11,7 @@ import torch
 
 import cxrlab
 from cxrlab.config import Config
-from cxrlab.data.task import TaskData, data_label, fold_view, load_task
+from cxrlab.data.task import TaskData, data_label, fold_view, task_data
 from cxrlab.errors import RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import load_trained, predict_probs
@@ -64,7 +64,8 @@ def split_metrics(data: TaskData, split: str, cfg: Config, probs: np.ndarray, th
     Binary metrics include calibration (ECE, Brier) before and after scaling by ``temperature``."""
     targets = data.splits[split].targets.numpy()
     if data.task == "multilabel":
-        return multilabel_metrics(targets, probs, data.provenance["file"], data.size, split), targets, probs
+        return multilabel_metrics(targets, probs, data.provenance["file"], data.size, split, data.classes,
+                                  data.provenance.get("dataset", "chestmnist")), targets, probs
     targets, positive_probs = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
     metrics = evaluate_probs(targets, positive_probs, threshold, cfg.n_bootstrap, cfg.seed)
     metrics.update(calibration_metrics(targets, positive_probs, temperature))
@@ -86,7 +87,7 @@ def write_split_outputs(run: RunDir, split: str, metrics: dict, targets, probs, 
 
 def results_table(data: TaskData, columns: dict[str, dict]) -> str:
     if data.task == "multilabel":
-        return label_table(columns, {split: data.splits[split].counts() for split in columns})
+        return label_table(columns, {split: data.splits[split].counts() for split in columns}, data.classes)
     return metrics_table(columns)
 
 
@@ -158,7 +159,7 @@ def evaluate_run(run_path, split: str = "test", device: str | None = None, echo:
     trained = load_trained(run_path, device)
     cfg, run = trained.cfg, trained.run
     folds = cfg.cv_folds and split == "val"  # a cross-validation run's val is its held-out fold of train
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, download=False, splits=("train", split) if folds else (split,), task=cfg.task)
+    data = task_data(cfg, splits=("train", split) if folds else (split,))
     if folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
     recorded = run.read_json(run.data)

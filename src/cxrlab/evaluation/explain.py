@@ -3,7 +3,8 @@
 Which layer: at 28 px the last feature map is 2x2 (MobileNetV3, EfficientNet-B0) or 1x1 (DenseNet-121), and a
 Grad-CAM of a 1x1 map is one constant. cxrlab takes, per model and image size, the deepest feature block whose
 map is still at least 7x7 (found by a forward pass, so it holds for every --size): at 28 px MobileNetV3-L
-features.6, EfficientNet-B0 features.3 and DenseNet-121 denseblock2; at 224 px the last block (7x7).
+features.6, EfficientNet-B0 features.3, DenseNet-121 denseblock2 and ResNet-18 layer3 (its stem does not
+downsample); at 224 px the last block (7x7).
 """
 
 from __future__ import annotations
@@ -22,20 +23,16 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from cxrlab.data.augment import eval_batch
-from cxrlab.data.images import load_image
-from cxrlab.data.task import data_label, load_task
+from cxrlab.data.images import DEFAULT_MAX_PIXELS
+from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError, ImageFileError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import TrainedModel, plain_copy
 from cxrlab.files import atomic_write_bytes
+from cxrlab.models.registry import feature_blocks
 
 MIN_MAP = 7  # smallest useful Grad-CAM map side
 DISPLAY = 224  # overlays are drawn at this size (28 px is too small to read)
-
-
-def feature_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    net = model[-1] if isinstance(model, nn.Sequential) else model  # behind the SegmentationPreprocessor
-    return [(f"features.{name}", block) for name, block in net.features.named_children()]
 
 
 def cam_layer(model: nn.Module, size: int) -> tuple[str, nn.Module]:
@@ -105,7 +102,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0) -> Path:
     """Random val images (fixed seed) above their Grad-CAM overlays, titled with truth, prediction and P."""
     trained, cfg = explainer.trained, explainer.trained.cfg
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",), task=cfg.task)
+    data = task_data(cfg, splits=("val",))
     val = data.splits["val"]
     pick = np.sort(np.random.default_rng(seed).choice(len(val), size=min(count, len(val)), replace=False))
     images = val.images[torch.from_numpy(pick)]
@@ -124,12 +121,12 @@ class Explanation:
     error: str | None = None
 
 
-def explain_files(explainer: Explainer, paths: list[str], out: Path) -> list[Explanation]:
+def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Explanation]:
     """One overlay PNG per readable image, OUT/<stem>_gradcam.png; unreadable files get an error, the rest go on."""
     results = []
     for path in paths:
         try:
-            gray = load_image(path, explainer.trained.cfg.size)
+            gray = explainer.trained.load(path, max_pixels)
         except ImageFileError as exc:
             results.append(Explanation(str(path), error=str(exc)))
             continue

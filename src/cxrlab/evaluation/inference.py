@@ -13,6 +13,8 @@ from torch import nn
 
 from cxrlab.config import Config
 from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize, to_float
+from cxrlab.data.datasets import get_dataset
+from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from cxrlab.models import model_from_config
 from cxrlab.runs import RunDir
 from cxrlab.training.checkpoint import load_weights
@@ -101,6 +103,19 @@ class TrainedModel:
         if self.runtime is not None:
             return self.runtime.probs(images)
         return predict_probs(self.model, images, self.cfg, self.device)
+
+    @property
+    def preprocess(self) -> str:
+        """How a full-size image becomes square for this run's data set (data/datasets.py)."""
+        return get_dataset(self.cfg.dataset).preprocess
+
+    def decode(self, data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Image or DICOM bytes -> uint8 (S, S), prepared as the run's data set was made."""
+        return decode_image(data, name, self.cfg.size, self.preprocess, max_pixels)
+
+    def load(self, path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """An image or DICOM file -> uint8 (S, S), prepared as the run's data set was made."""
+        return load_image(path, self.cfg.size, self.preprocess, max_pixels)
 
 
 def load_trained(run_path, device: str | None = None) -> TrainedModel:

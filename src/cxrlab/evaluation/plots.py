@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from cxrlab.data.task import is_real  # noqa: E402
 from cxrlab.files import atomic_write_bytes  # noqa: E402
 
 
@@ -25,8 +26,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _title(fig, text: str, data_label: str) -> None:
-    phantom = not data_label.startswith("ChestMNIST")
-    fig.suptitle(f"{text}\n{data_label}", color="crimson" if phantom else "black", fontsize=10)
+    fig.suptitle(f"{text}\n{data_label}", color="black" if is_real(data_label) else "crimson", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cxrlab.data.images import load_image
+from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.errors import ImageFileError
 from cxrlab.evaluation.evaluate import positive_view
 from cxrlab.evaluation.inference import TrainedModel
@@ -22,13 +22,13 @@ class Prediction:
     error: str | None = None
 
 
-def predict_files(trained: TrainedModel, paths: list[str]) -> list[Prediction]:
-    """One Prediction per path, in order; unreadable files get an error and do not stop the others."""
+def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+    """One Prediction per path, in order; unreadable or oversized files get an error and do not stop the others."""
     results = [Prediction(str(p)) for p in paths]
     images, ok = [], []
     for i, path in enumerate(paths):
         try:
-            images.append(load_image(path, trained.cfg.size))
+            images.append(trained.load(path, max_pixels))
             ok.append(i)
         except ImageFileError as exc:
             results[i].error = str(exc)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cxrlab.data.images import decode_image
-from cxrlab.data.task import load_task
+from cxrlab.data.task import task_data
 from cxrlab.evaluation.inference import TrainedModel, load_trained, plain_copy, predict_logits
 from cxrlab.export.quantize import latency_ms
 from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel, attach_runtime
@@ -36,7 +36,7 @@ def throughput(run_batch, images, repeats: int = 3) -> float:
 def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
     trained = load_trained(run_path, "cpu")
     cfg = trained.cfg
-    images = load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",), task=cfg.task).splits["val"].images
+    images = task_data(cfg, splits=("val",)).splits["val"].images
     arrays = images.numpy()
     cpu = torch.device("cpu")
     variants = {}

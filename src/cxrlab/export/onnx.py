@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlab.data.task import load_task
+from cxrlab.data.task import task_data
 from cxrlab.errors import ExportError
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.export.runtime import FP32_FILE, OnnxModel
@@ -63,7 +63,7 @@ def export_onnx(trained: TrainedModel, echo=print) -> Path:
 
 def verify(trained: TrainedModel, path: Path) -> dict:
     cfg = trained.cfg
-    images = load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",), task=cfg.task).splits["val"].images
+    images = task_data(cfg, splits=("val",)).splits["val"].images
     reference = predict_logits(trained.model, images, replace(cfg, precision="fp32"), trained.device).numpy()
     spread = float(reference.std(axis=0).max())
     if spread < MIN_SPREAD:

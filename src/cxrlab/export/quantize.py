@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlab.data.task import load_task
+from cxrlab.data.task import task_data
 from cxrlab.evaluation.evaluate import positive_view
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel
@@ -88,7 +88,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     cfg, run = trained.cfg, trained.run
-    val = load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",), task=cfg.task).splits["val"]
+    val = task_data(cfg, splits=("val",)).splits["val"]
     images, targets = val.images.numpy(), val.targets.numpy()
     fp32 = OnnxModel(run.path / FP32_FILE, cfg.norm_mean, cfg.norm_std, cfg.threads)
     base_acc = accuracy(trained, fp32.logits(images), targets)

@@ -11,6 +11,13 @@ Adaptation, per architecture (``create_model`` applies it):
 - final feature maps: 28 px 2x2 (MobileNetV3-Large, EfficientNet-B0) and 1x1 (DenseNet-121);
   64 px 4x4; 128 px 4x4; 224 px 7x7 (all three).
 - the classifier becomes a two-hidden-layer MLP ending in one logit (14 for the multilabel task).
+- ``resnet18`` is MedMNIST v2's reference model, built as they trained it: up to 64 px a 3x3 stride-1 first
+  convolution and no stem max-pool (their 28 px ResNet), from 128 px torchvision's stem; one linear layer
+  512 -> outputs as the head. One logit with BCE is their two-way softmax with cross-entropy in another
+  parametrisation (softmax over two logits is the sigmoid of their difference).
+- BatchNorm momentum: ``bn_momentum`` (default 0.1, PyTorch's) is set on every BatchNorm layer. torchvision
+  gives MobileNetV3 0.01, whose running statistics then lag the weights by ~100 steps: on PneumoniaMNIST its
+  val accuracy swung by 20 points between epochs while train loss fell smoothly (issue 9's measurement).
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ class Architecture:
     stem: str  # dotted path of the first convolution
     classifier: str  # attribute holding the classifier
     feature_width: int
-    head_activation: type[nn.Module]
+    head_activation: type[nn.Module] | None  # None: a single linear layer as the head (resnet18, as MedMNIST v2)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -44,11 +51,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     "efficientnet_b0": Architecture(
         torchvision.models.efficientnet_b0, "EfficientNet_B0_Weights.IMAGENET1K_V1", "features.0.0", "classifier", 1280, nn.SiLU
     ),
+    "resnet18": Architecture(torchvision.models.resnet18, "ResNet18_Weights.IMAGENET1K_V1", "conv1", "fc", 512, None),
 }
 
 
-def make_head(in_features: int, activation: type[nn.Module], dropout: tuple[float, float], num_outputs: int = 1) -> nn.Sequential:
-    """in -> 512 -> 256 -> outputs, the head the experiment gives MobileNetV3 (Hardswish) and the others alike."""
+def make_head(in_features: int, activation: type[nn.Module] | None, dropout: tuple[float, float], num_outputs: int = 1) -> nn.Module:
+    """in -> 512 -> 256 -> outputs, the head the experiment gives MobileNetV3 (Hardswish) and the others alike;
+    a single linear layer when ``activation`` is None (MedMNIST v2's ResNet)."""
+    if activation is None:
+        return nn.Linear(in_features, num_outputs)
     return nn.Sequential(
         nn.Linear(in_features, 512),
         activation(),
@@ -79,6 +90,20 @@ def stem_stride(image_size: int) -> int:
 
 def _one_channel_stem(conv: nn.Conv2d, stride: int) -> nn.Conv2d:
     return nn.Conv2d(1, conv.out_channels, conv.kernel_size, stride=stride, padding=conv.padding, bias=conv.bias is not None)
+
+
+def _medmnist_resnet_stem(net: nn.Module) -> nn.Conv2d:
+    """MedMNIST v2's small-image ResNet: 3x3 stride-1 first convolution, no max-pool."""
+    net.maxpool = nn.Identity()
+    return nn.Conv2d(1, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
+    if momentum is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
 
 
 def fold_rgb_stem(weight: torch.Tensor) -> torch.Tensor:
@@ -118,6 +143,7 @@ def create_model(
     seg_threshold: float = 0.2,
     image_size: int = 28,
     num_outputs: int = 1,
+    bn_momentum: float | None = None,
 ) -> nn.Module:
     """Build an adapted architecture. Input: (N, 1, S, S) normalised images. Output: (N, num_outputs) logits."""
     if name not in ARCHITECTURES:
@@ -131,12 +157,16 @@ def create_model(
         except RuntimeError as exc:
             raise WeightsError(f"weights do not fit {name}: {str(exc).splitlines()[0]}") from None
     stem = _get(net, arch.stem)
-    new_stem = _one_channel_stem(stem, stem_stride(image_size))
-    if pretrained:
-        with torch.no_grad():
-            new_stem.weight.copy_(fold_rgb_stem(stem.weight))
+    if name == "resnet18" and stem_stride(image_size) == 1:
+        new_stem = _medmnist_resnet_stem(net)  # a 3x3 kernel: the 7x7 ImageNet stem does not fit and starts random
+    else:
+        new_stem = _one_channel_stem(stem, stem_stride(image_size))
+        if pretrained:
+            with torch.no_grad():
+                new_stem.weight.copy_(fold_rgb_stem(stem.weight))
     _set(net, arch.stem, new_stem)
     setattr(net, arch.classifier, make_head(arch.feature_width, arch.head_activation, tuple(dropout), num_outputs))
+    set_bn_momentum(net, bn_momentum)
     if segmentation:
         return nn.Sequential(SegmentationPreprocessor(seg_threshold), net)
     return net
@@ -146,14 +176,24 @@ def model_from_config(cfg, initial_weights: bool = True) -> nn.Module:
     """The configured model. ``initial_weights=False`` skips ImageNet weights, for loading a trained run."""
     pretrained = cfg.pretrained and initial_weights
     return create_model(
-        cfg.model, tuple(cfg.dropout), pretrained, cfg.weights_file, cfg.segmentation, cfg.seg_threshold, cfg.size, cfg.num_outputs
+        cfg.model, tuple(cfg.dropout), pretrained, cfg.weights_file, cfg.segmentation, cfg.seg_threshold, cfg.size, cfg.num_outputs,
+        cfg.bn_momentum,
     )
 
 
 # Feature blocks that the 'last' stage of progressive fine-tuning trains besides the head: the blocks after
 # the last resolution change (MobileNetV3-L features 14-16, DenseNet-121 denseblock4 + norm5,
-# EfficientNet-B0 features 6-8).
-LAST_BLOCKS = {"mobilenet_v3_large": 3, "densenet121": 2, "efficientnet_b0": 3}
+# EfficientNet-B0 features 6-8, ResNet-18 layer4).
+LAST_BLOCKS = {"mobilenet_v3_large": 3, "densenet121": 2, "efficientnet_b0": 3, "resnet18": 1}
+RESNET_BLOCKS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def feature_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(dotted name, module) of the feature blocks, shallow to deep: ``features``' children, or a ResNet's layers."""
+    net = model[-1] if isinstance(model, nn.Sequential) else model  # behind the SegmentationPreprocessor
+    if hasattr(net, "features"):
+        return [(f"features.{name}", block) for name, block in net.features.named_children()]
+    return [(name, getattr(net, name)) for name in RESNET_BLOCKS]
 
 
 def set_trainable(model: nn.Module, name: str, part: str) -> None:
@@ -164,7 +204,7 @@ def set_trainable(model: nn.Module, name: str, part: str) -> None:
     else:
         chosen = [getattr(net, ARCHITECTURES[name].classifier)]
         if part == "last":
-            chosen += list(net.features.children())[-LAST_BLOCKS[name]:]
+            chosen += [block for _, block in feature_blocks(model)[-LAST_BLOCKS[name]:]]
     model.requires_grad_(False)
     for module in chosen:
         module.requires_grad_(True)

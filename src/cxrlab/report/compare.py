@@ -3,6 +3,8 @@ report on test) and write one report from the runs. Every number in the report i
 measured; nothing is typed in.
 
     OUT/compare.yaml          the study's options and training options: `cxrlab compare --config` reproduces it
+                              (a `recipes:` entry gives one model training options of its own, e.g. MedMNIST v2's
+                              for the reference resnet18)
     OUT/runs/<model>-seed<k>/ one run directory per model and seed (reused when the config matches)
     OUT/comparison.csv        one line per entry (model, model + TTA, ensemble) and seed, with its run directories
     OUT/report.md, .html      the report; figures in OUT/figures/ (embedded in the HTML)
@@ -12,10 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing
 import os
 import platform
 import shutil
+import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,8 +28,9 @@ import numpy as np
 import torch
 import yaml
 
-from cxrlab.config import MODEL_NAMES, Config
-from cxrlab.data.task import TaskData, data_label, load_task
+from cxrlab.config import MODEL_NAMES, STUDY_MODELS, Config, from_dict, load_yaml
+from cxrlab.data.datasets import get_dataset
+from cxrlab.data.task import TaskData, data_label, task_data
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.ensemble import check_weights, combine, fit_weights
@@ -37,18 +43,20 @@ from cxrlab.report.document import Document
 from cxrlab.runs import RunDir
 from cxrlab.training.loop import resolve, resume_training, train
 
-STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out")
+STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out", "recipes")
 
 
 @dataclass
 class Study:
     """What `compare` runs, beyond the training options every run shares."""
 
-    models: list[str] = field(default_factory=lambda: list(MODEL_NAMES))
+    models: list[str] = field(default_factory=lambda: list(STUDY_MODELS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     ensemble: str | list[float] = "fit"  # "off", "fit" (weights fitted on val) or one weight per model
     tta: int = 0  # test-time augmentation views (0 or 1: off)
     out: str = "runs/compare"
+    # model -> training options of its own over the shared ones (a mapping, or a YAML file such as configs/medmnist_v2.yaml)
+    recipes: dict = field(default_factory=dict)
 
     def validate(self) -> "Study":
         unknown = [m for m in self.models if m not in MODEL_NAMES]
@@ -72,7 +80,20 @@ class Study:
                 raise ConfigError("an ensemble needs at least two models")
         if self.tta < 0:
             raise ConfigError(f"tta must be 0 (off) or a number of views, got {self.tta}")
+        if not isinstance(self.recipes, dict) or set(self.recipes) - set(self.models):
+            raise ConfigError(f"recipes must map models of the study to options or a YAML file, got {self.recipes!r}")
+        self.recipes = {m: load_yaml(r) if isinstance(r, str) else dict(r or {}) for m, r in self.recipes.items()}
+        for model, options in self.recipes.items():
+            options.pop("model", None)  # the recipe's own model line, if any, names the model it is for
+            if {"out", "seed"} & set(options):
+                raise ConfigError(f"recipe for {model}: out and seed are set by compare, not by a recipe")
         return self
+
+    def config_for(self, base: Config, model: str, seed: int) -> Config:
+        """The resolved config of one run: shared options, the model's recipe on top, then model, seed and run folder."""
+        values = {**base.to_dict(), **self.recipes.get(model, {}), "model": model, "seed": seed,
+                  "out": str(Path(self.out) / "runs" / f"{model}-seed{seed}")}
+        return resolve(from_dict(values, source=f"recipe for {model}"))
 
     @property
     def ensemble_on(self) -> bool:
@@ -126,23 +147,46 @@ def check_compatible(runs: list[RunDir]) -> None:
     seen: dict[tuple, list[str]] = {}
     for run in runs:
         summary = run.require_finished()
-        key = (summary["data_md5"], summary["size"], summary.get("task", "binary"), tuple(summary["classes"]), summary.get("positive_class"))
+        dataset = run.read_json(run.data).get("dataset", "chestmnist") if run.data.is_file() else "chestmnist"
+        key = (dataset, summary["data_md5"], summary["size"], summary.get("task", "binary"), tuple(summary["classes"]), summary.get("positive_class"))
         seen.setdefault(key, []).append(str(run.path))
     if len(seen) > 1:
-        groups = "; ".join(f"data MD5 {k[0][:8]}…, size {k[1]}, task {k[2]}, classes {'/'.join(k[3])}: {', '.join(v)}" for k, v in seen.items())
-        raise RunDirError(f"these runs do not share data, size, task and classes, so they cannot be compared or ensembled: {groups}")
+        groups = "; ".join(f"data set {k[0]}, data MD5 {k[1][:8]}…, size {k[2]}, task {k[3]}, classes {'/'.join(k[4])}: {', '.join(v)}"
+                           for k, v in seen.items())
+        raise RunDirError(f"these runs do not share data set, data file, size, task and classes, so they cannot be compared or ensembled: {groups}")
 
 
-def train_runs(base: Config, study: Study, echo, progress) -> dict[tuple[str, int], RunDir]:
-    runs = {}
-    out = Path(study.out)
-    for seed in study.seeds:
-        for name in study.models:
+def train_runs(base: Config, study: Study, echo, progress, workers: int = 1) -> dict[tuple[str, int], RunDir]:
+    """Every model x seed run, one after another, or ``workers`` at a time in separate processes (spawned, one line
+    of output per epoch and run, prefixed with the run's name). A run that fails is named; the others finish."""
+    configs = {(name, seed): study.config_for(base, name, seed) for seed in study.seeds for name in study.models}
+    runs, failed = {}, []
+    if workers <= 1:
+        for (name, seed), cfg in configs.items():
             echo(f"\n=== {name}, seed {seed} ===")
-            cfg = resolve(replace(base, model=name, seed=seed, out=str(out / "runs" / f"{name}-seed{seed}")))
             runs[name, seed] = run_model(cfg, echo, progress)
+    else:
+        echo(f"training {len(configs)} runs, {workers} at a time")
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_worker_run, cfg, f"{name}-seed{seed}"): (name, seed) for (name, seed), cfg in configs.items()}
+            for future in as_completed(futures):
+                name, seed = futures[future]
+                try:
+                    runs[name, seed] = RunDir(future.result())
+                except Exception as exc:  # noqa: BLE001 - reported by name after the others finish
+                    failed.append(f"{name}-seed{seed}: {type(exc).__name__}: {exc}")
+        if failed:
+            raise RunDirError("these runs failed (the others finished and are reused on the next compare):\n  " + "\n  ".join(failed))
+        runs = {key: runs[key] for key in configs}  # the study's order, not the order runs finished in
     check_compatible(list(runs.values()))
     return runs
+
+
+def _worker_run(cfg: Config, tag: str) -> str:
+    def echo(text: str) -> None:
+        for line in text.strip("\n").splitlines():
+            print(f"[{tag}] {line}", flush=True)
+    return str(run_model(cfg, echo, progress=False).path)
 
 
 # ---- scoring ---------------------------------------------------------------------------------------------
@@ -388,13 +432,25 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
         + f"; best epoch by val `{base.select_metric}`",
         f"seeds {', '.join(map(str, study.seeds))}: tables give mean ± sd over seeds, and in brackets the bootstrap 95% CI "
         f"({base.n_bootstrap} resamples) of the first seed's run",
-        f"up to {first.total_epochs} epochs, batch {base.batch_size}, Adam, BCE, ReduceLROnPlateau, early stopping {base.early_stopping}; "
+        f"up to {first.total_epochs} epochs, batch {base.batch_size}, Adam, BCE, "
+        + ("ReduceLROnPlateau on val loss" if base.lr_schedule == "plateau" else f"lr x{base.lr_gamma:g} after epochs {base.lr_milestones}")
+        + f", early stopping {base.early_stopping or 'off'}, BatchNorm momentum {base.bn_momentum if base.bn_momentum is not None else 'torchvision'}; "
         "learning rates per model: " + ", ".join(f"{m} {runs[m, study.seeds[0]].load_config().lr:g}" for m in study.models),
         f"ensemble: {'off' if not study.ensemble_on else 'weights fitted on val (log loss, simplex grid)' if study.ensemble == 'fit' else 'weights ' + ', '.join(f'{w:g}' for w in study.ensemble)}; "
         f"test-time augmentation: {'off' if study.tta < 2 else f'{study.tta} views (the image, then flips, shifts up to 5%, rotations up to 10°)'}",
         f"regularisation: label smoothing {base.label_smoothing:g}, mixup alpha {base.mixup:g}, dropout {base.dropout}, "
         f"erasing p {base.aug_erasing:g}, perspective {base.aug_perspective:g}" + (f"; fine-tuning stages `{base.finetune}`" if base.finetune else ""),
     ])
+    differing = recipe_differences(base, study, runs)
+    if differing:
+        doc.text("Models with a recipe of their own (options that differ from the shared ones above): "
+                 + "; ".join(f"**{m}**: {text}" for m, text in differing.items()) + ".")
+    spec = get_dataset(base.dataset)
+    if spec.published and base.task == "binary":
+        doc.heading(f"Published results on {spec.title} (not measured here)")
+        doc.table(["method (published)", "test AUC", "test ACC"], [[m, f"{auc:.3f}", f"{acc:.3f}"] for m, auc, acc in spec.published])
+        doc.text(f"Source: {spec.published_source}. cxrlab's rows above are its own measurements on the same test split; "
+                 "AUC is ROC-AUC of P(positive) and ACC the accuracy at the val-chosen threshold.")
     doc.heading("Machine")
     doc.bullets([f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                  f"{torch.get_num_threads()} torch threads", "training devices: " + ", ".join(sorted({e.info['device'] for e in entries}))])
@@ -423,19 +479,35 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
     return doc.write(out)
 
 
+def recipe_differences(base: Config, study: Study, runs: dict) -> dict[str, str]:
+    """Per model with a recipe: 'option value' for every training option its runs have that the shared config does not."""
+    shared = resolve(replace(base, model=study.models[0])).to_dict()
+    ignored = {"model", "seed", "out", "lr"}  # lr: listed per model above
+    out = {}
+    for model in study.recipes:
+        own = runs[model, study.seeds[0]].load_config().to_dict()
+        changed = [f"{k} {own[k]}" for k in own if k not in ignored and own[k] != shared.get(k)]
+        if changed:
+            out[model] = ", ".join(changed)
+    return out
+
+
 def save_study(out: Path, base: Config, study: Study) -> Path:
     """compare.yaml: the training options and the study's, in the layout `compare --config` reads."""
     values = base.to_dict()
     for key in ("model", "out", "seed"):
         values.pop(key)
     study_values = {"models": study.models, "seeds": study.seeds, "ensemble": study.ensemble, "tta": study.tta, "out": str(out)}
+    if study.recipes:
+        study_values["recipes"] = study.recipes
     path = out / "compare.yaml"
     atomic_write_text(path, yaml.safe_dump({"compare": study_values, **values}, sort_keys=False))
     return path
 
 
-def compare(base: Config, study: Study | None = None, progress: bool | None = None, echo: Callable[[str], None] = print) -> list[Entry]:
-    """Train (or reuse) every model for every seed; score models, TTA and ensemble; write the report."""
+def compare(base: Config, study: Study | None = None, progress: bool | None = None, echo: Callable[[str], None] = print,
+            workers: int = 1) -> list[Entry]:
+    """Train (or reuse) every model for every seed (``workers`` runs at a time); score models, TTA and ensemble; write the report."""
     study = (study or Study()).validate()
     base = base.validate()
     if base.task != "binary":
@@ -443,8 +515,8 @@ def compare(base: Config, study: Study | None = None, progress: bool | None = No
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
-    runs = train_runs(base, study, echo, progress)
-    data = load_task(base.data_root, base.size, base.classes, task=base.task)
+    runs = train_runs(base, study, echo, progress, workers)
+    data = task_data(base)
     recorded = runs[study.models[0], study.seeds[0]].read_json(runs[study.models[0], study.seeds[0]].summary)["data_md5"]
     if recorded != data.provenance["md5"]:
         raise RunDirError(f"the data file {data.provenance['file']} is not the one the runs in {out} were trained on")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrlab.config import Config
-from cxrlab.data.task import data_label, load_task
+from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError
 from cxrlab.evaluation.evaluate import positive_view
 from cxrlab.evaluation.inference import load_trained
@@ -44,7 +44,7 @@ def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | N
         echo(f"\n=== {base.model}, fold {k + 1}/{folds} ===")
         runs.append(run_model(resolve(replace(base, cv_folds=folds, cv_fold=k, out=str(out / f"fold{k}"))), echo, progress))
     check_compatible(runs)
-    data = load_task(base.data_root, base.size, base.classes, task="binary")
+    data = task_data(base, task="binary")
     results, fold_probs = [], {"val": [], "test": []}
     for run in runs:
         trained = load_trained(run.path)

@@ -7,8 +7,9 @@
     GET  /model     config, data provenance, val and test metrics, backend
     GET  /docs      OpenAPI documentation
 
-Bad input never takes the server down: over the size limit 413, not an image 415, a damaged image or DICOM
-422, each with a message naming the problem. Endpoints are plain functions, run by FastAPI in a thread pool;
+Bad input never takes the server down: a body over the upload limit or an image declaring more pixels than
+the pixel limit (checked from its header, before decoding: decompression bombs) 413, not an image 415, a
+damaged image or DICOM 422, each with a message naming the problem. Endpoints are plain functions, run by FastAPI in a thread pool;
 the inference backends are safe to call concurrently and Grad-CAM takes a lock (it hooks the model).
 """
 
@@ -23,8 +24,9 @@ from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 import cxrlab
-from cxrlab.data.images import decode_image
-from cxrlab.errors import ConfigError, DamagedImage, ImageFileError, UnsupportedImage
+from cxrlab.data.datasets import get_dataset
+from cxrlab.data.images import DEFAULT_MAX_PIXELS
+from cxrlab.errors import ConfigError, DamagedImage, ImageFileError, ImageTooLarge, UnsupportedImage
 from cxrlab.evaluation.explain import Explainer, png_bytes
 from cxrlab.evaluation.inference import TrainedModel, load_trained
 from cxrlab.export.runtime import attach_runtime
@@ -33,13 +35,15 @@ DISCLAIMER = ("Decision support only, not a diagnosis: a research model's output
               "It must not be the basis of a clinical decision on its own.")
 PHANTOM_NOTE = "This model was trained on PHANTOM (synthetic) data: its outputs mean nothing clinically."
 DEFAULT_MAX_UPLOAD_MB = 10.0
+DEFAULT_MAX_IMAGE_MP = DEFAULT_MAX_PIXELS / 1e6
 
 
 class Service:
     """What every request shares: the model (loaded once), its explainer and the response constants."""
 
-    def __init__(self, run_path, backend: str = "auto", device: str | None = "cpu"):
+    def __init__(self, run_path, backend: str = "auto", device: str | None = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS):
         self.trained: TrainedModel = load_trained(run_path, device)
+        self.max_pixels = max_pixels
         if self.trained.cfg.task != "binary":
             raise ConfigError("the service serves binary-task runs (one class and probability per image)")
         self.backend = attach_runtime(self.trained, backend)
@@ -49,7 +53,7 @@ class Service:
 
     def predict(self, name: str, data: bytes) -> dict:
         t = self.trained
-        gray = decode_image(data, name, t.cfg.size)
+        gray = t.decode(data, name, self.max_pixels)
         p1 = float(t.probs(torch.from_numpy(gray[None]))[0, 0])
         positive = t.cfg.positive
         probability = p1 if t.classes.index(positive) == 1 else 1 - p1
@@ -68,7 +72,7 @@ class Service:
         }
 
     def explain(self, name: str, data: bytes) -> bytes:
-        gray = decode_image(data, name, self.trained.cfg.size)
+        gray = self.trained.decode(data, name, self.max_pixels)
         return png_bytes(self.explainer.overlays(torch.from_numpy(gray[None]))[0])
 
     def model_card(self) -> dict:
@@ -78,6 +82,9 @@ class Service:
             "version": self.version,
             "backend": self.backend,
             "gradcam_layer": self.explainer.layer_name,
+            "dataset": get_dataset(self.trained.cfg.dataset).title,
+            "preprocessing": f"{self.trained.preprocess}, then resize to {self.trained.cfg.size} px",
+            "max_image_megapixels": self.max_pixels / 1e6,
             "classes": self.trained.classes,
             "positive_class": self.trained.cfg.positive,
             "threshold": self.trained.threshold,
@@ -104,10 +111,13 @@ def _error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str | None = "cpu") -> FastAPI:
+def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str | None = "cpu",
+               max_image_mp: float = DEFAULT_MAX_IMAGE_MP) -> FastAPI:
     if not max_upload_mb > 0:
         raise ConfigError(f"max_upload_mb must be positive, got {max_upload_mb}")
-    service = Service(run_path, backend, device)
+    if not max_image_mp > 0:
+        raise ConfigError(f"max_image_mp must be positive, got {max_image_mp}")
+    service = Service(run_path, backend, device, int(max_image_mp * 1e6))
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="cxrlab", version=cxrlab.__version__,
                   description=f"Chest X-ray decision support: {' vs '.join(service.trained.classes)}. {DISCLAIMER}")
@@ -135,6 +145,8 @@ def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_M
             return call(name, read(upload))
         except UnsupportedImage as exc:
             raise _error(415, str(exc)) from None
+        except ImageTooLarge as exc:
+            raise _error(413, str(exc)) from None
         except (DamagedImage, ImageFileError) as exc:
             raise _error(422, str(exc)) from None
 
@@ -162,10 +174,11 @@ def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_M
     return app
 
 
-def serve(run_path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
+def serve(run_path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+          max_image_mp: float = DEFAULT_MAX_IMAGE_MP) -> None:
     import uvicorn
 
-    app = create_app(run_path, backend, max_upload_mb)
+    app = create_app(run_path, backend, max_upload_mb, max_image_mp=max_image_mp)
     service = app.state.service
     print(f"serving {service.trained.cfg.model} from {run_path} ({service.backend}) on http://{host}:{port}  (docs: /docs)")
     if service.trained.is_phantom:

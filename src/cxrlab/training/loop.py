@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from cxrlab.config import Config
 from cxrlab.data.augment import AugmentSettings, training_batch
-from cxrlab.data.chestmnist import locate
-from cxrlab.data.task import TaskData, data_label, fold_view, load_task
+from cxrlab.data.datafile import locate
+from cxrlab.data.task import TaskData, data_label, fold_view, task_data
 from cxrlab.errors import ConfigError, RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import finalize_run
 from cxrlab.evaluation.inference import predict_logits
@@ -58,6 +58,13 @@ def resolve(cfg: Config) -> Config:
     cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())
     cfg.out = str(Path(cfg.out or default_run_path(cfg.model)).resolve())
     return cfg
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
+    """ReduceLROnPlateau on val loss (the experiment's), or MultiStepLR (MedMNIST v2's recipe: x0.1 at epochs 50 and 75 of 100)."""
+    if cfg.lr_schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -154,13 +161,13 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     def check_new_run_and_data():
         if not resume and run.config.exists():
             raise RunDirError(f"{run.path} already holds a run; resume it with --resume {run.path} or choose another --out")
-        locate(cfg.data_root, cfg.size, download=cfg.download)  # one process downloads; the others wait for it
+        locate(cfg.data_root, cfg.size, download=cfg.download, dataset=cfg.dataset)  # one process downloads; the others wait for it
 
     main_first(process, check_new_run_and_data)
 
     # ---- data and model ----
     device = setup_device(process_device(cfg.device, process), cfg.threads)
-    data = load_task(cfg.data_root, cfg.size, cfg.classes, task=cfg.task)
+    data = task_data(cfg)
     if cfg.cv_folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
     if cfg.finetune and process.distributed:
@@ -178,7 +185,7 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    scheduler = make_scheduler(optimizer, cfg)
 
     # ---- run directory: new, or the state of an interrupted run (read by rank 0, sent to the others) ----
     state = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": [], "done": False}
@@ -233,7 +240,10 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
         row.update(validation_row(model, data, cfg, device))
         row["lr"] = optimizer.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
-        scheduler.step(row["val_loss"])
+        if cfg.lr_schedule == "plateau":
+            scheduler.step(row["val_loss"])
+        else:
+            scheduler.step()
         score = score_of(row, cfg.select_metric)
         is_best = improved(score, state["best_score"], cfg.select_metric)
         if is_best:

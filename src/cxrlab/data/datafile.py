@@ -1,6 +1,6 @@
-"""The ChestMNIST file: where it lives, how it is downloaded, and checking what is loaded from it.
-
-medmnist's INFO table is the single source of file names, URLs, MD5s, label names and split sizes.
+"""A MedMNIST data file (ChestMNIST, PneumoniaMNIST, ...): where it lives, how it is downloaded, and checking
+what is loaded from it. File names, URLs, MD5s and label columns come from the data set's entry (data/datasets.py),
+which reads them from medmnist's INFO table.
 """
 
 from __future__ import annotations
@@ -14,40 +14,31 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from medmnist.info import INFO
-
+from cxrlab.data.datasets import DATASETS, Dataset, dataset_with_label_columns, get_dataset
 from cxrlab.errors import DataFileError, DataNotFoundError
 from cxrlab.files import file_md5
 
-FLAG = "chestmnist"
-CHEST_INFO = INFO[FLAG]
-LABEL_NAMES = [CHEST_INFO["label"][str(i)] for i in range(len(CHEST_INFO["label"]))]
-N_LABELS = len(LABEL_NAMES)
 SPLITS = ("train", "val", "test")
 PHANTOM_MARKER_SUFFIX = ".phantom.json"
-DEMO_HINT = "make demo   (or: cxrlab phantom --out data/phantom && cxrlab train --data-root data/phantom)"
 
 
-def file_name(size: int) -> str:
-    return f"{FLAG}{'' if size == 28 else f'_{size}'}.npz"
-
-
-def url_and_md5(size: int) -> tuple[str, str]:
-    key = "" if size == 28 else f"_{size}"
-    return CHEST_INFO[f"url{key}"], CHEST_INFO[f"MD5{key}"]
+def demo_hint(dataset: Dataset) -> str:
+    flag = "" if dataset.flag == "chestmnist" else f" --dataset {dataset.flag}"
+    return f"make demo   (or: cxrlab phantom{flag} --out data/phantom && cxrlab train{flag} --data-root data/phantom)"
 
 
 def phantom_marker(path: Path) -> Path:
     return path.with_name(path.name + PHANTOM_MARKER_SUFFIX)
 
 
-def locate(root: str | Path, size: int, download: bool = False) -> Path:
+def locate(root: str | Path, size: int, download: bool = False, dataset: str = "chestmnist") -> Path:
     """Return the path of the data file, downloading it first when asked and missing."""
+    spec = get_dataset(dataset)
     root = Path(root).expanduser()
-    path = root / file_name(size)
+    path = root / spec.file_name(size)
     if path.is_file():
         return path
-    url, md5 = url_and_md5(size)
+    url, md5 = spec.url_and_md5(size)
     if download:
         try:
             _download(url, md5, path)
@@ -57,14 +48,14 @@ def locate(root: str | Path, size: int, download: bool = False) -> Path:
     else:
         reason = "the file is missing and downloading was not asked for (--download)"
     raise DataNotFoundError(
-        f"ChestMNIST data not found: {path}\n"
+        f"{spec.title} data not found: {path}\n"
         f"  reason: {reason}\n"
         f"  file:   {path.name}\n"
         f"  url:    {url}\n"
         f"  md5:    {md5}\n"
         f"Download it by hand (or run with --download where there is internet) and put it in {root}/\n"
         f"  (or pass --data-root DIR). Without the data, try the offline demo on phantom data:\n"
-        f"  {DEMO_HINT}"
+        f"  {demo_hint(spec)}"
     )
 
 
@@ -111,12 +102,13 @@ def _mmap_member(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndar
     return np.memmap(path, dtype=dtype, mode="c", shape=shape, offset=offset, order="F" if fortran else "C")
 
 
-def load_arrays(path: Path, size: int, splits=SPLITS, mmap: bool | None = None) -> dict[str, np.ndarray]:
-    """Load and validate ``{split}_images`` / ``{split}_labels`` from the npz file.
+def load_arrays(path: Path, size: int, splits=SPLITS, mmap: bool | None = None, dataset: str = "chestmnist") -> dict[str, np.ndarray]:
+    """Load and validate ``{split}_images`` / ``{split}_labels`` from the npz file of ``dataset``.
 
     Images are memory-mapped when ``mmap`` (default: for sizes of 128 and up) and the member is stored
     uncompressed; labels are always read into memory. Raises DataFileError naming the file and the problem.
     """
+    spec = get_dataset(dataset)
     mmap = size >= MMAP_FROM_SIZE if mmap is None else mmap
     try:
         archive = np.load(path, allow_pickle=False)
@@ -138,17 +130,20 @@ def load_arrays(path: Path, size: int, splits=SPLITS, mmap: bool | None = None) 
                     raise _problem(path, f"array {key!r} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
                 if not isinstance(arrays[key], np.ndarray):  # numpy hands back raw bytes for non-.npy members
                     raise _problem(path, f"array {key!r} is truncated or corrupt (not in .npy format)")
-            _check_split(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], size)
+            _check_split(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], size, spec)
     return arrays
 
 
-def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray, size: int) -> None:
+def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray, size: int, spec: Dataset) -> None:
     if images.dtype != np.uint8:
         raise _problem(path, f"{split}_images has dtype {images.dtype}, expected uint8")
     if images.ndim != 3 or images.shape[1:] != (size, size):
         raise _problem(path, f"{split}_images has shape {images.shape}, expected (N, {size}, {size}) for size {size}")
-    if labels.ndim != 2 or labels.shape[1] != N_LABELS:
-        raise _problem(path, f"{split}_labels has shape {labels.shape}, expected (N, {N_LABELS})")
+    if labels.ndim != 2 or labels.shape[1] != spec.label_columns:
+        other = dataset_with_label_columns(labels.shape[1]) if labels.ndim == 2 else None
+        hint = f"; this looks like a {other.title} file (use --dataset {other.flag})" if other and other is not spec else ""
+        raise DataFileError(f"{path} is not a {spec.title} file: {split}_labels has shape {labels.shape}, expected (N, {spec.label_columns}) "
+                            f"for {spec.title}'s {len(spec.label_names)} labels ({', '.join(spec.label_names)}){hint}")
     if labels.shape[0] != images.shape[0]:
         raise _problem(path, f"{split} has {images.shape[0]} images but {labels.shape[0]} label rows")
     if labels.size and not np.isin(labels, (0, 1)).all():
@@ -161,11 +156,15 @@ def _md5_of(path: str, file_size: int, mtime_ns: int) -> str:
     return file_md5(Path(path))
 
 
-def provenance(path: Path, size: int) -> dict:
-    """What a run records about its data: the file, its checksum, and whether it is real or phantom."""
+def provenance(path: Path, size: int, dataset: str = "chestmnist") -> dict:
+    """What a run records about its data: the data set, the file, its checksum, and whether it is real or phantom."""
+    spec = get_dataset(dataset)
     stat = path.stat()
     md5 = _md5_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    official_md5 = url_and_md5(size)[1]
+    official_md5 = spec.url_and_md5(size)[1]
+    for other in DATASETS.values():
+        if other is not spec and md5 == other.url_and_md5(size)[1]:
+            raise DataFileError(f"{path} is the official {other.title} file, not {spec.title}: use --dataset {other.flag}")
     marker = phantom_marker(path)
     if md5 == official_md5:
         kind = "real"
@@ -173,7 +172,7 @@ def provenance(path: Path, size: int) -> dict:
         kind = "phantom"
     else:
         kind = "unverified"  # neither the official file nor one cxrlab generated
-    info = {"kind": kind, "file": str(path.resolve()), "md5": md5, "official_md5": official_md5, "size": size}
+    info = {"dataset": spec.flag, "kind": kind, "file": str(path.resolve()), "md5": md5, "official_md5": official_md5, "size": size}
     if kind == "phantom":
         info["phantom"] = json.loads(marker.read_text())
     return info
