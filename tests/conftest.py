@@ -40,3 +40,22 @@ def exported_run(phantom_root, tmp_path_factory):
     run = train(cfg, progress=False, echo=lambda _: None)
     export_onnx(load_trained(run.path, "cpu"), echo=lambda _: None)
     return run.path
+
+
+def real_data_root(flag: str):
+    """The folder holding the real ``flag``.npz: $CXRLAB_DATA, else ../shared/data beside the repository; None when absent."""
+    import os
+    from pathlib import Path
+
+    for root in (os.environ.get("CXRLAB_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"):
+        if root and (Path(root) / f"{flag}.npz").is_file():
+            return Path(root)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_pneumonia_root():
+    root = real_data_root("pneumoniamnist")
+    if root is None:
+        pytest.skip("the real pneumoniamnist.npz is not here (set CXRLAB_DATA to its folder)")
+    return root

@@ -5,10 +5,11 @@ import medmnist
 import numpy as np
 import pytest
 
-from cxrlab.data import chestmnist
-from cxrlab.data.chestmnist import N_LABELS, load_arrays, locate, provenance
-from cxrlab.data.phantom import CARDIOMEGALY, OFFICIAL_BINARY_COUNTS, PNEUMOTHORAX, generate, write_phantom
-from cxrlab.data.task import label_index, load_task, select_binary
+from cxrlab.data import datafile
+from cxrlab.data.datafile import load_arrays, locate, provenance
+from cxrlab.data.datasets import DATASETS
+from cxrlab.data.phantom import CARDIOMEGALY, CHEST_LABELS as N_LABELS, PNEUMOTHORAX, generate, write_phantom
+from cxrlab.data.task import load_task, select_binary
 from cxrlab.errors import ConfigError, DataFileError, DataNotFoundError
 
 
@@ -42,9 +43,9 @@ def test_select_binary_with_an_empty_class():
 
 
 def test_label_names_are_case_insensitive_and_unknown_ones_are_named():
-    assert label_index("Cardiomegaly") == CARDIOMEGALY
+    assert DATASETS["chestmnist"].label_index("Cardiomegaly") == CARDIOMEGALY
     with pytest.raises(ConfigError, match="cardiomegally"):
-        label_index("cardiomegally")
+        DATASETS["chestmnist"].label_index("cardiomegally")
 
 
 def test_phantom_loads_through_medmnist_with_official_counts(tmp_path):
@@ -55,7 +56,7 @@ def test_phantom_loads_through_medmnist_with_official_counts(tmp_path):
         image, target = ds[0]
         assert image.size == (28, 28) and target.shape == (N_LABELS,)
     data = load_task(tmp_path, 28, ["cardiomegaly", "pneumothorax"])
-    assert {s: data.splits[s].counts() for s in data.splits} == OFFICIAL_BINARY_COUNTS
+    assert {s: data.splits[s].counts() for s in data.splits} == DATASETS["chestmnist"].official_binary_counts
     assert data.is_phantom
 
 
@@ -91,7 +92,7 @@ def test_missing_file_names_file_url_md5_and_demo(tmp_path):
     with pytest.raises(DataNotFoundError) as err:
         locate(tmp_path, 28)
     text = str(err.value)
-    url, md5 = chestmnist.url_and_md5(28)
+    url, md5 = DATASETS["chestmnist"].url_and_md5(28)
     assert "chestmnist.npz" in text and url in text and md5 in text and "make demo" in text
 
 

@@ -60,8 +60,31 @@ def test_weights_problems_get_clear_errors(tmp_path, monkeypatch):
 
 
 def test_unknown_model_is_named():
-    with pytest.raises(ConfigError, match="resnet"):
-        create_model("resnet18")
+    with pytest.raises(ConfigError, match="resnet50"):
+        create_model("resnet50")
+
+
+def test_resnet18_is_medmnist_v2s_small_image_resnet():
+    """3x3 stride-1 stem, no max-pool, one linear layer as head: 28 px keeps 28x28 through layer1 and ends 4x4."""
+    model = create_model("resnet18")
+    assert (model.conv1.in_channels, model.conv1.kernel_size, model.conv1.stride) == (1, (3, 3), (1, 1))
+    assert isinstance(model.maxpool, torch.nn.Identity) and isinstance(model.fc, torch.nn.Linear)
+    sides = []
+    hooks = [getattr(model, n).register_forward_hook(lambda _m, _i, out: sides.append(out.shape[-1])) for n in ("layer1", "layer4")]
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 1)
+    for h in hooks:
+        h.remove()
+    assert sides == [28, 4]
+    # from 128 px torchvision's stem (7x7 stride 2 and the max-pool) comes back, one channel
+    big = create_model("resnet18", image_size=128)
+    assert big.conv1.kernel_size == (7, 7) and big.conv1.in_channels == 1 and isinstance(big.maxpool, torch.nn.MaxPool2d)
+
+
+def test_bn_momentum_is_set_on_every_batchnorm_layer():
+    norms = lambda m: [x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)]  # noqa: E731
+    assert {n.momentum for n in norms(create_model("mobilenet_v3_large"))} == {0.01}  # torchvision's
+    assert {n.momentum for n in norms(create_model("mobilenet_v3_large", bn_momentum=0.1))} == {0.1}
 
 
 def test_segmentation_preprocessor_zeroes_background_and_dilates():

@@ -127,14 +127,19 @@ class Entry:
 # ---- runs ------------------------------------------------------------------------------------------------
 
 
+# Options that change neither training nor the model: a finished run is reused whatever they were, and compare
+# scores every entry with the study's own threshold rule and bootstrap (see model_entries).
+SCORING_OPTIONS = {"threshold", "target_sensitivity", "n_bootstrap", "eval_batch_size", "threads"}
+
+
 def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None) -> RunDir:
-    """Train cfg's run, reuse it when already finished with the same config, or resume it when interrupted."""
+    """Train cfg's run, reuse it when already finished with the same training config, or resume it when interrupted."""
     run = RunDir(cfg.out)
     if not run.config.exists():
         return train(cfg, progress=progress, echo=echo)
-    existing = run.load_config()
-    if existing.to_dict() != cfg.to_dict():
-        changed = sorted(k for k, v in cfg.to_dict().items() if existing.to_dict().get(k) != v)
+    existing = run.load_config().to_dict()
+    changed = sorted(k for k, v in cfg.to_dict().items() if existing.get(k) != v and k not in SCORING_OPTIONS)
+    if changed:
         raise RunDirError(f"{run.path} holds a run with a different config ({', '.join(changed)}); choose another --out")
     if run.summary.is_file():
         echo(f"reusing finished run {run.path}")
@@ -212,11 +217,13 @@ def train_accuracy_at_best(run: RunDir, best_epoch: int) -> float:
     return float(rows[best_epoch - 1]["train_accuracy"])
 
 
-def model_entries(runs: dict, data: TaskData, study: Study, echo) -> list[Entry]:
+def model_entries(runs: dict, data: TaskData, study: Study, base: Config, echo) -> list[Entry]:
+    """Every run scored by the study's rules (threshold rule, bootstrap), whatever its own were: the same rules for all rows."""
     entries, speed = [], {}
     for (name, seed), run in runs.items():
         trained = load_trained(run.path)
-        cfg, summary = trained.cfg, run.read_json(run.summary)
+        summary = run.read_json(run.summary)
+        cfg = replace(trained.cfg, threshold=base.threshold, target_sensitivity=base.target_sensitivity, n_bootstrap=base.n_bootstrap)
         curves, tta_curves = {}, {}
         for split in ("val", "test"):
             images = data.splits[split].images
@@ -239,7 +246,7 @@ def model_entries(runs: dict, data: TaskData, study: Study, echo) -> list[Entry]
             **speed[name],
             "runs": [str(run.path)],
         }
-        val, test = run.read_json(run.metrics("val")), run.read_json(run.metrics("test"))
+        val, test = score(cfg, curves)
         entries.append(Entry(name, "model", seed, val, test, curves, info))
         if tta_curves:
             tta_val, tta_test = score(cfg, tta_curves)
@@ -521,7 +528,7 @@ def compare(base: Config, study: Study | None = None, progress: bool | None = No
     if recorded != data.provenance["md5"]:
         raise RunDirError(f"the data file {data.provenance['file']} is not the one the runs in {out} were trained on")
     echo("\nscoring runs" + (f", {study.tta}-view TTA" if study.tta > 1 else "") + (", ensemble" if study.ensemble_on else ""))
-    entries = model_entries(runs, data, study, echo)
+    entries = model_entries(runs, data, study, base, echo)
     if study.ensemble_on:
         entries += ensemble_entries([e for e in entries if e.kind == "model"], base, study)
     entries.sort(key=lambda e: ({"model": 0, "tta": 1, "ensemble": 2}[e.kind], e.name, e.seed))
