@@ -83,6 +83,31 @@ def test_more_seeds_train_only_what_is_missing_and_the_config_reproduces(study, 
     assert [{k: v for k, v in r.items() if k not in timing} for r in after] == [{k: v for k, v in r.items() if k not in timing} for r in before]
 
 
+def test_runs_side_by_side_give_the_same_results_and_a_recipe_applies_to_its_model(phantom_root, tmp_path, capfd):
+    """--workers 2 trains two runs at once in spawned processes: the same histories and metrics as one after another.
+    The recipe gives the model options of its own (here MedMNIST v2's multistep schedule, shortened)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 2\nbatch_size: 64\nlr_schedule: multistep\nlr_milestones: [1]\n")
+
+    def run(out, workers):
+        return main(["compare", "--data-root", str(phantom_root), "--models", "mobilenet_v3_large", "--seeds", "0", "1", "--ensemble", "off",
+                     "--threads", "1", "--workers", str(workers), "--recipe", f"mobilenet_v3_large={recipe}", "--out", str(tmp_path / out), *FAST])
+
+    assert run("one", 1) == 0 and run("two", 2) == 0
+    assert "[mobilenet_v3_large-seed1] epoch   2/2" in capfd.readouterr().out  # workers print one prefixed line per epoch and run
+    timing = {"ms_per_image", "images_per_s", "seconds_per_epoch", "train_seconds", "runs"}
+    one, two = (read_csv(tmp_path / out / "comparison.csv") for out in ("one", "two"))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in one] == [{k: v for k, v in r.items() if k not in timing} for r in two]
+    for seed in (0, 1):
+        histories = [read_csv(tmp_path / out / "runs" / f"mobilenet_v3_large-seed{seed}" / "history.csv") for out in ("one", "two")]
+        assert [{k: v for k, v in r.items() if k != "seconds"} for r in histories[0]] == [{k: v for k, v in r.items() if k != "seconds"} for r in histories[1]]
+    cfg = load_config(tmp_path / "two" / "runs" / "mobilenet_v3_large-seed0" / "config.yaml")
+    assert (cfg.epochs, cfg.batch_size, cfg.lr_schedule) == (2, 64, "multistep")
+    assert [float(r["lr"]) for r in histories[1]] == pytest.approx([1e-3, 1e-4])  # x0.1 after epoch 1
+    assert "recipe of their own" in (tmp_path / "two" / "report.md").read_text()
+    assert run("bad", 0) == 2 and "--workers must be at least 1" in capfd.readouterr().err
+
+
 def test_bad_ensemble_weights_fail_before_any_training(phantom_root, tmp_path, capsys):
     code = main(["compare", "--data-root", str(phantom_root), "--ensemble", "0.5", "0.5", "--out", str(tmp_path / "c"), *FAST])
     assert code == 2
