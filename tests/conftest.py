@@ -27,19 +27,35 @@ def quick_config(phantom_root, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def exported_run(phantom_root, tmp_path_factory):
-    """A run trained until its outputs vary (exports can only be checked on such a model), exported to ONNX.
-    EfficientNet-B0: MobileNetV3's eval-mode outputs stay constant in runs this short (see README)."""
-    from cxrlab.evaluation.inference import load_trained
-    from cxrlab.export.onnx import export_onnx
+def one_epoch_run(phantom_root, tmp_path_factory):
+    """quick_config trained for one epoch, once per session; tests that change it work on a copy."""
+    from cxrlab.training.loop import train
+
+    cfg = Config(data_root=str(phantom_root), epochs=1, batch_size=32, n_bootstrap=50, device="cpu",
+                 out=str(tmp_path_factory.mktemp("one_epoch") / "run"))
+    return train(cfg, progress=False, echo=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def learned_run(phantom_root, tmp_path_factory):
+    """A run trained until it has learned (the learning test asserts it) and its outputs vary (exports can only be
+    checked on such a model). EfficientNet-B0, 4 epochs, no augmentation: the one trained run most tests share."""
     from cxrlab.training.loop import train
 
     no_aug = dict(aug_rotation=0.0, aug_translate=0.0, aug_hflip=0.0, aug_brightness=0.0, aug_contrast=0.0, aug_blur=False)
     cfg = Config(data_root=str(phantom_root), model="efficientnet_b0", epochs=4, lr=1e-3, batch_size=32, n_bootstrap=50,
                  threshold="youden", device="cpu", out=str(tmp_path_factory.mktemp("served") / "run"), **no_aug)
-    run = train(cfg, progress=False, echo=lambda _: None)
-    export_onnx(load_trained(run.path, "cpu"), echo=lambda _: None)
-    return run.path
+    return train(cfg, progress=False, echo=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def exported_run(learned_run):
+    """learned_run exported to ONNX."""
+    from cxrlab.evaluation.inference import load_trained
+    from cxrlab.export.onnx import export_onnx
+
+    export_onnx(load_trained(learned_run.path, "cpu"), echo=lambda _: None)
+    return learned_run.path
 
 
 def real_data_root(flag: str):

@@ -79,8 +79,9 @@ def test_a_file_of_the_other_dataset_is_refused_by_name(pneumonia_phantom, phant
         load_task(pneumonia_as_chest, 28, ["cardiomegaly", "pneumothorax"])
 
 
-def test_pneumonia_phantom_trains_and_its_run_records_the_dataset(pneumonia_phantom, tmp_path, capsys):
-    cfg = Config(dataset="pneumoniamnist", data_root=str(pneumonia_phantom), model="efficientnet_b0", epochs=1, batch_size=64,
+def test_pneumonia_phantom_trains_and_its_run_records_the_dataset(tmp_path, capsys):
+    write_phantom(tmp_path, split_sizes={"train": 400, "val": 100, "test": 100}, dataset="pneumoniamnist")
+    cfg = Config(dataset="pneumoniamnist", data_root=str(tmp_path), model="efficientnet_b0", epochs=1, batch_size=64,
                  n_bootstrap=20, device="cpu", out=str(tmp_path / "run"))
     run = train(cfg, progress=False, echo=quiet)
     assert json.loads(run.data.read_text())["dataset"] == "pneumoniamnist"

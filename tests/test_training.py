@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,11 +29,8 @@ def history(run: RunDir) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
 
 
-def test_a_short_run_really_learns(quick_config):
-    # EfficientNet-B0 rather than MobileNetV3: MobileNetV3's BatchNorm momentum (0.01) leaves eval-mode
-    # statistics near their initial values after ~100 steps, so its outputs are constant in runs this short.
-    cfg = replace(quick_config, model="efficientnet_b0", epochs=4, lr=1e-3, threshold="youden", **NO_AUG)
-    run = train(cfg, progress=False, echo=quiet)
+def test_a_short_run_really_learns(learned_run):
+    run = learned_run  # EfficientNet-B0, 4 epochs on the small phantom (conftest), shared with the export and serve tests
     val = json.loads(run.metrics("val").read_text())
     test = json.loads(run.metrics("test").read_text())
     assert val["roc_auc"] > 0.8 and test["roc_auc"] > 0.8, (val["roc_auc"], test["roc_auc"])
@@ -99,18 +97,16 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(quick_
     assert len(history(run)) == 1 and run.weights.exists()
 
 
-def test_an_existing_run_is_never_overwritten(quick_config):
-    cfg = replace(quick_config, epochs=1)
-    run = train(cfg, progress=False, echo=quiet)
+def test_an_existing_run_is_never_overwritten(one_epoch_run):
+    run = one_epoch_run
     before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
     with pytest.raises(RunDirError, match="already holds a run"):
-        train(cfg, progress=False, echo=quiet)
+        train(run.load_config(), progress=False, echo=quiet)
     assert before == {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
 
 
-def test_a_damaged_checkpoint_is_refused_by_name(quick_config):
-    cfg = replace(quick_config, epochs=1)
-    run = train(cfg, progress=False, echo=quiet)
+def test_a_damaged_checkpoint_is_refused_by_name(one_epoch_run, tmp_path):
+    run = RunDir(shutil.copytree(one_epoch_run.path, tmp_path / "run"))
     run.last_checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(RunDirError, match="last.pt"):
         resume_training(run.path, progress=False, echo=quiet)
@@ -119,9 +115,8 @@ def test_a_damaged_checkpoint_is_refused_by_name(quick_config):
         evaluate_run(run.path, echo=quiet)
 
 
-def test_resume_before_the_first_epoch_finished_starts_over(quick_config, tmp_path):
-    cfg = replace(quick_config, epochs=1)
-    whole = train(replace(cfg, out=str(tmp_path / "whole")), progress=False, echo=quiet)
+def test_resume_before_the_first_epoch_finished_starts_over(one_epoch_run, tmp_path):
+    whole = one_epoch_run
     early = RunDir(tmp_path / "early")
     early.path.mkdir()
     # what a kill during the first epoch leaves: the config, no checkpoint
