@@ -62,8 +62,10 @@ def test_health_model_page_and_docs(client):
     assert card["trained_on_phantom"] is True and card["data"]["kind"] == "phantom"
     assert 0 <= card["metrics"]["test"]["roc_auc"] <= 1 and card["threshold"] == pytest.approx(card["metrics"]["val"]["threshold"])
     assert card["backend"] == "onnxruntime" and card["gradcam_layer"] == "features.3"
+    assert card["dataset"] == "ChestMNIST" and card["preprocessing"] == "resize to 28 x 28 px"
     page = client.get("/").text
     assert DISCLAIMER in page and "PHANTOM" in page and 'id="file"' in page
+    assert "trained on ChestMNIST: pneumothorax vs cardiomegaly" in page
     assert "/predict" in client.get("/openapi.json").json()["paths"] and client.get("/docs").status_code == 200
 
 

@@ -16,6 +16,7 @@ the inference backends are safe to call concurrently and Grad-CAM takes a lock (
 from __future__ import annotations
 
 import math
+from html import escape
 from importlib import resources
 from pathlib import Path
 
@@ -75,6 +76,14 @@ class Service:
         gray = self.trained.decode(data, name, self.max_pixels)
         return png_bytes(self.explainer.overlays(torch.from_numpy(gray[None]))[0])
 
+    def task_line(self) -> str:
+        """What the model tells apart and how an upload is prepared, in the run's own words."""
+        t = self.trained
+        negative = next(c for c in t.classes if c != t.cfg.positive)
+        how = "center-cropped to a square" if t.preprocess == "center-crop" else "resized"
+        return (f"{t.cfg.model} trained on {get_dataset(t.cfg.dataset).title}: {t.cfg.positive} vs {negative}. "
+                f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were.")
+
     def model_card(self) -> dict:
         run = self.trained.run
         return {
@@ -83,7 +92,8 @@ class Service:
             "backend": self.backend,
             "gradcam_layer": self.explainer.layer_name,
             "dataset": get_dataset(self.trained.cfg.dataset).title,
-            "preprocessing": f"{self.trained.preprocess}, then resize to {self.trained.cfg.size} px",
+            "preprocessing": ("center-crop to the short side, then " if self.trained.preprocess == "center-crop" else "")
+                             + f"resize to {self.trained.cfg.size} x {self.trained.cfg.size} px",
             "max_image_megapixels": self.max_pixels / 1e6,
             "classes": self.trained.classes,
             "positive_class": self.trained.cfg.positive,
@@ -153,7 +163,8 @@ def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_M
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         html = resources.files("cxrlab.serve").joinpath("static/index.html").read_text()
-        return html.replace("{{DISCLAIMER}}", DISCLAIMER).replace("{{PHANTOM}}", PHANTOM_NOTE if service.trained.is_phantom else "")
+        return (html.replace("{{DISCLAIMER}}", DISCLAIMER).replace("{{PHANTOM}}", PHANTOM_NOTE if service.trained.is_phantom else "")
+                .replace("{{TASK}}", escape(service.task_line())))
 
     @app.get("/health")
     def health() -> dict:
