@@ -104,6 +104,10 @@ class Config:
     n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals")
     out: str | None = _opt(None, "run directory (default runs/<timestamp>-<model>)")
 
+    def __post_init__(self) -> None:
+        if not self.classes and self.dataset in DATASET_NAMES:  # the data set's own pair, so that an unvalidated Config works too
+            self.classes = list(get_dataset(self.dataset).default_classes)
+
     # ---- derived values -------------------------------------------------
     @property
     def stages(self) -> list[tuple[str, int, float]]:
