@@ -5,7 +5,6 @@ import medmnist
 import numpy as np
 import pytest
 
-from cxrlab.data import datafile
 from cxrlab.data.datafile import load_arrays, locate, provenance
 from cxrlab.data.datasets import DATASETS
 from cxrlab.data.phantom import CARDIOMEGALY, CHEST_LABELS as N_LABELS, PNEUMOTHORAX, generate, write_phantom

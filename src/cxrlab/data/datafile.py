@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from cxrlab.data.datasets import DATASETS, Dataset, dataset_with_label_columns, get_dataset
 from cxrlab.errors import DataFileError, DataNotFoundError
 from cxrlab.files import file_md5

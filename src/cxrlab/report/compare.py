@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
