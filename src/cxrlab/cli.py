@@ -16,7 +16,7 @@ EXAMPLES = {
         cxrlab data --data-root data/phantom          # a phantom file
         cxrlab data --classes effusion pneumothorax --size 64 --download
         cxrlab data --task multilabel                 # all 14 labels
-        cxrlab data --dataset pneumoniamnist --data-root ../shared/data   # PneumoniaMNIST: normal vs pneumonia""",
+        cxrlab data --dataset pneumoniamnist --download   # PneumoniaMNIST: normal vs pneumonia""",
     "phantom": """
         cxrlab phantom --out data/phantom                      # small file: 2000/400/600 rows
         cxrlab phantom --out data/phantom --official-counts    # the official split sizes and binary counts
@@ -26,7 +26,7 @@ EXAMPLES = {
         cxrlab train --data-root data/phantom --model densenet121 --epochs 5
         cxrlab train --config configs/example.yaml --out runs/mnv3
         cxrlab train --task multilabel --size 64 --model densenet121    # all 14 labels, medmnist's AUC/ACC
-        cxrlab train --dataset pneumoniamnist --data-root ../shared/data --epochs 10
+        cxrlab train --dataset pneumoniamnist --download --epochs 10
         cxrlab train --config configs/medmnist_v2.yaml --dataset pneumoniamnist   # MedMNIST v2's ResNet-18 recipe
         cxrlab train --resume runs/mnv3                        # continue an interrupted run""",
     "evaluate": """
@@ -37,7 +37,7 @@ EXAMPLES = {
     "compare": """
         cxrlab compare --data-root data/phantom --epochs 3 --seeds 0 1 --tta 8 --out runs/demo
         cxrlab compare --download                               # the full study: 3 models x 3 seeds, real data
-        cxrlab compare --dataset pneumoniamnist --models mobilenet_v3_large resnet18 --data-root ../shared/data
+        cxrlab compare --dataset pneumoniamnist --models mobilenet_v3_large resnet18 --recipe resnet18=configs/medmnist_v2.yaml
         cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
         cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)""",
     "explain": """

@@ -152,8 +152,6 @@ class Config:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
         if self.size not in SIZES:
             raise ConfigError(f"size {self.size} is not available; {spec.title} comes in {', '.join(map(str, SIZES))}")
-        if not self.classes:
-            self.classes = list(spec.default_classes)
         if len(self.classes) != 2 or self.classes[0].lower() == self.classes[1].lower():
             raise ConfigError(f"classes must be two different label names, got {self.classes!r}")
         self.classes = [c.lower() for c in self.classes]
