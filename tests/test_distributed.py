@@ -44,7 +44,7 @@ def ddp_run(phantom_root, tmp_path_factory):
 
 def test_two_processes_learn_and_write_one_run(ddp_run, quick_config, tmp_path):
     out, output = ddp_run
-    assert "2 processes" in output
+    assert "2 processes (gloo)" in output
     assert output.count("epoch   1/4") == 1, "only rank 0 reports"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2

@@ -69,9 +69,9 @@ def test_every_number_traces_to_a_run(study):
 
 def test_more_seeds_train_only_what_is_missing_and_the_config_reproduces(study, phantom_root, capsys):
     capsys.readouterr()
-    assert main(compare_args(phantom_root, study, "--seeds", "0", "1", "2")) == 0
+    assert main(compare_args(phantom_root, study, "--seeds", "0", "1", "2", "--workers", "1")) == 0
     out = capsys.readouterr().out
-    assert out.count("reusing finished run") == 4 and "efficientnet_b0, seed 2" in out
+    assert out.count("reusing finished run") == 4 and "=== efficientnet_b0-seed2 ===" in out
     before = read_csv(study / "comparison.csv")
     assert len(before) == 3 * 5
     saved = yaml.safe_load((study / "compare.yaml").read_text())
@@ -105,7 +105,7 @@ def test_runs_side_by_side_give_the_same_results_and_a_recipe_applies_to_its_mod
     assert (cfg.epochs, cfg.batch_size, cfg.lr_schedule) == (2, 64, "multistep")
     assert [float(r["lr"]) for r in histories[1]] == pytest.approx([1e-3, 1e-4])  # x0.1 after epoch 1
     assert "recipe of their own" in (tmp_path / "two" / "report.md").read_text()
-    assert run("bad", 0) == 2 and "--workers must be at least 1" in capfd.readouterr().err
+    assert run("bad", 0) == 2 and "workers must be at least 1, got 0" in capfd.readouterr().err
 
 
 def test_bad_ensemble_weights_fail_before_any_training(phantom_root, tmp_path, capsys):

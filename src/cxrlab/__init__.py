@@ -1,3 +1,38 @@
-"""cxrlab: chest X-ray classification on ChestMNIST (MedMNIST)."""
+"""cxrlab: chest X-ray classification on MedMNIST (ChestMNIST, PneumoniaMNIST).
+
+The Python API (the CLI calls the same functions; see cxrlab/api.py and the README's "Python API"):
+
+    import cxrlab
+    run = cxrlab.train(cxrlab.Config(dataset="pneumoniamnist", download=True, epochs=5, out="runs/mnv3"))
+    run.metrics("test"), run.history, run.predict(["xray.png"]), run.explain(["xray.png"])
+    report = cxrlab.compare(epochs=3, seeds=[0, 1], out="runs/study")
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["Config", "Report", "Run", "Table", "compare", "create_model", "data", "load_run", "resume", "train"]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `cxrlab --help` and worker processes do not pay for torch before they need it.
+    if name == "Config":
+        from cxrlab.config import Config
+
+        return Config
+    if name == "create_model":
+        from cxrlab.models.registry import create_model
+
+        return create_model
+    if name == "data":  # the package, which is callable (cxrlab/data/__init__.py)
+        import cxrlab.data
+
+        return cxrlab.data
+    if name in __all__:
+        from cxrlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cxrlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

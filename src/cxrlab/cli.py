@@ -39,7 +39,8 @@ EXAMPLES = {
         cxrlab compare --download                               # the full study: 3 models x 3 seeds, real data
         cxrlab compare --dataset pneumoniamnist --models mobilenet_v3_large resnet18 --recipe resnet18=configs/medmnist_v2.yaml
         cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
-        cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)""",
+        cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)
+        cxrlab compare --workers 1 --threads 2                  # one run at a time with two threads (default: one run per core)""",
     "explain": """
         cxrlab explain runs/mnv3 xray1.png xray2.dcm --out explained/   # one overlay PNG per image
         cxrlab explain runs/mnv3 --val-grid --out explained/             # a grid of val images with overlays""",
@@ -53,7 +54,7 @@ EXAMPLES = {
         cxrlab serve runs/mnv3 --host 0.0.0.0 --port 8080 --max-upload-mb 20""",
     "cv": """
         cxrlab cv --data-root data/phantom --model efficientnet_b0 --folds 5 --epochs 3 --out runs/cv
-        cxrlab cv --config configs/example.yaml --folds 5""",
+        cxrlab cv --config configs/example.yaml --folds 5 --workers 2 --threads 1""",
     "search": """
         cxrlab search --method grid --data-root data/phantom --epochs 3          # all 27 grid points
         cxrlab search --method optuna --trials 30 --workers 2 --out runs/search  # TPE + median pruning
@@ -81,7 +82,8 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": (f.metadata["help"] + ("" if default is None else f" (default: {default})")).replace("%", "%%")}
+        stated = default is None or "(default:" in f.metadata["help"]  # None, or a default the help words itself
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": (f.metadata["help"] + ("" if stated else f" (default: {default})")).replace("%", "%%")}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
@@ -160,8 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="compare_out", default=argparse.SUPPRESS, help="folder for the runs and the report (default: runs/compare)")
     p.add_argument("--recipe", action="append", default=argparse.SUPPRESS, metavar="MODEL=FILE",
                    help="training options of one model's own, over the shared ones (e.g. resnet18=configs/medmnist_v2.yaml); repeatable")
-    p.add_argument("--workers", type=int, default=1, help="runs trained at once, each in its own process (default: 1); give each --threads "
-                   "so that workers x threads <= cores")
+    _workers_option(p, "runs")
     _progress_option(p)
     add_config_options(p, skip=("model", "out"))
 
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
     p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
     p.add_argument("--out", dest="cv_out", default="runs/cv", help="folder for the fold runs and the report (default: runs/cv)")
+    _workers_option(p, "fold runs")
     _progress_option(p)
     add_config_options(p, skip=("out", "cv_folds", "cv_fold"))
 
@@ -176,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
     p.add_argument("--method", choices=("grid", "optuna"), default="optuna", help="grid: all 27 points; optuna: TPE + median pruning (default)")
     p.add_argument("--trials", type=int, default=None, help="trials to run (default: 27 for grid, 20 for optuna)")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes sharing the study (default: 1)")
+    _workers_option(p, "trials")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     p.add_argument("--study", default=None, help="study name, to share or continue a study (default: cxrlab-METHOD-MODEL)")
     p.add_argument("--out", dest="search_out", default="runs/search", help="folder for the trial runs and results (default: runs/search)")
@@ -219,16 +221,22 @@ def _max_pixels(args) -> int:
     return int(args.max_image_mp * 1e6)
 
 
+def _workers_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--workers", type=int, default=None, help=f"{what} trained at once, each in its own process (default: one per core, "
+                   "one thread each, on a CPU; two per GPU up to 64 px, else one per GPU); workers x --threads must not exceed the cores")
+
+
 def _progress_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when the output is a terminal)")
 
 
 def cmd_data(args) -> int:
+    from cxrlab import api
     from cxrlab.data.datasets import get_dataset
-    from cxrlab.data.task import data_label, task_data
+    from cxrlab.data.task import data_label
 
     cfg = config_from_args(args)
-    data = task_data(cfg, download=cfg.download)
+    data = api.data(cfg)
     prov = data.provenance
     print(f"file:   {prov['file']}\nmd5:    {prov['md5']} (official: {prov['official_md5']})\ndata:   {data_label(prov)}")
     if data.task == "multilabel":
@@ -261,15 +269,15 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cxrlab.training.loop import resume_training, train
+    from cxrlab import api
 
     if args.resume:
         given = [k for k in vars(args) if k in {f.name for f in config_fields()}] + (["config"] if args.config else [])
         if given:
             raise CxrlabError(f"--resume takes the run's own config; do not combine it with {', '.join('--' + g.replace('_', '-') for g in given)}")
-        resume_training(args.resume, progress=args.progress)
+        api.resume(args.resume, progress=args.progress)
     else:
-        train(config_from_args(args), progress=args.progress)
+        api.train(config_from_args(args), progress=args.progress)
     return 0
 
 
@@ -281,16 +289,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cxrlab.evaluation.inference import load_trained
-    from cxrlab.evaluation.predict import predict_files
-    from cxrlab.export.runtime import attach_runtime
+    from cxrlab import api
 
-    trained = load_trained(args.run, args.device)
-    attach_runtime(trained)  # the exported ONNX model when the run has one: 3-5x faster on CPU
+    run = api.load_run(args.run)
+    trained = run.trained(args.device)  # the exported ONNX model when the run has one: 3-5x faster on CPU
     if trained.is_phantom:
         print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
     failed = 0
-    for result in predict_files(trained, args.images, _max_pixels(args)):
+    for result in run.predict(args.images, _max_pixels(args)):
         if result.error:
             failed += 1
             print(f"error: {result.error}", file=sys.stderr)
@@ -303,7 +309,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cxrlab.report.compare import compare, study_from
+    from cxrlab import api
+    from cxrlab.report.compare import study_from
     from cxrlab.training.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
@@ -317,17 +324,16 @@ def cmd_compare(args) -> int:
         if any(not model or not sep or not path for model, sep, path in pairs):
             raise CxrlabError(f"--recipe takes MODEL=FILE, got {' '.join(args.recipe)}")
         overrides["recipes"] = {model: path for model, _, path in pairs}
-    if args.workers < 1:
-        raise CxrlabError(f"--workers must be at least 1, got {args.workers}")
     study = study_from(values.pop("compare", None), overrides, source=args.config or "options")
-    compare(config_from_args(args, values), study, progress=args.progress, workers=args.workers)
+    api.compare(config_from_args(args, values), study.models, study.seeds, study.ensemble, study.tta, study.out, study.recipes,
+                workers=args.workers, progress=args.progress)
     return 0
 
 
 def cmd_cv(args) -> int:
     from cxrlab.report.crossval import cross_validate
 
-    cross_validate(config_from_args(args), args.folds, args.cv_out, progress=args.progress)
+    cross_validate(config_from_args(args), args.folds, args.cv_out, progress=args.progress, workers=args.workers)
     return 0
 
 
@@ -341,38 +347,29 @@ def cmd_search(args) -> int:
 def cmd_explain(args) -> int:
     from pathlib import Path
 
-    from cxrlab.evaluation.explain import Explainer, explain_files, val_grid
-    from cxrlab.evaluation.inference import load_trained
+    from cxrlab import api
 
     if not args.images and not args.val_grid:
         raise CxrlabError("give image files to explain, or --val-grid")
-    trained = load_trained(args.run, "cpu")
-    explainer = Explainer(trained)
-    print(f"Grad-CAM on {trained.cfg.model} layer {explainer.layer_name}" + ("  (PHANTOM-trained model)" if trained.is_phantom else ""))
+    run = api.load_run(args.run)
+    explainer = run.explainer()
+    print(f"Grad-CAM on {run.config.model} layer {explainer.layer_name}" + ("  (PHANTOM-trained model)" if explainer.trained.is_phantom else ""))
     failed = 0
-    for result in explain_files(explainer, args.images, Path(args.out), _max_pixels(args)):
+    for result in run.explain(args.images, Path(args.out), _max_pixels(args)):
         if result.error:
             failed += 1
             print(f"error: {result.error}", file=sys.stderr)
         else:
-            print(f"{result.path}\t{result.label}\tP({trained.cfg.positive})={result.probability:.4f}\t{result.overlay}")
+            print(f"{result.path}\t{result.label}\tP({explainer.trained.cfg.positive})={result.probability:.4f}\t{result.overlay}")
     if args.val_grid:
-        print(f"wrote {val_grid(explainer, Path(args.out) / 'gradcam_val_grid.png')}")
+        print(f"wrote {run.explain_val(Path(args.out) / 'gradcam_val_grid.png')}")
     return 1 if failed else 0
 
 
 def cmd_export(args) -> int:
-    from cxrlab.evaluation.inference import load_trained
-    from cxrlab.export.onnx import export_onnx
-    from cxrlab.export.quantize import quantize_run
+    from cxrlab import api
 
-    trained = load_trained(args.run, "cpu")
-    export_onnx(trained)
-    if args.quantize and trained.cfg.task != "binary":
-        print("INT8 quantisation is judged by binary val accuracy; skipped for the multilabel task")
-    elif args.quantize:
-        print("INT8 quantisation (shipped only if 10% faster at batch 1 and within 0.5 points of fp32 val accuracy):")
-        quantize_run(trained)
+    api.load_run(args.run).export(quantize=args.quantize)
     return 0
 
 
@@ -401,5 +398,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; a training run can be continued with: cxrlab train --resume RUN", file=sys.stderr)
+        print("\ninterrupted; every run keeps its last finished epoch: continue one with cxrlab train --resume RUN, or run "
+              "the same compare / cv command again", file=sys.stderr)
         return 130

@@ -103,6 +103,8 @@ class Config:
     seed: int = _opt(0, "random seed; the same seed on the same CPU gives the same history")
     n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals")
     out: str | None = _opt(None, "run directory (default runs/<timestamp>-<model>)")
+    track: bool = _opt(False, "log the finished run to MLflow (pip install 'cxrlab[tracking]'); the run directory stays the record")
+    tracking_uri: str | None = _opt(None, "MLflow tracking store: a server URL or database URI (default: sqlite:///mlflow.db in the working directory)")
 
     def __post_init__(self) -> None:
         if not self.classes and self.dataset in DATASET_NAMES:  # the data set's own pair, so that an unvalidated Config works too

@@ -4,6 +4,10 @@
 class CxrlabError(Exception):
     """Base class for errors caused by input, data or environment rather than by a bug."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython (Jupyter, Colab) shows this instead of a traceback: the message is the whole story, as in the CLI.
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(CxrlabError):
     """An option or config file value is invalid."""

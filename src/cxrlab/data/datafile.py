@@ -54,7 +54,7 @@ def locate(root: str | Path, size: int, download: bool = False, dataset: str = "
         f"  file:   {path.name}\n"
         f"  url:    {url}\n"
         f"  md5:    {md5}\n"
-        f"Download it by hand (or run with --download where there is internet) and put it in {root}/\n"
+        f"Download it by hand (or run with --download, download=True in Python, where there is internet) and put it in {root}/\n"
         f"  (or pass --data-root DIR). Without the data, try the offline demo on phantom data:\n"
         f"  {demo_hint(spec)}"
     )

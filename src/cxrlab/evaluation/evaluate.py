@@ -91,7 +91,8 @@ def results_table(data: TaskData, columns: dict[str, dict]) -> str:
     return metrics_table(columns)
 
 
-def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, n_params: int, train_seconds: float, echo: Callable[[str], None] = print) -> dict:
+def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, n_params: int, train_seconds: float, side_by_side: int = 1,
+                 echo: Callable[[str], None] = print) -> dict:
     """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary."""
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
@@ -129,6 +130,8 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
         "device": str(device),
         "world_size": state.get("world_size", 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "threads": torch.get_num_threads(),
+        "side_by_side": side_by_side,  # runs training on the machine at once, this one included
         "data_kind": data.provenance["kind"],
         "data_label": label,
         "data_md5": data.provenance["md5"],

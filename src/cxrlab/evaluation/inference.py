@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -64,23 +63,6 @@ def predict_probs_tta(model: nn.Module, images: torch.Tensor, cfg: Config, devic
 
         total = total + torch.sigmoid(predict_logits(model, images, cfg, device, view)).numpy()
     return total / views
-
-
-def inference_speed(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, single: int = 50, repeats: int = 3) -> dict[str, float]:
-    """Median batch-1 latency (ms/image, over ``single`` images) and batched throughput (images/s, eval batch size)."""
-    one = replace(cfg, eval_batch_size=1)
-    predict_logits(model, images[:4], one, device)  # warm-up: allocator, kernel selection
-    latencies = []
-    for image in images[:single].split(1):
-        t0 = time.perf_counter()
-        predict_logits(model, image, one, device)
-        latencies.append(time.perf_counter() - t0)
-    batched = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        predict_logits(model, images, cfg, device)
-        batched.append(time.perf_counter() - t0)
-    return {"ms_per_image": 1000 * float(np.median(latencies)), "images_per_s": len(images) / float(np.median(batched))}
 
 
 @dataclass

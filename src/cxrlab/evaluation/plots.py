@@ -5,22 +5,25 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import roc_curve
 
-matplotlib.use("Agg")  # files only; no display needed (CI, servers)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from cxrlab.data.task import is_real
+from cxrlab.files import atomic_write_bytes
 
-from cxrlab.data.task import is_real  # noqa: E402
-from cxrlab.files import atomic_write_bytes  # noqa: E402
+
+def _subplots(*grid: int, figsize: tuple[float, float], **kwargs):
+    """A figure outside pyplot: no display backend is touched (CI, servers, threads) and a notebook's own
+    matplotlib backend stays as the user set it."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -32,7 +35,7 @@ def _title(fig, text: str, data_label: str) -> None:
 
 def training_curves(history: list[dict], path: Path, title: str, data_label: str, best_epoch: int | None = None) -> Path:
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = _subplots(1, 3, figsize=(13, 3.8))
     panels = [("loss", "train_loss", "val_loss"), ("accuracy", "train_accuracy", "val_accuracy"), ("val ROC-AUC", None, "val_roc_auc")]
     for ax, (name, train_key, val_key) in zip(axes, panels):
         if train_key:
@@ -53,7 +56,7 @@ def confusion_matrix(metrics: dict, classes: list[str], positive: str, path: Pat
     """2x2 matrix with rows = truth, columns = prediction, negative class first."""
     negative = classes[0] if classes[1] == positive else classes[1]
     cells = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = _subplots(figsize=(4.6, 4.2))
     ax.imshow(cells, cmap="Blues")
     for (i, j), value in np.ndenumerate(cells):
         share = value / max(cells[i].sum(), 1)
@@ -68,7 +71,7 @@ def confusion_matrix(metrics: dict, classes: list[str], positive: str, path: Pat
 
 def roc(targets: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title: str, data_label: str) -> Path:
     fpr, tpr, _ = roc_curve(targets, probs)
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    fig, ax = _subplots(figsize=(4.6, 4.4))
     ax.plot(fpr, tpr, label=f"AUC {metrics['roc_auc']:.3f} [{metrics['roc_auc_ci_low']:.3f}, {metrics['roc_auc_ci_high']:.3f}]")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     ax.scatter([1 - metrics["specificity"]], [metrics["sensitivity"]], color="crimson", zorder=3, label="operating point")
@@ -83,7 +86,7 @@ def roc(targets: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title
 def prediction_grid(images: np.ndarray, targets: np.ndarray, probs: np.ndarray, threshold: float, classes: list[str], positive: str, path: Path, title: str, data_label: str) -> Path:
     """Images with predicted class, P(positive) and truth; green when right, red when wrong."""
     negative = classes[0] if classes[1] == positive else classes[1]
-    fig, axes = plt.subplots(2, (len(images) + 1) // 2, figsize=(2.1 * ((len(images) + 1) // 2), 5))
+    fig, axes = _subplots(2, (len(images) + 1) // 2, figsize=(2.1 * ((len(images) + 1) // 2), 5))
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, truth, p in zip(axes.flat, images, targets, probs):
@@ -97,7 +100,7 @@ def prediction_grid(images: np.ndarray, targets: np.ndarray, probs: np.ndarray, 
 
 def per_label_auc(metrics: dict, labels: list[str], path: Path, title: str, data_label: str) -> Path:
     values = [metrics[f"auc_{name}"] for name in labels]
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = _subplots(figsize=(7, 4.6))
     ax.barh(labels[::-1], values[::-1], color="steelblue")
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.axvline(metrics["auc"], color="crimson", linewidth=1, label=f"mean AUC {metrics['auc']:.3f}")
@@ -112,7 +115,7 @@ def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
     """Reliability diagram: observed positive rate against mean predicted probability per bin, one line per entry."""
     from sklearn.calibration import calibration_curve
 
-    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    fig, ax = _subplots(figsize=(4.8, 4.6))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     for name, (targets, probs) in curves.items():
         observed, predicted = calibration_curve(targets, probs, n_bins=bins, strategy="uniform")
@@ -130,7 +133,7 @@ def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
 def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str, data_label: str) -> Path:
     from sklearn.metrics import roc_auc_score
 
-    fig, ax = plt.subplots(figsize=(5, 4.6))
+    fig, ax = _subplots(figsize=(5, 4.6))
     for name, (targets, probs) in curves.items():
         fpr, tpr, _ = roc_curve(targets, probs)
         ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(targets, probs):.3f})")
@@ -146,7 +149,7 @@ def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
 def pr_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str, data_label: str) -> Path:
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    fig, ax = plt.subplots(figsize=(5, 4.6))
+    fig, ax = _subplots(figsize=(5, 4.6))
     for name, (targets, probs) in curves.items():
         precision, recall, _ = precision_recall_curve(targets, probs)
         ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(targets, probs):.3f})")
@@ -165,7 +168,7 @@ def gradcam_grid(images: np.ndarray, overlays: list[np.ndarray], truth: list[str
                  path: Path, title: str, data_label: str) -> Path:
     """Two rows: the images (titled with truth, prediction and P; green where right), then their Grad-CAM overlays."""
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(2.1 * n, 4.8), squeeze=False)
+    fig, axes = _subplots(2, n, figsize=(2.1 * n, 4.8), squeeze=False)
     for k in range(n):
         axes[0, k].imshow(images[k], cmap="gray", vmin=0, vmax=255)
         axes[0, k].set_title(f"true {truth[k]}\npred {predicted[k]}\nP({positive})={probs[k]:.2f}", fontsize=7,

@@ -32,15 +32,22 @@ def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEF
             ok.append(i)
         except ImageFileError as exc:
             results[i].error = str(exc)
-    if not images:
-        return results
+    if images:
+        for i, result in zip(ok, predict_images(trained, np.stack(images), [str(paths[i]) for i in ok])):
+            results[i] = result
+    return results
+
+
+def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str]) -> list[Prediction]:
+    """One Prediction per uint8 (S, S) image already at the run's size."""
     cfg = trained.cfg
-    probs = trained.probs(torch.from_numpy(np.stack(images)))
-    for i, p in zip(ok, probs):
-        result = results[i]
+    probs = trained.probs(torch.from_numpy(images))
+    results = []
+    for name, p in zip(names, probs):
+        result = Prediction(name)
         if cfg.task == "multilabel":
-            result.probabilities = {name: float(v) for name, v in zip(trained.classes, p)}
-            found = [name for name, v in result.probabilities.items() if v >= trained.threshold]
+            result.probabilities = {label: float(v) for label, v in zip(trained.classes, p)}
+            found = [label for label, v in result.probabilities.items() if v >= trained.threshold]
             result.label = ", ".join(found) or "no finding"
             result.probability = float(p.max())
         else:
@@ -49,4 +56,5 @@ def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEF
             result.probability = float(positive[0])
             result.probabilities = {cfg.positive: result.probability}
             result.label = cfg.positive if result.probability >= trained.threshold else negative
+        results.append(result)
     return results

@@ -8,8 +8,10 @@ class out) on the backend `predict` and `serve` use. Ratios are against eager Py
 from __future__ import annotations
 
 import io
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from PIL import Image
 from cxrlab.data.images import decode_image
 from cxrlab.data.task import task_data
 from cxrlab.evaluation.inference import TrainedModel, load_trained, plain_copy, predict_logits
+from cxrlab.export.onnx import write_onnx
 from cxrlab.export.quantize import latency_ms
 from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel, attach_runtime
 from cxrlab.files import atomic_write_json
@@ -70,6 +73,28 @@ def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
     else:
         echo("no INT8 model: run 'cxrlab export RUN' to try the quantisations")
     return rows
+
+
+def deployed_speed(trained: TrainedModel, images: torch.Tensor) -> dict:
+    """Inference speed on the path predict and serve deploy (onnxruntime on CPU), for the compare report: fp32 from the
+    run's model.onnx (exported to a temporary file when the run has none) and the run's INT8 model when one was shipped.
+    Batch-1 median latency (ms/image) and throughput at the run's eval batch size (images/s)."""
+    import onnxruntime
+
+    cfg = trained.cfg
+    arrays = images.numpy()
+    speed = {"backend": f"onnxruntime {onnxruntime.__version__} (CPU)", "batch": cfg.eval_batch_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = trained.run.path / FP32_FILE
+        if not fp32.is_file():
+            fp32 = Path(tmp) / FP32_FILE
+            write_onnx(plain_copy(trained.model, torch.device("cpu")), cfg.size, fp32)
+        for prefix, path in (("", fp32), ("int8_", trained.run.path / INT8_FILE)):
+            if path.is_file():
+                session = OnnxModel(path, cfg.norm_mean, cfg.norm_std, cfg.threads)
+                speed[f"{prefix}ms_per_image"] = latency_ms(session.logits, arrays)[0]
+                speed[f"{prefix}images_per_s"] = throughput(lambda x, s=session: s.logits(x, cfg.eval_batch_size), arrays)
+    return speed
 
 
 def end_to_end(trained: TrainedModel, arrays: np.ndarray) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from cxrlab.data.task import task_data
 from cxrlab.errors import ExportError
@@ -34,21 +35,25 @@ def onnx_path(run_path) -> Path:
     return Path(run_path) / FP32_FILE
 
 
+def write_onnx(model: nn.Module, size: int, path: Path) -> None:
+    """The model as an ONNX graph (input 'image' (batch, 1, size, size), output 'logit'), unchecked: see export_onnx."""
+    dummy = torch.zeros(2, 1, size, size)
+    # The TorchScript exporter (dynamo=False), though deprecated: the torch.export-based one gave a graph of the
+    # same speed whose shapes onnxruntime's quantisation tools could not infer (tried with onnxscript 0.7.2).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (dummy,), str(path), dynamo=False, opset_version=OPSET, input_names=["image"], output_names=["logit"],
+            dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}},
+        )
+
+
 def export_onnx(trained: TrainedModel, echo=print) -> Path:
     """Write RUN/model.onnx (only when it passes the check) and RUN/export.json."""
     cfg, run = trained.cfg, trained.run
-    model = plain_copy(trained.model, "cpu")
-    dummy = torch.zeros(2, 1, cfg.size, cfg.size)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
-        # The TorchScript exporter (dynamo=False), though deprecated: the torch.export-based one gave a graph of the
-        # same speed whose shapes onnxruntime's quantisation tools could not infer (tried with onnxscript 0.7.2).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model, (dummy,), str(tmp_path), dynamo=False, opset_version=OPSET, input_names=["image"], output_names=["logit"],
-                dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}},
-            )
+        write_onnx(plain_copy(trained.model, "cpu"), cfg.size, tmp_path)
         check = verify(trained, tmp_path)
         atomic_write_bytes(onnx_path(run.path), tmp_path.read_bytes())
     import onnx

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import csv
 import io
-import multiprocessing
 import os
 import platform
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,12 +33,14 @@ from cxrlab.evaluation import plots
 from cxrlab.evaluation.ensemble import check_weights, combine, fit_weights
 from cxrlab.evaluation.evaluate import choose_threshold, positive_view
 from cxrlab.evaluation.explain import Explainer, val_grid
-from cxrlab.evaluation.inference import inference_speed, load_trained, predict_probs, predict_probs_tta
+from cxrlab.evaluation.inference import load_trained, predict_probs, predict_probs_tta
 from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs, fit_temperature
+from cxrlab.export.bench import deployed_speed
 from cxrlab.files import atomic_write_text
 from cxrlab.report.document import Document
 from cxrlab.runs import RunDir
-from cxrlab.training.loop import resolve, resume_training, train
+from cxrlab.training.loop import resolve
+from cxrlab.training.runner import run_all
 
 STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out", "recipes")
 
@@ -126,26 +126,6 @@ class Entry:
 # ---- runs ------------------------------------------------------------------------------------------------
 
 
-# Options that change neither training nor the model: a finished run is reused whatever they were, and compare
-# scores every entry with the study's own threshold rule and bootstrap (see model_entries).
-SCORING_OPTIONS = {"threshold", "target_sensitivity", "n_bootstrap", "eval_batch_size", "threads"}
-
-
-def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None) -> RunDir:
-    """Train cfg's run, reuse it when already finished with the same training config, or resume it when interrupted."""
-    run = RunDir(cfg.out)
-    if not run.config.exists():
-        return train(cfg, progress=progress, echo=echo)
-    existing = run.load_config().to_dict()
-    changed = sorted(k for k, v in cfg.to_dict().items() if existing.get(k) != v and k not in SCORING_OPTIONS)
-    if changed:
-        raise RunDirError(f"{run.path} holds a run with a different config ({', '.join(changed)}); choose another --out")
-    if run.summary.is_file():
-        echo(f"reusing finished run {run.path}")
-        return run
-    return resume_training(run.path, progress=progress, echo=echo)
-
-
 def check_compatible(runs: list[RunDir]) -> None:
     """Runs on different data files, sizes, tasks or classes never share a table or an ensemble."""
     seen: dict[tuple, list[str]] = {}
@@ -160,37 +140,12 @@ def check_compatible(runs: list[RunDir]) -> None:
         raise RunDirError(f"these runs do not share data set, data file, size, task and classes, so they cannot be compared or ensembled: {groups}")
 
 
-def train_runs(base: Config, study: Study, echo, progress, workers: int = 1) -> dict[tuple[str, int], RunDir]:
-    """Every model x seed run, one after another, or ``workers`` at a time in separate processes (spawned, one line
-    of output per epoch and run, prefixed with the run's name). A run that fails is named; the others finish."""
+def train_runs(base: Config, study: Study, echo, progress, workers: int | None = None) -> dict[tuple[str, int], RunDir]:
+    """Every model x seed run: reused, resumed or trained, ``workers`` at a time (default: the measured rule, training/runner.py)."""
     configs = {(name, seed): study.config_for(base, name, seed) for seed in study.seeds for name in study.models}
-    runs, failed = {}, []
-    if workers <= 1:
-        for (name, seed), cfg in configs.items():
-            echo(f"\n=== {name}, seed {seed} ===")
-            runs[name, seed] = run_model(cfg, echo, progress)
-    else:
-        echo(f"training {len(configs)} runs, {workers} at a time")
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_worker_run, cfg, f"{name}-seed{seed}"): (name, seed) for (name, seed), cfg in configs.items()}
-            for future in as_completed(futures):
-                name, seed = futures[future]
-                try:
-                    runs[name, seed] = RunDir(future.result())
-                except Exception as exc:  # noqa: BLE001 - reported by name after the others finish
-                    failed.append(f"{name}-seed{seed}: {type(exc).__name__}: {exc}")
-        if failed:
-            raise RunDirError("these runs failed (the others finished and are reused on the next compare):\n  " + "\n  ".join(failed))
-        runs = {key: runs[key] for key in configs}  # the study's order, not the order runs finished in
+    runs = run_all(configs, echo, progress, workers, base.threads)
     check_compatible(list(runs.values()))
     return runs
-
-
-def _worker_run(cfg: Config, tag: str) -> str:
-    def echo(text: str) -> None:
-        for line in text.strip("\n").splitlines():
-            print(f"[{tag}] {line}", flush=True)
-    return str(run_model(cfg, echo, progress=False).path)
 
 
 # ---- scoring ---------------------------------------------------------------------------------------------
@@ -232,8 +187,8 @@ def model_entries(runs: dict, data: TaskData, study: Study, base: Config, echo) 
                 probs = predict_probs_tta(trained.model, images, cfg, trained.device, study.tta, seed=seed)
                 tta_curves[split] = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
         if name not in speed:  # per architecture, once: the first seed's run
-            echo(f"timing inference: {name}")
-            speed[name] = inference_speed(trained.model, data.splits["test"].images, cfg, trained.device)
+            echo(f"timing inference (onnxruntime): {name}")
+            speed[name] = deployed_speed(trained, data.splits["test"].images)
         info = {
             "parameters": summary["parameters"],
             "model_size_mb": summary["model_size_mb"],
@@ -242,6 +197,8 @@ def model_entries(runs: dict, data: TaskData, study: Study, base: Config, echo) 
             "seconds_per_epoch": summary["seconds_per_epoch"],
             "train_seconds": summary["train_seconds"],
             "device": summary["device"],
+            "side_by_side": summary.get("side_by_side"),  # not recorded by runs older than this field
+            "threads": summary.get("threads"),
             **speed[name],
             "runs": [str(run.path)],
         }
@@ -317,9 +274,27 @@ def single_run_ci(entry: Entry, key: str, source: str) -> str:
     return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
 
 
+def sharing_note(singles: list[Entry]) -> str:
+    """How the training timings were taken: s/epoch of runs that shared the machine is not one run's speed alone."""
+    ways = sorted({(e.info.get("side_by_side"), e.info.get("threads")) for e in singles}, key=str)
+    text = "; ".join("not recorded (runs from before cxrlab recorded it)" if n is None else
+                     f"{n} run{'s' * (n != 1)} at a time, {t} thread{'s' * (t != 1)} each" for n, t in ways)
+    return (f"training timings (s/epoch, train s) were measured with {text}: runs side by side each take longer per epoch, "
+            "and the study finishes sooner (benchmarks/README.md)")
+
+
+def speed_note(singles: list[Entry]) -> str:
+    first = singles[0].info
+    return (f"inference columns: {first['backend']}, the backend predict and serve deploy, measured in this process after training "
+            f"on the first seed's run: median batch-1 latency over test images, and throughput at batch {first['batch']}; "
+            "INT8 only where `cxrlab export` shipped an INT8 model")
+
+
 def comparison_rows(groups: dict[str, list[Entry]]) -> tuple[list[str], list[list[str]]]:
+    int8 = any("int8_ms_per_image" in e.info for g in groups.values() for e in g)
     header = ["entry", "seeds", "params", "size MB"] + [t for _, t, _ in METRIC_COLUMNS] + [
-        "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (PyTorch, batch 1)", "images/s (PyTorch, batched)"]
+        "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (ORT fp32, batch 1)", "images/s (ORT fp32, batched)"] + (
+        ["ms/image (ORT INT8, batch 1)", "images/s (ORT INT8, batched)"] if int8 else [])
     rows = []
     for name, group in groups.items():
         first = group[0]
@@ -330,8 +305,9 @@ def comparison_rows(groups: dict[str, list[Entry]]) -> tuple[list[str], list[lis
         row.append(mean_sd(values(group, "seconds_per_epoch", "info"), 1))
         row.append(mean_sd(values(group, "train_seconds", "info"), 0))
         row.append(first.info["device"])
-        row.append(f"{first.info['ms_per_image']:.2f}" if "ms_per_image" in first.info else "—")
-        row.append(f"{first.info['images_per_s']:.0f}" if "images_per_s" in first.info else "—")
+        for prefix in ("", "int8_") if int8 else ("",):
+            row.append(f"{first.info[prefix + 'ms_per_image']:.2f}" if prefix + "ms_per_image" in first.info else "—")
+            row.append(f"{first.info[prefix + 'images_per_s']:.0f}" if prefix + "images_per_s" in first.info else "—")
         rows.append(row)
     return header, rows
 
@@ -345,7 +321,7 @@ WINNER_CRITERIA = (  # (title, key, source, higher is better)
     ("ROC-AUC", "roc_auc", "test", True),
     ("calibration (ECE after temperature scaling)", "ece_calibrated", "test", False),
     ("fewest parameters", "parameters", "info", False),
-    ("fastest inference (PyTorch ms/image, batch 1)", "ms_per_image", "info", False),
+    ("fastest inference (onnxruntime fp32 ms/image, batch 1)", "ms_per_image", "info", False),
     ("shortest training (s)", "train_seconds", "info", False),
 )
 
@@ -372,19 +348,20 @@ def calibration_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
     ]
 
 
+SPEED_KEYS = ("ms_per_image", "images_per_s", "int8_ms_per_image", "int8_images_per_s")  # onnxruntime fp32, then the shipped INT8 model
 CSV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high",
             "pr_auc", "ece", "ece_calibrated", "brier", "brier_calibrated", "temperature", "threshold")
 
 
 def write_csv(path: Path, entries: list[Entry]) -> None:
     buffer = io.StringIO()
-    fields = ["entry", "kind", "seed", "val_accuracy", "val_roc_auc", *CSV_KEYS, "parameters", "train_seconds", "ms_per_image", "images_per_s", "weights", "runs"]
+    fields = ["entry", "kind", "seed", "val_accuracy", "val_roc_auc", *CSV_KEYS, "parameters", "train_seconds", *SPEED_KEYS, "weights", "runs"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for e in entries:
         writer.writerow({
             "entry": e.name, "kind": e.kind, "seed": e.seed, "val_accuracy": e.val["accuracy"], "val_roc_auc": e.val["roc_auc"],
-            **{k: e.test.get(k) for k in CSV_KEYS}, **{k: e.info.get(k) for k in ("parameters", "train_seconds", "ms_per_image", "images_per_s")},
+            **{k: e.test.get(k) for k in CSV_KEYS}, **{k: e.info.get(k) for k in ("parameters", "train_seconds", *SPEED_KEYS)},
             "weights": " ".join(f"{k}={v:.2f}" for k, v in e.info.get("weights", {}).items()), "runs": " ".join(e.info["runs"]),
         })
     atomic_write_text(path, buffer.getvalue())
@@ -459,7 +436,8 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
                  "AUC is ROC-AUC of P(positive) and ACC the accuracy at the val-chosen threshold.")
     doc.heading("Machine")
     doc.bullets([f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                 f"{torch.get_num_threads()} torch threads", "training devices: " + ", ".join(sorted({e.info['device'] for e in entries}))])
+                 f"{torch.get_num_threads()} torch threads", "training devices: " + ", ".join(sorted({e.info['device'] for e in entries})),
+                 sharing_note([e for e in entries if e.kind == "model"]), speed_note([e for e in entries if e.kind == "model"])])
 
     doc.heading("Comparison (test set unless marked)")
     header, rows = comparison_rows(groups)
@@ -512,8 +490,8 @@ def save_study(out: Path, base: Config, study: Study) -> Path:
 
 
 def compare(base: Config, study: Study | None = None, progress: bool | None = None, echo: Callable[[str], None] = print,
-            workers: int = 1) -> list[Entry]:
-    """Train (or reuse) every model for every seed (``workers`` runs at a time); score models, TTA and ensemble; write the report."""
+            workers: int | None = None) -> list[Entry]:
+    """Train (or reuse) every model for every seed (``workers`` runs at a time; default: training/runner.py's rule); score models, TTA and ensemble; write the report."""
     study = (study or Study()).validate()
     base = base.validate()
     if base.task != "binary":

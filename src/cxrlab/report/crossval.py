@@ -24,25 +24,25 @@ from cxrlab.evaluation.evaluate import positive_view
 from cxrlab.evaluation.inference import load_trained
 from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs
 from cxrlab.files import atomic_write_text
-from cxrlab.report.compare import check_compatible, mean_sd, run_model, score
+from cxrlab.report.compare import check_compatible, mean_sd, score
 from cxrlab.report.document import Document
 from cxrlab.training.loop import resolve
+from cxrlab.training.runner import run_all
 
 CV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "ece")
 
 
-def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Train (or reuse) the fold runs; return {'folds': [{'val': ..., 'test': ...}], 'ensemble': {...}}."""
+def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | None = None, echo: Callable[[str], None] = print,
+                   workers: int | None = None) -> dict:
+    """Train (or reuse) the fold runs, ``workers`` at a time (default: training/runner.py's rule); return {'folds': [{'val': ..., 'test': ...}], 'ensemble': {...}}."""
     if folds < 2:
         raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
     base = base.validate()
     if base.task != "binary":
         raise ConfigError("cross-validation folds are stratified by class: binary task only")
     out = Path(out)
-    runs = []
-    for k in range(folds):
-        echo(f"\n=== {base.model}, fold {k + 1}/{folds} ===")
-        runs.append(run_model(resolve(replace(base, cv_folds=folds, cv_fold=k, out=str(out / f"fold{k}"))), echo, progress))
+    configs = {k: resolve(replace(base, cv_folds=folds, cv_fold=k, out=str(out / f"fold{k}"))) for k in range(folds)}
+    runs = list(run_all(configs, echo, progress, workers, base.threads).values())
     check_compatible(runs)
     data = task_data(base, task="binary")
     results, fold_probs = [], {"val": [], "test": []}

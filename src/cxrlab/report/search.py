@@ -19,7 +19,6 @@ import io
 import json
 import math
 import multiprocessing
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from cxrlab.errors import ConfigError
 from cxrlab.files import atomic_write_text
 from cxrlab.report.document import Document
 from cxrlab.training.loop import HIGHER_IS_BETTER, resolve, score_of, train
+from cxrlab.training.runner import plan
 
 SPACE = {"batch_size": [8, 16, 32], "lr": [1e-3, 5e-4, 3e-4], "dropout": [0.3, 0.4, 0.5]}
 METHODS = ("grid", "optuna")
@@ -91,13 +91,11 @@ def _worker(base: Config, method: str, storage: str, name: str, out: Path, trial
     study.optimize(objective(base, out, print), n_trials=trials)
 
 
-def search(base: Config, method: str = "optuna", trials: int | None = None, workers: int = 1, storage: str | None = None,
+def search(base: Config, method: str = "optuna", trials: int | None = None, workers: int | None = None, storage: str | None = None,
            study_name: str | None = None, out: str | Path = "runs/search", echo: Callable[[str], None] = print) -> dict:
     """Run the search (continuing the study if it exists); write the results and best.yaml. Returns the best trial."""
     if method not in METHODS:
         raise ConfigError(f"unknown search method {method!r}; choose grid or optuna")
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
     base = base.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,14 +105,15 @@ def search(base: Config, method: str = "optuna", trials: int | None = None, work
     trials = trials or (grid_size if method == "grid" else 20)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     open_study(method, storage, name, base)  # created (or checked) once, before the workers race to it
+    how = plan(trials, base.device, base.size, workers, base.threads)  # the same rule as compare and cv
+    workers = how.workers
     per_worker = math.ceil(trials / workers)
-    threads = max(1, (os.cpu_count() or 1) // workers)
     echo(f"{method} search over {SPACE}: {trials} trials, {workers} worker process(es), study {name!r} in {storage}")
     if workers == 1:
-        _worker(base, method, storage, name, out, trials, torch.get_num_threads(), 0)
+        _worker(base, method, storage, name, out, trials, how.threads or base.threads or torch.get_num_threads(), 0)
     else:
         context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(base, method, storage, name, out, per_worker, threads, i)) for i in range(workers)]
+        processes = [context.Process(target=_worker, args=(base, method, storage, name, out, per_worker, how.threads, i)) for i in range(workers)]
         for p in processes:
             p.start()
         for p in processes:

@@ -44,6 +44,10 @@ def init_process(device_name: str) -> Process:
     return Process(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def backend_name() -> str:
+    return dist.get_backend() if dist.is_initialized() else "none"
+
+
 def process_device(device_name: str, process: Process) -> str:
     """Each process on one machine gets its own GPU."""
     if process.distributed and device_name in ("auto", "cuda") and torch.cuda.is_available():

@@ -37,6 +37,7 @@ from cxrlab.training.device import autocast, setup_device
 from cxrlab.training.distributed import (
     Process,
     all_finite,
+    backend_name,
     barrier,
     from_main,
     init_process,
@@ -45,6 +46,7 @@ from cxrlab.training.distributed import (
     shutdown,
     sum_across,
 )
+from cxrlab.training.tracking import log_run, tracking_uri
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_roc_auc", "lr", "seconds")
 HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "loss": False}
@@ -136,15 +138,16 @@ def stage_at(stages: list[tuple[str, int, float]], epoch: int) -> tuple[int, str
 
 
 def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print,
-          on_epoch: EpochCallback | None = None) -> RunDir:
+          on_epoch: EpochCallback | None = None, side_by_side: int = 1) -> RunDir:
     """Train one model; return its finished run directory. ``resume`` continues ``cfg.out`` from its last checkpoint.
     ``on_epoch(epoch, row)`` is called after every epoch (hyperparameter search prunes trials by raising there).
+    ``side_by_side``: how many runs shared the machine (recorded with the timings, so s/epoch is not misread).
 
     Started by torchrun, every process runs this function and trains its shard (see training/distributed.py).
     """
     process = init_process(cfg.device)
     try:
-        return _train(cfg, resume, progress, echo if process.is_main else _silent, process, on_epoch)
+        return _train(cfg, resume, progress, echo if process.is_main else _silent, process, on_epoch, side_by_side)
     finally:
         shutdown(process)
 
@@ -153,7 +156,8 @@ def _silent(_: str) -> None:
     pass
 
 
-def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str], None], process: Process, on_epoch: EpochCallback | None) -> RunDir:
+def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str], None], process: Process, on_epoch: EpochCallback | None,
+           side_by_side: int) -> RunDir:
     if not resume:
         cfg = from_main(process, resolve(cfg))  # one run directory name, even if the clocks of ranks differ
     run = RunDir(cfg.out)
@@ -206,7 +210,7 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     net = DistributedDataParallel(model) if process.distributed else model  # model stays the unwrapped one
     label = data_label(data.provenance)
     n_params = count_parameters(model)
-    where = f"{process.world_size} processes" if process.distributed else f"device {device}"
+    where = f"{process.world_size} processes ({backend_name()})" if process.distributed else f"device {device}"
     echo(f"{cfg.model}: {n_params:,} parameters, lr {cfg.lr:g}, {where}, data: {label}")
     if data.task == "binary":
         echo(f"  train {train_split.counts()}  val {data.splits['val'].counts()}  ({data.classes[0]}, {data.classes[1]})")
@@ -272,8 +276,11 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     if state["best_epoch"] is None:
         raise TrainingDiverged(f"no epoch gave a usable val {cfg.select_metric}; nothing to evaluate")
     if process.is_main:
-        finalize_run(run, cfg, data, device, state, n_params, train_seconds=sum(r["seconds"] for r in state["history"]), echo=echo)
+        finalize_run(run, cfg, data, device, state, n_params, train_seconds=sum(r["seconds"] for r in state["history"]),
+                     side_by_side=side_by_side, echo=echo)
         echo(f"run directory: {run.path}  (wall {time.perf_counter() - started:.0f}s this session)")
+        if cfg.track:
+            echo(f"logged to MLflow ({tracking_uri(cfg.tracking_uri)}): run {log_run(run.path, cfg.tracking_uri)}")
     barrier(process)
     return run
 
@@ -350,9 +357,9 @@ def _counts_text(data: TaskData) -> str:
     return "; ".join(f"{split}: {c}" for split, c in _counts(data).items())
 
 
-def resume_training(run_path, progress: bool | None = None, echo: Callable[[str], None] = print) -> RunDir:
+def resume_training(run_path, progress: bool | None = None, echo: Callable[[str], None] = print, side_by_side: int = 1) -> RunDir:
     run = RunDir(run_path)
     cfg = run.load_config()
     cfg.out = str(run.path.resolve())
-    return train(cfg, resume=True, progress=progress, echo=echo)
+    return train(cfg, resume=True, progress=progress, echo=echo, side_by_side=side_by_side)
 

@@ -1,0 +1,277 @@
+"""The Python API: what a notebook needs, and exactly what the command line calls.
+
+    import cxrlab
+    splits = cxrlab.data(dataset="pneumoniamnist", download=True)          # the task's train / val / test
+    run = cxrlab.train(cxrlab.Config(dataset="pneumoniamnist", download=True, epochs=10, out="runs/mnv3"))
+    run                                   # provenance, best epoch, headline metrics (a table in a notebook)
+    run.metrics("test"); run.history; run.predict(["xray.png"]); run.explain(["xray.png"]); run.figures["curves"]
+    report = cxrlab.compare(cxrlab.Config(dataset="pneumoniamnist", download=True, epochs=3), seeds=[0, 1])
+    report                                # the HTML report inline
+    run = cxrlab.load_run("runs/mnv3")    # any finished run directory
+
+Options are the Config fields, by the same names as the CLI flags and YAML keys (``--data-root`` is
+``data_root``), checked by the same ``Config.validate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrlab.config import Config, from_dict
+from cxrlab.data.datasets import get_dataset
+from cxrlab.data.images import DEFAULT_MAX_PIXELS
+from cxrlab.data.task import SPLITS, TaskData, task_data
+from cxrlab.evaluation.predict import Prediction, predict_files, predict_images
+from cxrlab.runs import RunDir
+
+HEADLINE = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc")
+
+
+def config(base: Config | None = None, **options) -> Config:
+    """A validated Config: ``base`` (or the defaults) with ``options`` on top, checked as the CLI checks its flags."""
+    values = base.to_dict() if base else {}
+    if base and "dataset" in options and "classes" not in options and list(base.classes) == list(get_dataset(base.dataset).default_classes):
+        values.pop("classes")  # the new data set's own classes, not the old one's defaults
+    return from_dict({**values, **options}, source="options")
+
+
+def data(cfg: Config | None = None, splits=SPLITS, **options) -> TaskData:
+    """The task's splits (uint8 images, 0/1 targets), its classes and the file's provenance, for ``cfg`` with
+    ``options`` on top (dataset, size, data_root, download, task, classes). A missing file gets the CLI's message
+    (file, URL, MD5, where to put it); ``download=True`` fetches it from Zenodo."""
+    cfg = config(cfg, **options)
+    return task_data(cfg, splits=splits, download=cfg.download)
+
+
+def train(cfg: Config | None = None, progress: bool | None = None, echo=print, **options) -> Run:
+    """Train one model (``cfg`` with ``options`` on top) and return its finished Run."""
+    from cxrlab.training.loop import train as train_loop
+
+    run = train_loop(config(cfg, **options), progress=progress, echo=echo)
+    return load_run(run.path)
+
+
+def resume(path, progress: bool | None = None, echo=print) -> Run:
+    """Continue an interrupted run from its last checkpoint."""
+    from cxrlab.training.loop import resume_training
+
+    return load_run(resume_training(path, progress=progress, echo=echo).path)
+
+
+def compare(cfg: Config | None = None, models: list[str] | None = None, seeds: list[int] | None = None, ensemble="fit", tta: int = 0,
+            out: str = "runs/compare", recipes: dict | None = None, workers: int | None = None, progress: bool | None = None,
+            echo=print, **options) -> Report:
+    """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report."""
+    from cxrlab.report.compare import compare as compare_study
+    from cxrlab.report.compare import study_from
+
+    given = {"models": models, "seeds": seeds, "ensemble": ensemble, "tta": tta, "out": out, "recipes": recipes}
+    study = study_from(None, {k: v for k, v in given.items() if v is not None}, source="cxrlab.compare")
+    compare_study(config(cfg, **options), study, progress=progress, workers=workers, echo=echo)
+    return Report(Path(study.out))
+
+
+def load_run(path) -> Run:
+    """A finished run directory (train, compare, cv or search wrote it), ready to inspect and use."""
+    run = RunDir(path)
+    run.require_finished()
+    return Run(run.path)
+
+
+@dataclass
+class Run:
+    """A finished training run: its config, data provenance, metrics, history, figures, and the model to use."""
+
+    path: Path
+    _trained: object = field(default=None, repr=False)
+    _explainer: object = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        return RunDir(self.path).load_config()
+
+    @property
+    def summary(self) -> dict:
+        return json.loads(RunDir(self.path).summary.read_text())
+
+    def metrics(self, split: str = "test") -> dict:
+        """Every metric of ``split`` ('val' or 'test') at the threshold chosen on val."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        return json.loads(RunDir(self.path).metrics(split).read_text())
+
+    @property
+    def history(self) -> Table:
+        """One row per epoch (train and val loss, accuracy, val ROC-AUC, lr, seconds)."""
+        with open(RunDir(self.path).history) as fh:
+            return Table([{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(fh)])
+
+    @property
+    def plots(self) -> dict[str, Path]:
+        """The run's figures as files: name -> PNG path."""
+        return {p.stem: p for p in sorted(RunDir(self.path).plots.glob("*.png"))}
+
+    @property
+    def figures(self) -> dict:
+        """The run's figures as matplotlib figures (the PNG files, drawn once each), name -> Figure."""
+        return {name: png_figure(path) for name, path in self.plots.items()}
+
+    def trained(self, device: str | None = None):
+        """The model loaded for inference (cached; ``device`` default: the run's), served from the exported ONNX
+        model when the run has one (3-5x faster on a CPU)."""
+        if self._trained is None or (device and self._trained.device.type != device):
+            from cxrlab.evaluation.inference import load_trained
+            from cxrlab.export.runtime import attach_runtime
+
+            self._trained = load_trained(self.path, device)
+            attach_runtime(self._trained)
+        return self._trained
+
+    def predict(self, images, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+        """Class and probability for each image: file paths (PNG, JPEG, DICOM, ...; prepared as the data set was
+        made) or arrays already at the run's size (uint8 (N, S, S) or one (S, S))."""
+        trained = self.trained()
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            batch = _as_batch(images, trained.cfg.size)
+            return predict_images(trained, batch, [f"array[{i}]" for i in range(len(batch))])
+        if isinstance(images, (str, Path)):
+            images = [images]
+        return predict_files(trained, [str(p) for p in images], max_pixels)
+
+    def explainer(self):
+        """Grad-CAM for this run's model (cached; on the CPU, where Grad-CAM's hooks run)."""
+        from cxrlab.evaluation.explain import Explainer
+
+        if self._explainer is None:
+            self._explainer = Explainer(self.trained("cpu"))
+        return self._explainer
+
+    def explain(self, images, out: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list:
+        """Grad-CAM overlays for image files, written to ``out`` (default: a temporary folder); one Explanation
+        per file: the class explained, P(positive), the PNG, or the file's error."""
+        from cxrlab.evaluation.explain import explain_files
+
+        if isinstance(images, (str, Path)):
+            images = [images]
+        out = Path(out) if out else Path(tempfile.mkdtemp(prefix="cxrlab-explain-"))
+        return explain_files(self.explainer(), [str(p) for p in images], out, max_pixels)
+
+    def explain_val(self, path: str | Path, count: int = 8, seed: int = 0) -> Path:
+        """A grid of random val images (fixed seed) above their Grad-CAM overlays, written to ``path``."""
+        from cxrlab.evaluation.explain import val_grid
+
+        return val_grid(self.explainer(), Path(path), count, seed)
+
+    def export(self, quantize: bool = True, echo=print) -> Path:
+        """RUN/model.onnx, checked against PyTorch; with ``quantize`` the INT8 trials (shipped only if they pay)."""
+        from cxrlab.evaluation.inference import load_trained
+        from cxrlab.export.onnx import export_onnx
+        from cxrlab.export.quantize import quantize_run
+
+        trained = load_trained(self.path, "cpu")
+        path = export_onnx(trained, echo=echo)
+        if quantize and trained.cfg.task != "binary":
+            echo("INT8 quantisation is judged by binary val accuracy; skipped for the multilabel task")
+        elif quantize:
+            echo("INT8 quantisation (shipped only if 10% faster at batch 1 and within 0.5 points of fp32 val accuracy):")
+            quantize_run(trained, echo=echo)
+        self._trained = None  # predictions switch to the exported model
+        return path
+
+    def __repr__(self) -> str:
+        s = self.summary
+        test = self.metrics("test")
+        scores = "  ".join(f"{k} {test[k]:.3f}" for k in HEADLINE if k in test)
+        return (f"Run({str(self.path)!r}): {s['model']} on {s['data_label']}\n  best epoch {s['best_epoch']} of {s['epochs_run']} "
+                f"(val {s['select_metric']} {s['best_val_score']:.4f}); test: {scores}")
+
+    def _repr_html_(self) -> str:
+        s = self.summary
+        rows = "".join(f"<tr><td>{k}</td><td>{self.metrics('val').get(k, float('nan')):.3f}</td><td>{v:.3f}</td></tr>"
+                       for k, v in self.metrics("test").items() if k in HEADLINE)
+        colour = "black" if s["data_kind"] == "real" else "crimson"
+        return (f"<div><b>{html.escape(s['model'])}</b> — <code>{html.escape(str(self.path))}</code><br>"
+                f"<span style='color:{colour}'>{html.escape(s['data_label'])}</span><br>best epoch {s['best_epoch']} of {s['epochs_run']} "
+                f"(val {s['select_metric']} {s['best_val_score']:.4f}), threshold {s['threshold']:.3f} chosen on val"
+                f"<table><tr><th>metric</th><th>val</th><th>test</th></tr>{rows}</table></div>")
+
+
+class Table(list):
+    """Rows of dicts (no pandas needed) that print as a table; ``table["val_roc_auc"]`` is one column."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return [row[key] for row in self]
+        return super().__getitem__(key)
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<p>(no rows)</p>"
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in self[0])
+        body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row.values()) + "</tr>" for row in self)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+
+@dataclass
+class Report:
+    """A compare study's output folder: report.md / report.html, comparison.csv, figures, runs."""
+
+    path: Path
+
+    @property
+    def html_file(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def rows(self) -> Table:
+        """comparison.csv: one row per entry and seed."""
+        with open(self.path / "comparison.csv") as fh:
+            return Table(list(csv.DictReader(fh)))
+
+    def run(self, model: str, seed: int = 0) -> Run:
+        return load_run(self.path / "runs" / f"{model}-seed{seed}")
+
+    def __repr__(self) -> str:
+        return f"Report({str(self.path)!r}): {self.html_file}"
+
+    def _repr_html_(self) -> str:
+        # The report is a whole, self-contained HTML page (figures embedded): framed so that its styles stay its own.
+        page = html.escape(self.html_file.read_text(), quote=True)
+        return f'<iframe srcdoc="{page}" style="width:100%;height:900px;border:1px solid #ccc"></iframe>'
+
+
+def png_figure(path: Path):
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    image = np.asarray(Image.open(path))
+    fig = Figure(figsize=(image.shape[1] / 100, image.shape[0] / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image)
+    ax.set_axis_off()
+    return fig
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _as_batch(images, size: int) -> np.ndarray:
+    arrays = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arrays.ndim == 2:
+        arrays = arrays[None]
+    if arrays.ndim != 3 or arrays.shape[1:] != (size, size) or arrays.dtype != np.uint8:
+        raise ValueError(f"arrays must be uint8 (N, {size}, {size}) or ({size}, {size}) for this run, got {arrays.dtype} {arrays.shape}; "
+                         "pass file paths for images of any size")
+    return arrays
+
+
+__all__ = ["Config", "Report", "Run", "Table", "compare", "config", "data", "load_run", "resume", "train"]

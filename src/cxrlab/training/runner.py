@@ -1,0 +1,195 @@
+"""Many independent runs (compare's models x seeds, cv's folds): reuse what is finished, resume what was
+interrupted, train the rest, one after another or side by side in separate processes.
+
+How many at once (``plan``), measured on 2-core machines at 28 px (benchmarks/README.md): a second thread buys a
+run 1-20% while a second run beside it nearly doubles the throughput (1.7-2x), and two runs that each take every
+core slow each other down several-fold. So on a CPU the default is one run per core, one thread each, and never
+more threads in total than cores. With CUDA, small images leave a GPU mostly idle, so two runs share each visible
+GPU at up to 64 px and one run per GPU above (not yet timed on a GPU: benchmarks/gpu_check.sh measures it).
+A run's results do not depend on how many ran beside it (same seed, same threads: tests/test_studies.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+
+import torch
+
+from cxrlab.config import Config
+from cxrlab.errors import ConfigError, RunDirError
+from cxrlab.runs import RunDir
+from cxrlab.training.loop import resume_training, train
+
+# Options that change neither training nor the model: a finished run is reused whatever they were (compare scores
+# every entry with the study's own threshold rule and bootstrap; tracking only logs).
+SCORING_OPTIONS = {"threshold", "target_sensitivity", "n_bootstrap", "eval_batch_size", "threads", "track", "tracking_uri"}
+GPU_SHARE_MAX_SIZE = 64  # image size up to which two runs share one GPU
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """CUDA device ids to hand out to workers (as CUDA_VISIBLE_DEVICES entries)."""
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in listed.split(",") if d.strip()] if listed else []
+    return ids[: torch.cuda.device_count()] or [str(i) for i in range(torch.cuda.device_count())]
+
+
+@dataclass(frozen=True)
+class Plan:
+    workers: int  # runs at once; 0 when nothing is left to train
+    threads: int | None  # torch threads per run; None: torch's own choice
+    gpus: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES entry per worker slot, handed out in turn; empty: no pinning
+
+    def describe(self) -> str:
+        each = f", {self.threads} thread{'s' * (self.threads != 1)} each" if self.threads else ""
+        on = f" on GPU {', '.join(sorted(set(self.gpus)))}" if self.gpus else ""
+        return f"{self.workers} at a time{each}{on}"
+
+
+def plan(pending: int, device: str, size: int, workers: int | None = None, threads: int | None = None,
+         cores: int | None = None, gpus: list[str] | None = None) -> Plan:
+    """How many of ``pending`` runs to train at once and with how many threads each: the measured rule for what
+    was not given, a clear error for what cannot pay (more threads in total than cores)."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    cores = cores or available_cores()
+    if workers and threads and workers * threads > cores:
+        raise ConfigError(f"{workers} workers x {threads} threads = {workers * threads} threads on {cores} cores: runs that share cores "
+                          f"slow each other down several-fold; use at most {cores // threads or 1} workers with {threads} threads, "
+                          f"or leave --workers out for the measured default")
+    if workers and not threads and workers > cores:
+        raise ConfigError(f"{workers} workers on {cores} cores: at most one run per core pays (each run at one thread); "
+                          f"use --workers {cores} or fewer, or leave it out for the measured default")
+    if pending == 0:
+        return Plan(0, threads)
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    gpus = (visible_gpus() if gpus is None else gpus) if use_cuda and device in ("auto", "cuda") else []
+    if workers is None:
+        if use_cuda:
+            per_gpu = 2 if size <= GPU_SHARE_MAX_SIZE else 1
+            workers = max(1, len(gpus) or 1) * per_gpu
+        elif device == "mps":
+            workers = 1
+        else:
+            workers = max(1, cores // (threads or 1))
+    workers = min(workers, pending)
+    if threads is None and workers > 1:
+        threads = max(1, cores // workers)
+    slots = tuple(gpus[i % len(gpus)] for i in range(workers)) if gpus and workers > 1 else ()
+    return Plan(workers, threads, slots)
+
+
+def run_state(cfg: Config) -> str:
+    """'new', 'finished' or 'partial' for cfg's run directory; an error when it holds a run of another config."""
+    run = RunDir(cfg.out)
+    if not run.config.exists():
+        return "new"
+    existing = run.load_config().to_dict()
+    changed = sorted(k for k, v in cfg.to_dict().items() if existing.get(k) != v and k not in SCORING_OPTIONS)
+    if changed:
+        raise RunDirError(f"{run.path} holds a run with a different config ({', '.join(changed)}); choose another --out")
+    return "finished" if run.summary.is_file() else "partial"
+
+
+def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None, side_by_side: int = 1) -> RunDir:
+    """Train cfg's run, reuse it when already finished with the same training config, or resume it when interrupted."""
+    state = run_state(cfg)
+    if state == "finished":
+        echo(f"reusing finished run {cfg.out}")
+        return RunDir(cfg.out)
+    if state == "partial":
+        return resume_training(cfg.out, progress=progress, echo=echo, side_by_side=side_by_side)
+    return train(cfg, progress=progress, echo=echo, side_by_side=side_by_side)
+
+
+def run_all(configs: dict, echo: Callable[[str], None], progress: bool | None, workers: int | None = None,
+            threads: int | None = None) -> dict:
+    """Every config's run (keys are the caller's; ``config.out`` the run folder), in the callers' order. Finished runs
+    are reused here; the rest are trained by ``plan``: in this process when one at a time, else in spawned worker
+    processes that print one prefixed line per epoch and run. A run that fails is named after the others finish;
+    Ctrl-C stops every worker, and each interrupted run resumes from its last epoch on the next call."""
+    states = {key: run_state(cfg) for key, cfg in configs.items()}  # every config mismatch is found before any training
+    runs = {key: RunDir(cfg.out) for key, cfg in configs.items() if states[key] == "finished"}
+    for key in runs:
+        echo(f"reusing finished run {configs[key].out}")
+    pending = [key for key in configs if key not in runs]
+    first = configs[pending[0]] if pending else next(iter(configs.values()), None)
+    how = plan(len(pending), first.device if first else "cpu", first.size if first else 28, workers, threads)
+    if how.workers == 1:
+        for key in pending:
+            cfg = replace(configs[key], threads=how.threads or configs[key].threads)
+            echo(f"\n=== {tag_of(cfg)} ===")
+            runs[key] = run_model(cfg, echo, progress)
+    elif pending:
+        echo(f"training {len(pending)} runs, {how.describe()}")
+        runs.update(_side_by_side({key: replace(configs[key], threads=how.threads) for key in pending}, how, echo))
+    return {key: runs[key] for key in configs}
+
+
+def tag_of(cfg: Config) -> str:
+    """The run's folder name (model-seedK, foldK): what its lines are prefixed with."""
+    return RunDir(cfg.out).path.name
+
+
+def _side_by_side(configs: dict, how: Plan, echo: Callable[[str], None]) -> dict:
+    context = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
+    slots = context.Queue()
+    for gpu in how.gpus:
+        slots.put(gpu)
+    pool = ProcessPoolExecutor(how.workers, mp_context=context, initializer=_start_worker, initargs=(slots, bool(how.gpus)))
+    runs, failed = {}, []
+    try:
+        futures = {pool.submit(_worker_run, cfg, how.workers): key for key, cfg in configs.items()}
+        for future in as_completed(futures):
+            key = futures[future]
+            try:
+                runs[key] = RunDir(future.result())
+            except Exception as exc:  # noqa: BLE001 - reported by name after the others finish
+                failed.append(f"{tag_of(configs[key])}: {type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        # Workers ignore SIGINT so that this process decides: stop them all now. Each keeps its last epoch's
+        # checkpoint (written atomically), so the same command resumes every unfinished run.
+        children = multiprocessing.active_children()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(timeout=10)
+        pool.shutdown(wait=False, cancel_futures=True)
+        echo(f"\ninterrupted: stopped {how.workers} worker(s); the same command resumes every unfinished run")
+        raise
+    pool.shutdown()
+    if failed:
+        raise RunDirError("these runs failed (the others finished and are reused next time):\n  " + "\n  ".join(failed))
+    return runs
+
+
+def _start_worker(slots, pin_gpu: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pin_gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = slots.get()  # before this process first touches CUDA
+
+
+def _worker_run(cfg: Config, side_by_side: int) -> str:
+    tag = tag_of(cfg)
+
+    def echo(text: str) -> None:
+        for line in text.strip("\n").splitlines():
+            print(f"[{tag}] {line}", flush=True)
+
+    return str(run_model(cfg, echo, progress=False, side_by_side=side_by_side).path)

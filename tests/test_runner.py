@@ -1,0 +1,95 @@
+"""Runs side by side: the worker rule, its bad input, and Ctrl-C stopping every worker with every run resumable."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cxrlab.errors import ConfigError
+from cxrlab.runs import RunDir
+from cxrlab.training.runner import Plan, available_cores, plan
+
+
+def test_on_a_cpu_the_default_is_one_run_per_core_at_one_thread():
+    assert plan(6, "cpu", 28, cores=2) == Plan(2, 1)
+    assert plan(20, "cpu", 28, cores=16) == Plan(16, 1)
+    assert plan(6, "cpu", 28, cores=16) == Plan(6, 2)  # fewer runs than cores: the spare cores go to the runs
+    assert plan(1, "cpu", 28, cores=2) == Plan(1, None)  # one run left: it keeps every core
+    assert plan(6, "cpu", 28, threads=2, cores=2) == Plan(1, 2)
+    assert plan(6, "cpu", 28, threads=2, cores=8) == Plan(4, 2)
+    assert plan(6, "cpu", 28, workers=2, cores=8) == Plan(2, 4)  # workers given: the cores split between them
+    assert plan(0, "cpu", 28, cores=2).workers == 0  # everything reused: nothing to start
+
+
+def test_with_cuda_small_models_share_a_gpu_and_workers_take_gpus_in_turn():
+    assert plan(9, "cuda", 28, cores=16, gpus=["0", "1"]) == Plan(4, 4, ("0", "1", "0", "1"))
+    assert plan(9, "cuda", 224, cores=16, gpus=["0", "1"]) == Plan(2, 8, ("0", "1"))
+    assert plan(3, "cuda", 28, cores=16, gpus=["5"]) == Plan(2, 8, ("5", "5"))
+    assert plan(3, "cuda:1", 28, cores=16, gpus=["0", "1"]) == Plan(2, 8)  # a named GPU: every run on it, no pinning
+
+
+@pytest.mark.parametrize(("workers", "threads", "message"), [
+    (0, None, "workers must be at least 1, got 0"),
+    (2, 0, "threads must be at least 1, got 0"),
+    (2, 2, "2 workers x 2 threads = 4 threads on 2 cores"),
+    (3, None, "3 workers on 2 cores"),
+])
+def test_bad_worker_counts_are_refused_with_the_numbers(workers, threads, message):
+    with pytest.raises(ConfigError, match=message):
+        plan(6, "cpu", 28, workers=workers, threads=threads, cores=2)
+
+
+def live_processes_in_group(pgid: int) -> list[str]:
+    """Processes of the group that still run (zombies that this container's init never reaps do not count)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(stat.parent.name)
+    return live
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="two workers at one thread need two cores")
+def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_the_runs(phantom_root, tmp_path):
+    """Cross-validation with two folds side by side: Ctrl-C (SIGINT to the whole process group, as a terminal sends it)
+    after the first epoch stops the command and both workers at once; running the command again resumes both folds."""
+    out = tmp_path / "cv"
+    cmd = [sys.executable, "-m", "cxrlab", "cv", "--data-root", str(phantom_root), "--model", "mobilenet_v3_large", "--folds", "2",
+           "--epochs", "2", "--batch-size", "32", "--n-bootstrap", "20", "--device", "cpu", "--workers", "2", "--threads", "1",
+           "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not any((out / f"fold{k}" / "history.csv").is_file() for k in (0, 1)):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no epoch finished in 300 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("compare did not stop within 60 s of Ctrl-C")
+    assert proc.returncode == 130, output
+    assert "interrupted: stopped 2 worker(s)" in output
+    time.sleep(1)
+    assert live_processes_in_group(proc.pid) == [], "a worker outlived the command"
+    assert not any(RunDir(out / f"fold{k}").summary.exists() for k in (0, 1))
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout and "after epoch" in again.stdout
+    for k in (0, 1):
+        with open(out / f"fold{k}" / "history.csv") as fh:
+            assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+        summary = json.loads(RunDir(out / f"fold{k}").summary.read_text())
+        assert (summary["side_by_side"], summary["threads"]) == (2, 1)  # recorded with the timings
+    assert (out / "cv.md").is_file()
