@@ -61,6 +61,11 @@ class TaskData:
     def is_phantom(self) -> bool:
         return self.provenance.get("kind") == "phantom"
 
+    @property
+    def label(self) -> str:
+        """Where the numbers come from, in the words every output uses (data_label)."""
+        return data_label(self.provenance)
+
 
 def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary",
               dataset: str = "chestmnist") -> TaskData:
