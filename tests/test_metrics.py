@@ -40,6 +40,23 @@ def test_bootstrap_count_formulas_agree_with_sklearn():
         assert value[0] == pytest.approx(point[key]), key
 
 
+def test_vectorised_bootstrap_auc_and_average_precision_equal_sklearns_per_resample():
+    from sklearn import metrics as skm
+
+    from cxrlab.evaluation.metrics import _ranking_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 120)
+    p = np.round(rng.random(120), 1)  # coarse scores: many ties
+    idx = rng.integers(0, 120, (300, 120))
+    idx[0] = np.flatnonzero(y == 1)[0]  # one resample with a single class
+    auc, ap = _ranking_metrics(y, p, idx, chunk=64)
+    assert np.isnan(auc[0]) and np.isnan(ap[0])
+    for b in range(1, 300):
+        assert auc[b] == pytest.approx(skm.roc_auc_score(y[idx[b]], p[idx[b]]), abs=1e-12)
+        assert ap[b] == pytest.approx(skm.average_precision_score(y[idx[b]], p[idx[b]]), abs=1e-12)
+
+
 def test_confidence_intervals_bracket_the_estimate_and_narrow_with_n():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 2000)

@@ -59,11 +59,14 @@ def live_processes_in_group(pgid: int) -> list[str]:
 
 
 @pytest.mark.skipif(available_cores() < 2, reason="two workers at one thread need two cores")
-def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_the_runs(phantom_root, tmp_path):
+def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_the_runs(tmp_path):
     """Cross-validation with two folds side by side: Ctrl-C (SIGINT to the whole process group, as a terminal sends it)
     after the first epoch stops the command and both workers at once; running the command again resumes both folds."""
+    from cxrlab.data.phantom import write_phantom
+
+    write_phantom(tmp_path / "data", size=28, seed=2, split_sizes={"train": 400, "val": 100, "test": 100})  # folds of 100 images
     out = tmp_path / "cv"
-    cmd = [sys.executable, "-m", "cxrlab", "cv", "--data-root", str(phantom_root), "--model", "mobilenet_v3_large", "--folds", "2",
+    cmd = [sys.executable, "-m", "cxrlab", "cv", "--data-root", str(tmp_path / "data"), "--model", "mobilenet_v3_large", "--folds", "2",
            "--epochs", "2", "--batch-size", "32", "--n-bootstrap", "20", "--device", "cpu", "--workers", "2", "--threads", "1",
            "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -56,8 +56,8 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def _count_metrics(tn, fp, fn, tp) -> dict[str, np.ndarray]:
     """Threshold metrics from confusion counts, vectorised over bootstrap resamples.
 
-    Same definitions as ``point_metrics`` (a test checks they agree); sklearn is called per resample only
-    for the ranking metrics, since calling it 8 times per resample made 1,000 resamples take 10 s.
+    Same definitions as ``point_metrics`` (a test checks they agree); calling sklearn 8 times per resample
+    made 1,000 resamples take 10 s.
     """
     sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     prec = _ratio(tp, tp + fp)
@@ -72,6 +72,38 @@ def _count_metrics(tn, fp, fn, tp) -> dict[str, np.ndarray]:
     }
 
 
+def _ranking_metrics(targets: np.ndarray, probs: np.ndarray, idx: np.ndarray, chunk: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """ROC-AUC and average precision of every resample ``idx`` (B, N), vectorised: a resample is the original cases
+    with counts, so both are weighted sums over the distinct scores, sorted once. Ties count as sklearn counts them
+    (half for AUC; one threshold per distinct score for AP), and a test checks the values against sklearn's.
+    NaN where a resample lacks a class. (sklearn per resample took 15 ms: 30 s per split at 1,000 resamples.)"""
+    n = len(targets)
+    order = np.argsort(probs, kind="stable")
+    sorted_probs, positive = probs[order], targets[order] == 1
+    starts = np.flatnonzero(np.r_[True, sorted_probs[1:] != sorted_probs[:-1]])  # first case of each distinct score
+    rank_of = np.empty(n, dtype=np.int64)
+    rank_of[order] = np.arange(n)
+    auc, ap = np.empty(len(idx)), np.empty(len(idx))
+    for lo in range(0, len(idx), chunk):  # bounds the (chunk, N) count matrix for large splits
+        part = idx[lo : lo + chunk]
+        rows = np.arange(len(part))[:, None]
+        counts = np.zeros((len(part), n))
+        np.add.at(counts, (rows, rank_of[part]), 1)  # counts[b, k]: copies of the k-th lowest-scored case
+        pos = np.add.reduceat(counts * positive, starts, axis=1)  # weight per distinct score, ascending
+        neg = np.add.reduceat(counts * ~positive, starts, axis=1)
+        n_pos, n_neg = pos.sum(1), neg.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower
+            auc[lo : lo + chunk] = (pos * (below + neg / 2)).sum(1) / (n_pos * n_neg)
+            tp, fp = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)  # at each threshold, high to low
+            precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-12), 0.0)
+            ap[lo : lo + chunk] = (pos[:, ::-1] * precision).sum(1) / n_pos
+        missing = (n_pos == 0) | (n_neg == 0)
+        auc[lo : lo + chunk][missing] = np.nan
+        ap[lo : lo + chunk][missing] = np.nan
+    return auc, ap
+
+
 def bootstrap_ci(targets: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """Percentile bootstrap: resample cases with replacement, recompute every metric, take the 2.5/97.5 percentiles.
 
@@ -84,9 +116,7 @@ def bootstrap_ci(targets: np.ndarray, probs: np.ndarray, threshold: float, n_boo
     tp, fp = (y & pred).sum(1), ((1 - y) & pred).sum(1)
     fn, tn = (y & ~pred).sum(1), ((1 - y) & ~pred).sum(1)
     samples = _count_metrics(tn, fp, fn, tp)
-    both = (y.min(1) == 0) & (y.max(1) == 1)
-    samples["roc_auc"] = np.array([skm.roc_auc_score(y[i], probs[idx[i]]) if both[i] else np.nan for i in range(n_boot)])
-    samples["pr_auc"] = np.array([skm.average_precision_score(y[i], probs[idx[i]]) if both[i] else np.nan for i in range(n_boot)])
+    samples["roc_auc"], samples["pr_auc"] = _ranking_metrics(targets, probs, idx)
     alpha = (1 - level) / 2
     out = {}
     for k in POINT_KEYS:
