@@ -2,10 +2,12 @@
 and without the data file: the CLI's message, not a traceback. The committed notebook carries no outputs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -31,18 +33,24 @@ def test_the_committed_notebook_has_no_outputs():
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
 
 
-def test_the_notebook_runs_top_to_bottom_on_phantom_data(phantom_root, tmp_path):
-    # One model, few epochs, no augmentation: enough for a model whose outputs vary (the ONNX check needs that).
-    options = {"batch_size": 32, "lr": 1e-3, "n_bootstrap": 50, "device": "cpu", "aug_rotation": 0.0, "aug_translate": 0.0,
-               "aug_hflip": 0.0, "aug_brightness": 0.0, "aug_contrast": 0.0, "aug_blur": False}
-    nb = run(with_parameters(DATA_ROOT=str(phantom_root), DOWNLOAD=False, MODELS=["efficientnet_b0"], SEEDS=[0], EPOCHS=3, TTA=2,
-                             QUANTIZE=False, OPTIONS=options), tmp_path)
+def test_the_notebook_runs_top_to_bottom_on_phantom_data(phantom_root, learned_run, tmp_path):
+    """Every cell runs. The study folder starts with the suite's shared EfficientNet-B0 run in it (its options are the
+    notebook's here), so compare reuses it, as it reuses any finished run, instead of training it again; the export
+    files are removed first, so the notebook's own export makes them."""
+    study_run = tmp_path / "runs" / "notebook" / "runs" / "efficientnet_b0-seed0"
+    shutil.copytree(learned_run.path, study_run, ignore=shutil.ignore_patterns("*.onnx", "export.json", "quantization.json", "bench.json"))
+    config = yaml.safe_load((study_run / "config.yaml").read_text())
+    (study_run / "config.yaml").write_text(yaml.safe_dump({**config, "out": str(study_run)}, sort_keys=False))
+    options = {k: config[k] for k in ("batch_size", "lr", "n_bootstrap", "device", "threshold", "aug_rotation", "aug_translate", "aug_hflip",
+                                      "aug_brightness", "aug_contrast", "aug_blur")}
+    nb = run(with_parameters(DATA_ROOT=str(phantom_root), DOWNLOAD=False, MODELS=["efficientnet_b0"], SEEDS=[0], EPOCHS=config["epochs"],
+                             TTA=2, QUANTIZE=False, OPTIONS=options), tmp_path)
     text = "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "running on the CPU" in text and "PHANTOM" in text
+    assert "running on the CPU" in text and "PHANTOM" in text and "reusing finished run" in text
     assert "<iframe srcdoc=" in text  # the report, inline
     assert "predicted" in text and "image/png" in text  # Grad-CAM overlays shown
     assert (tmp_path / "runs" / "notebook" / "report.html").is_file()
-    assert (tmp_path / "runs" / "notebook" / "runs" / "efficientnet_b0-seed0" / "model.onnx").is_file()
+    assert (study_run / "model.onnx").is_file() and (study_run / "export.json").is_file()
     last = nb.cells[-1].outputs[0]["text"]
     assert "test0_" in last and "threshold" in last  # the prediction of an image file
 
