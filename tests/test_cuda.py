@@ -38,7 +38,7 @@ def test_two_runs_share_one_gpu_and_match_one_after_another(quick_config, tmp_pa
         assert json.loads(run.summary.read_text())["side_by_side"] == 2
         alone = train(replace(configs[seed], out=str(tmp_path / "alone" / f"seed{seed}")), progress=False, echo=lambda _: None)
         a, b = (json.loads(r.metrics("val").read_text())["roc_auc"] for r in (run, alone))
-        assert a == pytest.approx(b, abs=0.02)  # cuDNN picks kernels per process: close, not bitwise
+        assert a == pytest.approx(b, abs=0.05)  # cuDNN picks kernels per process: close, not bitwise
 
 
 def test_torchrun_on_the_gpus(phantom_root, tmp_path):

@@ -495,7 +495,7 @@ def compare(base: Config, study: Study | None = None, progress: bool | None = No
     study = (study or Study()).validate()
     base = base.validate()
     if base.task != "binary":
-        return compare_multilabel(base, study, progress, echo)
+        return compare_multilabel(base, study, progress, echo, workers)
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
@@ -522,13 +522,13 @@ def compare(base: Config, study: Study | None = None, progress: bool | None = No
 # ---- multilabel: medmnist's metrics only -----------------------------------------------------------------
 
 
-def compare_multilabel(base: Config, study: Study, progress, echo) -> list[Entry]:
+def compare_multilabel(base: Config, study: Study, progress, echo, workers: int | None = None) -> list[Entry]:
     if study.tta > 1 or isinstance(study.ensemble, list):
         raise ConfigError("ensemble weights and TTA rows are for the binary task; compare --task multilabel reports medmnist's AUC and ACC per model")
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
-    runs = train_runs(base, study, echo, progress)
+    runs = train_runs(base, study, echo, progress, workers)
     entries = []
     for (name, seed), run in runs.items():
         summary = run.read_json(run.summary)
