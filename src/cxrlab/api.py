@@ -194,8 +194,8 @@ class Run:
                 f"(val {s['select_metric']} {s['best_val_score']:.4f}); test: {scores}")
 
     def _repr_html_(self) -> str:
-        s = self.summary
-        rows = "".join(f"<tr><td>{k}</td><td>{self.metrics('val').get(k, float('nan')):.3f}</td><td>{v:.3f}</td></tr>"
+        s, val = self.summary, self.metrics("val")
+        rows = "".join(f"<tr><td>{k}</td><td>{val.get(k, float('nan')):.3f}</td><td>{v:.3f}</td></tr>"
                        for k, v in self.metrics("test").items() if k in HEADLINE)
         colour = "black" if s["data_kind"] == "real" else "crimson"
         return (f"<div><b>{html.escape(s['model'])}</b> — <code>{html.escape(str(self.path))}</code><br>"
