@@ -4,12 +4,14 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cxrlab.errors import ConfigError
 from cxrlab.runs import RunDir
@@ -96,3 +98,32 @@ def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_the_runs(tmp_pat
         summary = json.loads(RunDir(out / f"fold{k}").summary.read_text())
         assert (summary["side_by_side"], summary["threads"]) == (2, 1)  # recorded with the timings
     assert (out / "cv.md").is_file()
+
+
+def _fake_run(folder, epochs_done, seconds, best_at, patience=3, max_epochs=10, finished=False):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"epochs": max_epochs, "early_stopping": patience, "select_metric": "loss"}))
+    rows = ["epoch,val_loss,seconds"] + [f"{e + 1},{1.0 if e + 1 != best_at else 0.1},{seconds}" for e in range(epochs_done)]
+    (folder / "history.csv").write_text("\n".join(rows) + "\n")
+    if finished:
+        (folder / "summary.json").write_text("{}")
+
+
+def test_study_progress_tells_running_from_interrupted_and_bounds_the_time_left(tmp_path):
+    from cxrlab.training.progress import PlannedRun, clear_running, mark_running, read_status, write_status
+
+    _fake_run(tmp_path / "a", 10, 5.0, best_at=4, finished=True)
+    _fake_run(tmp_path / "b", 4, 20.0, best_at=3)  # 1 epoch since best: 2 to 6 epochs left
+    _fake_run(tmp_path / "c", 2, 40.0, best_at=2)  # killed: no live process holds it
+    (tmp_path / "c" / "worker.json").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    runs = [PlannedRun(name, str(tmp_path / name), "m1" if name != "c" else "m2", 10, 3, "loss") for name in "abcd"]  # d: not started
+    mark_running(tmp_path / "b")
+    write_status(tmp_path, runs, workers=2)
+    progress = read_status(tmp_path)
+    assert [r.state for r in progress.runs] == ["finished", "running", "interrupted", "waiting"]
+    # b: 2..6 epochs x 20 s; c: 3..8 x 40 s; d: 4..10 epochs at m1's measured speed (b's 20 s, a's 5 s: median 12.5 s)
+    low, high = progress.seconds_left()
+    assert low == pytest.approx((2 * 20 + 3 * 40 + 4 * 12.5) / 2) and high == pytest.approx((6 * 20 + 8 * 40 + 10 * 12.5) / 2)
+    assert progress.lines()[0] == "1/4 runs finished, 1 running, 2 left (1 interrupted); 16 epochs done"
+    clear_running(tmp_path / "b")
+    assert read_status(tmp_path).runs[1].state == "interrupted"

@@ -130,6 +130,32 @@ def test_runs_on_different_data_are_never_mixed(study, tmp_path):
     assert str(good.path) in str(err.value) and str(other.path) in str(err.value)
 
 
+def test_a_study_shows_where_it_stands_to_a_second_shell(study, capsys):
+    assert main(["status", str(study)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("4/4 runs finished, 0 running, 0 left") and lines[1] == "training done"
+    assert sum("finished" in line and "s/epoch" in line for line in lines[2:]) == 4
+    assert main(["status", str(study / "runs")]) == 2
+    assert "status.json not found" in capsys.readouterr().err
+
+
+def test_a_study_pointed_at_another_data_file_refuses_before_training(study, phantom_root, tmp_path, capsys):
+    out = tmp_path / "moved"
+    shutil.copytree(study, out, ignore=shutil.ignore_patterns("*.onnx", "figures"))
+    changed = out / "runs" / "mobilenet_v3_large-seed1"
+    for run in (out / "runs").iterdir():  # the copies point at the copied folder, as compare's own runs do
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "out": str(run)}))
+    data = json.loads((changed / "data.json").read_text())
+    (changed / "data.json").write_text(json.dumps({**data, "md5": "0" * 32}))
+    shutil.rmtree(changed / "checkpoints")
+    (changed / "summary.json").unlink()  # an unfinished run: it would be resumed on the other file
+    assert main(compare_args(phantom_root, out, "--seeds", "0", "1")) == 2
+    err = capsys.readouterr().err
+    assert "is not the one these runs were trained on" in err and str(changed) in err and "seed0" not in err
+    assert not (changed / "summary.json").exists()
+
+
 def test_cross_validation_reports_folds_and_their_ensemble(phantom_root, tmp_path, capsys):
     out = tmp_path / "cv"
     assert main(["cv", "--data-root", str(phantom_root), "--model", "efficientnet_b0", "--folds", "2", "--out", str(out), *FAST]) == 0

@@ -41,6 +41,10 @@ EXAMPLES = {
         cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
         cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)
         cxrlab compare --workers 1 --threads 2                  # one run at a time with two threads (default: one run per core)""",
+    "status": """
+        cxrlab status runs/compare               # a compare study: runs finished / running / left, time left
+        cxrlab status runs/cv                    # a cross-validation's fold runs
+        watch -n 60 cxrlab status runs/compare   # from a second shell while the study trains""",
     "explain": """
         cxrlab explain runs/mnv3 xray1.png xray2.dcm --out explained/   # one overlay PNG per image
         cxrlab explain runs/mnv3 --val-grid --out explained/             # a grid of val images with overlays""",
@@ -165,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     _workers_option(p, "runs")
     _progress_option(p)
     add_config_options(p, skip=("model", "out"))
+
+    p = _subparser(sub, "status", "Where a compare or cv study stands: runs finished, running and left, epochs, time left.")
+    p.add_argument("study", metavar="OUT", help="the study's folder (compare's or cv's --out)")
 
     p = _subparser(sub, "cv", "k-fold cross-validation over train: mean ± sd on val and test, and the fold ensemble.")
     p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
@@ -330,6 +337,14 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from cxrlab.training.progress import read_status
+
+    progress = read_status(args.study)
+    print("\n".join(progress.lines()))
+    return 0
+
+
 def cmd_cv(args) -> int:
     from cxrlab.report.crossval import cross_validate
 
@@ -387,7 +402,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
+COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from cxrlab.config import MODEL_NAMES, STUDY_MODELS, Config, from_dict, load_yaml
+from cxrlab.data.datafile import locate, provenance
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.task import TaskData, data_label, task_data
 from cxrlab.errors import ConfigError, RunDirError
@@ -140,10 +141,26 @@ def check_compatible(runs: list[RunDir]) -> None:
         raise RunDirError(f"these runs do not share data set, data file, size, task and classes, so they cannot be compared or ensembled: {groups}")
 
 
+def check_data_once(base: Config, configs: list[Config]) -> None:
+    """Locate (or download) and verify the data file once, here, before any worker starts, and refuse runs on disk
+    that were trained on another file: one message, not one per worker."""
+    path = locate(base.data_root, base.size, download=base.download, dataset=base.dataset)
+    md5 = provenance(path, base.size, base.dataset)["md5"]
+    other = []
+    for cfg in configs:
+        run = RunDir(cfg.out)
+        if run.data.is_file() and run.read_json(run.data).get("md5") != md5:
+            other.append(str(run.path))
+    if other:
+        raise RunDirError(f"the data file {path} (MD5 {md5}) is not the one these runs were trained on: {', '.join(other)}; "
+                          "point --data-root at their file, or choose another --out")
+
+
 def train_runs(base: Config, study: Study, echo, progress, workers: int | None = None) -> dict[tuple[str, int], RunDir]:
     """Every model x seed run: reused, resumed or trained, ``workers`` at a time (default: the measured rule, training/runner.py)."""
     configs = {(name, seed): study.config_for(base, name, seed) for seed in study.seeds for name in study.models}
-    runs = run_all(configs, echo, progress, workers, base.threads)
+    check_data_once(base, list(configs.values()))
+    runs = run_all(configs, echo, progress, workers, base.threads, status_dir=study.out)
     check_compatible(list(runs.values()))
     return runs
 

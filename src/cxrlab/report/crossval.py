@@ -24,7 +24,7 @@ from cxrlab.evaluation.evaluate import positive_view
 from cxrlab.evaluation.inference import load_trained
 from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs
 from cxrlab.files import atomic_write_text
-from cxrlab.report.compare import check_compatible, mean_sd, score
+from cxrlab.report.compare import check_compatible, check_data_once, mean_sd, score
 from cxrlab.report.document import Document
 from cxrlab.training.loop import resolve
 from cxrlab.training.runner import run_all
@@ -42,7 +42,8 @@ def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | N
         raise ConfigError("cross-validation folds are stratified by class: binary task only")
     out = Path(out)
     configs = {k: resolve(replace(base, cv_folds=folds, cv_fold=k, out=str(out / f"fold{k}"))) for k in range(folds)}
-    runs = list(run_all(configs, echo, progress, workers, base.threads).values())
+    check_data_once(base, list(configs.values()))
+    runs = list(run_all(configs, echo, progress, workers, base.threads, status_dir=out).values())
     check_compatible(runs)
     data = task_data(base, task="binary")
     results, fold_probs = [], {"val": [], "test": []}

@@ -357,9 +357,10 @@ def _counts_text(data: TaskData) -> str:
     return "; ".join(f"{split}: {c}" for split, c in _counts(data).items())
 
 
-def resume_training(run_path, progress: bool | None = None, echo: Callable[[str], None] = print, side_by_side: int = 1) -> RunDir:
+def resume_training(run_path, progress: bool | None = None, echo: Callable[[str], None] = print, side_by_side: int = 1,
+                    on_epoch: EpochCallback | None = None) -> RunDir:
     run = RunDir(run_path)
     cfg = run.load_config()
     cfg.out = str(run.path.resolve())
-    return train(cfg, resume=True, progress=progress, echo=echo, side_by_side=side_by_side)
+    return train(cfg, resume=True, progress=progress, echo=echo, on_epoch=on_epoch, side_by_side=side_by_side)
 

@@ -15,8 +15,10 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -24,11 +26,14 @@ from cxrlab.config import Config
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.runs import RunDir
 from cxrlab.training.loop import resume_training, train
+from cxrlab.training.progress import PlannedRun, clear_running, mark_running, write_status
 
 # Options that change neither training nor the model: a finished run is reused whatever they were (compare scores
 # every entry with the study's own threshold rule and bootstrap; tracking only logs).
 SCORING_OPTIONS = {"threshold", "target_sensitivity", "n_bootstrap", "eval_batch_size", "threads", "track", "tracking_uri"}
 GPU_SHARE_MAX_SIZE = 64  # image size up to which two runs share one GPU
+STATUS_EVERY_S = 30  # how often the parent refreshes OUT/status.json while workers train
+STUDY_LINE_EVERY_S = 600  # and prints the study's progress line, besides whenever a run ends
 
 
 def available_cores() -> int:
@@ -107,23 +112,47 @@ def run_state(cfg: Config) -> str:
     return "finished" if run.summary.is_file() else "partial"
 
 
-def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None, side_by_side: int = 1) -> RunDir:
-    """Train cfg's run, reuse it when already finished with the same training config, or resume it when interrupted."""
+def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None, side_by_side: int = 1, on_epoch=None) -> RunDir:
+    """Train cfg's run, reuse it when already finished with the same training config, or resume it when interrupted.
+    While it trains, its folder holds worker.json (this process), so a status check can tell running from interrupted."""
     state = run_state(cfg)
     if state == "finished":
         echo(f"reusing finished run {cfg.out}")
         return RunDir(cfg.out)
-    if state == "partial":
-        return resume_training(cfg.out, progress=progress, echo=echo, side_by_side=side_by_side)
-    return train(cfg, progress=progress, echo=echo, side_by_side=side_by_side)
+    mark_running(cfg.out)
+    try:
+        if state == "partial":
+            return resume_training(cfg.out, progress=progress, echo=echo, side_by_side=side_by_side, on_epoch=on_epoch)
+        return train(cfg, progress=progress, echo=echo, side_by_side=side_by_side, on_epoch=on_epoch)
+    finally:
+        clear_running(cfg.out)
+
+
+class StudyStatus:
+    """Keeps OUT/status.json current and prints the study's progress line (runs, epochs, time left)."""
+
+    def __init__(self, folder: str | Path | None, configs: dict, echo: Callable[[str], None]):
+        self.folder, self.echo = folder, echo
+        self.runs = [PlannedRun(tag_of(cfg), str(RunDir(cfg.out).path), cfg.model, cfg.total_epochs, cfg.early_stopping, cfg.select_metric)
+                     for cfg in configs.values()]
+        self.workers, self.printed = 1, 0.0
+
+    def update(self, say: bool = False) -> None:
+        if self.folder is None:
+            return
+        progress = write_status(self.folder, self.runs, self.workers)
+        if say or time.monotonic() - self.printed >= STUDY_LINE_EVERY_S:
+            self.printed = time.monotonic()
+            self.echo("[study] " + "\n[study] ".join(progress.lines()[:2]))
 
 
 def run_all(configs: dict, echo: Callable[[str], None], progress: bool | None, workers: int | None = None,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, status_dir: str | Path | None = None) -> dict:
     """Every config's run (keys are the caller's; ``config.out`` the run folder), in the callers' order. Finished runs
     are reused here; the rest are trained by ``plan``: in this process when one at a time, else in spawned worker
     processes that print one prefixed line per epoch and run. A run that fails is named after the others finish;
-    Ctrl-C stops every worker, and each interrupted run resumes from its last epoch on the next call."""
+    Ctrl-C stops every worker, and each interrupted run resumes from its last epoch on the next call.
+    ``status_dir``: where the study's status.json is kept (``cxrlab status`` reads it)."""
     states = {key: run_state(cfg) for key, cfg in configs.items()}  # every config mismatch is found before any training
     runs = {key: RunDir(cfg.out) for key, cfg in configs.items() if states[key] == "finished"}
     for key in runs:
@@ -131,14 +160,18 @@ def run_all(configs: dict, echo: Callable[[str], None], progress: bool | None, w
     pending = [key for key in configs if key not in runs]
     first = configs[pending[0]] if pending else next(iter(configs.values()), None)
     how = plan(len(pending), first.device if first else "cpu", first.size if first else 28, workers, threads)
+    status = StudyStatus(status_dir, configs, echo)
+    status.workers = max(how.workers, 1)
+    status.update(say=bool(pending))
     if how.workers == 1:
         for key in pending:
             cfg = replace(configs[key], threads=how.threads or configs[key].threads)
             echo(f"\n=== {tag_of(cfg)} ===")
-            runs[key] = run_model(cfg, echo, progress)
+            runs[key] = run_model(cfg, echo, progress, on_epoch=lambda epoch, row: status.update())
+            status.update(say=True)
     elif pending:
         echo(f"training {len(pending)} runs, {how.describe()}")
-        runs.update(_side_by_side({key: replace(configs[key], threads=how.threads) for key in pending}, how, echo))
+        runs.update(_side_by_side({key: replace(configs[key], threads=how.threads) for key in pending}, how, echo, status))
     return {key: runs[key] for key in configs}
 
 
@@ -147,7 +180,7 @@ def tag_of(cfg: Config) -> str:
     return RunDir(cfg.out).path.name
 
 
-def _side_by_side(configs: dict, how: Plan, echo: Callable[[str], None]) -> dict:
+def _side_by_side(configs: dict, how: Plan, echo: Callable[[str], None], status: StudyStatus) -> dict:
     context = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
     slots = context.Queue()
     for gpu in how.gpus:
@@ -156,12 +189,16 @@ def _side_by_side(configs: dict, how: Plan, echo: Callable[[str], None]) -> dict
     runs, failed = {}, []
     try:
         futures = {pool.submit(_worker_run, cfg, how.workers): key for key, cfg in configs.items()}
-        for future in as_completed(futures):
-            key = futures[future]
-            try:
-                runs[key] = RunDir(future.result())
-            except Exception as exc:  # noqa: BLE001 - reported by name after the others finish
-                failed.append(f"{tag_of(configs[key])}: {type(exc).__name__}: {exc}")
+        waiting = set(futures)
+        while waiting:
+            ended, waiting = wait(waiting, timeout=STATUS_EVERY_S, return_when=FIRST_COMPLETED)
+            for future in ended:
+                key = futures[future]
+                try:
+                    runs[key] = RunDir(future.result())
+                except Exception as exc:  # noqa: BLE001 - reported by name after the others finish
+                    failed.append(f"{tag_of(configs[key])}: {type(exc).__name__}: {exc}")
+            status.update(say=bool(ended))
     except KeyboardInterrupt:
         # Workers ignore SIGINT so that this process decides: stop them all now. Each keeps its last epoch's
         # checkpoint (written atomically), so the same command resumes every unfinished run.
