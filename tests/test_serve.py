@@ -135,21 +135,25 @@ def test_bad_uploads_get_named_errors_and_the_server_keeps_answering(exported_ru
 
 
 def test_decode_names_a_broken_dicom():
-    with pytest.raises(DamagedImage, match="cannot decode the DICOM image"):
+    with pytest.raises(DamagedImage, match="holds no image"):
         decode_dicom(b"\0" * 128 + b"DICM" + b"\x02\x00" * 10, "x.dcm")
 
 
-def test_concurrent_requests_do_not_mix_results(client, xrays):
+def test_concurrent_requests_do_not_mix_results_and_explanations_never_starve_predictions(client, xrays):
     def ask(i):
         route = "/explain" if i % 4 == 0 else "/predict"
         if route == "/explain":
-            return i, client.post(route, files={"file": (f"{i}.png", xrays[i % 20], "image/png")}).status_code
+            answer = client.post(route, files={"file": (f"{i}.png", xrays[i % 20], "image/png")})
+            return i, (answer.status_code, answer.headers.get("retry-after"))
         return i, client.post(route, files={"files": (f"{i}.png", xrays[i % 20], "image/png")}).json()["results"][0]
 
     alone = {i: client.post("/predict", files={"files": (f"{i}.png", xrays[i], "image/png")}).json()["results"][0]["probability"] for i in range(20)}
+    explained = []
     with ThreadPoolExecutor(16) as pool:
         for i, result in pool.map(ask, range(80)):
             if i % 4 == 0:
-                assert result == 200
+                assert result in ((200, None), (503, "5")), result  # one Grad-CAM at a time; the others are told when to retry
+                explained.append(result[0])
             else:
                 assert result["filename"] == f"{i}.png" and result["probability"] == pytest.approx(alone[i % 20], abs=1e-6)
+    assert 200 in explained

@@ -55,7 +55,8 @@ EXAMPLES = {
         cxrlab bench runs/mnv3                   # eager, channels_last, onnxruntime fp32 / INT8, predict end to end""",
     "serve": """
         cxrlab serve runs/mnv3                   # http://127.0.0.1:8000  (web page), /docs (API)
-        cxrlab serve runs/mnv3 --host 0.0.0.0 --port 8080 --max-upload-mb 20""",
+        cxrlab serve runs/mnv3 --host 0.0.0.0 --token-file ~/.cxrlab-token   # beyond this machine: a token is required
+        CXRLAB_TOKEN=$(cat ~/.cxrlab-token) cxrlab serve runs/mnv3 --host 0.0.0.0 --port 8080 --max-upload-mb 20""",
     "cv": """
         cxrlab cv --data-root data/phantom --model efficientnet_b0 --folds 5 --epochs 3 --out runs/cv
         cxrlab cv --config configs/example.yaml --folds 5 --workers 2 --threads 1""",
@@ -213,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="auto: the exported ONNX model when present (default)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body in MB (default: 10)")
+    p.add_argument("--max-files", type=int, default=16, help="most files in one /predict request (default: 16)")
+    p.add_argument("--max-request-mp", type=float, default=100.0, metavar="MP", help="most decoded megapixels in one request, all files together (default: 100)")
+    p.add_argument("--token-file", metavar="PATH", help="file holding the access token clients send as 'Authorization: Bearer TOKEN' "
+                   "(or set CXRLAB_TOKEN); needed to serve beyond this machine")
+    p.add_argument("--no-auth", action="store_true", help="serve beyond this machine without a token (only behind a proxy that authenticates)")
     _max_image_option(p)
     return parser
 
@@ -396,9 +402,22 @@ def cmd_bench(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import os
+
     from cxrlab.serve.app import serve
 
-    serve(args.run, args.host, args.port, args.backend, args.max_upload_mb, _max_pixels(args) / 1e6)
+    token = os.environ.get("CXRLAB_TOKEN") or None
+    if args.token_file:
+        try:
+            token = open(args.token_file).read().strip()
+        except OSError as exc:
+            raise CxrlabError(f"cannot read the token file {args.token_file}: {exc.strerror}") from None
+        if not token:
+            raise CxrlabError(f"the token file {args.token_file} is empty")
+    if token and args.no_auth:
+        raise CxrlabError("--no-auth and an access token (--token-file or CXRLAB_TOKEN) contradict each other; give one")
+    serve(args.run, args.host, args.port, args.backend, args.max_upload_mb, _max_pixels(args) / 1e6, token=token,
+          unauthenticated=args.no_auth, max_files=args.max_files, max_request_mp=args.max_request_mp)
     return 0
 
 

@@ -52,3 +52,7 @@ class ExportError(CxrlabError):
 class ImageTooLarge(ImageFileError):
     """An image declares more pixels than the limit (a decompression bomb, or no radiograph): refused before decoding
     (the service answers 413)."""
+
+
+class BlankImage(ImageFileError):
+    """The image decodes to a single value (all black, all white, a rescale slope of 0): nothing to classify."""

@@ -1,33 +1,41 @@
 """The decision-support web service: FastAPI on uvicorn, one trained run loaded once at start-up.
 
     GET  /          the web page (drop an image: probability, class, Grad-CAM, disclaimer)
-    POST /predict   one or more images (PNG, JPEG, DICOM, ...) -> class, probability, threshold per image
+    POST /predict   one or more images (PNG, JPEG, TIFF, BMP, DICOM) -> class, probability, threshold per image
     POST /explain   one image -> Grad-CAM overlay PNG
-    GET  /health    liveness
-    GET  /model     config, data provenance, val and test metrics, backend
+    GET  /health    liveness (open without a token)
+    GET  /model     model, data set and provenance, metrics, threshold, preprocessing, version: no server paths or secrets
     GET  /docs      OpenAPI documentation
 
-Bad input never takes the server down: a body over the upload limit or an image declaring more pixels than
-the pixel limit (checked from its header, before decoding: decompression bombs) 413, not an image 415, a
-damaged image or DICOM 422, each with a message naming the problem. Endpoints are plain functions, run by FastAPI in a thread pool;
-the inference backends are safe to call concurrently and Grad-CAM takes a lock (it hooks the model).
+Locked with a token when one is set (``Authorization: Bearer TOKEN``, compared in constant time; the page takes a
+one-time ``?token=`` link): a request without it gets 401 before its body is read. Bad input never takes the server
+down: a body over the upload limit 413 (counted as it arrives, whatever Content-Length says), more files or decoded
+pixels in one request than the request limits 413, an image declaring more pixels than the pixel limit 413 (from
+its header, before decoding), not an image 415, a damaged image or DICOM or one that decodes to a single value 422,
+each with a message naming the file and the problem; in a request with several files each bad file gets its own
+error entry and the others are still predicted. Grad-CAM runs a bounded number at a time and answers 503 with
+Retry-After when busy, so explanations never starve predictions. Uploads stay in memory and are never logged.
 """
 
 from __future__ import annotations
 
+import hmac
 import math
+import threading
 from html import escape
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.formparsers import MultiPartParser
 
 import cxrlab
 from cxrlab.data.datasets import get_dataset
-from cxrlab.data.images import DEFAULT_MAX_PIXELS
-from cxrlab.errors import ConfigError, DamagedImage, ImageFileError, ImageTooLarge, UnsupportedImage
+from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_full, prepare
+from cxrlab.errors import BlankImage, ConfigError, DamagedImage, ImageFileError, ImageTooLarge, UnsupportedImage
 from cxrlab.evaluation.explain import Explainer, png_bytes
 from cxrlab.evaluation.inference import TrainedModel, load_trained
 from cxrlab.export.runtime import attach_runtime
@@ -37,6 +45,21 @@ DISCLAIMER = ("Decision support only, not a diagnosis: a research model's output
 PHANTOM_NOTE = "This model was trained on PHANTOM (synthetic) data: its outputs mean nothing clinically."
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_IMAGE_MP = DEFAULT_MAX_PIXELS / 1e6
+DEFAULT_MAX_FILES = 16  # files in one /predict request
+DEFAULT_MAX_REQUEST_MP = 100.0  # decoded megapixels in one request, all its files together
+DEFAULT_EXPLAIN_SLOTS = 1  # Grad-CAM requests at once (it hooks the model, so they run one at a time anyway)
+RETRY_AFTER_S = 5
+OPEN_PATHS = ("/health", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect")  # the page asks for the token itself
+# Training options a reader may see in /model; paths (data_root, out, weights_file) and secrets (tracking_uri) are left out.
+PUBLIC_OPTIONS = ("dataset", "task", "size", "classes", "positive_class", "model", "pretrained", "epochs", "batch_size", "lr",
+                  "lr_schedule", "select_metric", "threshold", "target_sensitivity", "early_stopping", "label_smoothing", "mixup",
+                  "seed", "norm_mean", "norm_std", "precision")
+PUBLIC_DATA = ("dataset", "kind", "md5", "official_md5", "classes", "counts")
+ERROR_STATUS = ((UnsupportedImage, 415), (ImageTooLarge, 413), (BlankImage, 422), (DamagedImage, 422), (ImageFileError, 422))
+
+
+class RequestTooLarge(Exception):
+    """A request over one of its limits (files, decoded pixels): 413."""
 
 
 class Service:
@@ -52,9 +75,22 @@ class Service:
         summary = self.trained.run.read_json(self.trained.run.summary)
         self.version = f"{Path(self.trained.run.path).name} (finished {summary['finished']}, cxrlab {cxrlab.__version__})"
 
-    def predict(self, name: str, data: bytes) -> dict:
+    def decode(self, name: str, data: bytes, budget: list[int] | None = None) -> np.ndarray:
+        """Upload bytes -> the model's input; ``budget`` (a one-item list: pixels left in this request) is spent."""
+        limit = self.max_pixels if budget is None else min(self.max_pixels, budget[0])
+        try:
+            gray = decode_full(data, name, limit, self.trained.cfg.size)
+        except ImageTooLarge:
+            if budget is not None and budget[0] < self.max_pixels:
+                raise RequestTooLarge(f"{name}: this request's images together are over its limit of decoded pixels; "
+                                      "send fewer or smaller images per request") from None
+            raise
+        if budget is not None:
+            budget[0] -= gray.size
+        return prepare(gray, self.trained.cfg.size, self.trained.preprocess)
+
+    def predict(self, name: str, gray: np.ndarray) -> dict:
         t = self.trained
-        gray = t.decode(data, name, self.max_pixels)
         p1 = float(t.probs(torch.from_numpy(gray[None]))[0, 0])
         positive = t.cfg.positive
         probability = p1 if t.classes.index(positive) == 1 else 1 - p1
@@ -72,8 +108,7 @@ class Service:
             "disclaimer": DISCLAIMER + (" " + PHANTOM_NOTE if t.is_phantom else ""),
         }
 
-    def explain(self, name: str, data: bytes) -> bytes:
-        gray = self.trained.decode(data, name, self.max_pixels)
+    def explain(self, gray: np.ndarray) -> bytes:
         return png_bytes(self.explainer.overlays(torch.from_numpy(gray[None]))[0])
 
     def task_line(self) -> str:
@@ -85,23 +120,25 @@ class Service:
                 f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were.")
 
     def model_card(self) -> dict:
-        run = self.trained.run
+        """What a reader needs to judge the model; nothing of the server's file system and no secret."""
+        run, cfg = self.trained.run, self.trained.cfg
+        data = run.read_json(run.data)
         return {
-            "model": self.trained.cfg.model,
+            "model": cfg.model,
             "version": self.version,
             "backend": self.backend,
             "gradcam_layer": self.explainer.layer_name,
-            "dataset": get_dataset(self.trained.cfg.dataset).title,
+            "dataset": get_dataset(cfg.dataset).title,
             "preprocessing": ("center-crop to the short side, then " if self.trained.preprocess == "center-crop" else "")
-                             + f"resize to {self.trained.cfg.size} x {self.trained.cfg.size} px",
+                             + f"resize to {cfg.size} x {cfg.size} px",
             "max_image_megapixels": self.max_pixels / 1e6,
             "classes": self.trained.classes,
-            "positive_class": self.trained.cfg.positive,
+            "positive_class": cfg.positive,
             "threshold": self.trained.threshold,
             "trained_on_phantom": self.trained.is_phantom,
-            "data": run.read_json(run.data),
+            "data": {k: data[k] for k in PUBLIC_DATA if k in data},
             "metrics": {"val": run.read_json(run.metrics("val")), "test": run.read_json(run.metrics("test"))},
-            "config": self.trained.cfg.to_dict(),
+            "training": {k: getattr(cfg, k) for k in PUBLIC_OPTIONS},
             "disclaimer": DISCLAIMER,
         }
 
@@ -117,81 +154,168 @@ def _json_safe(value):
     return value
 
 
-def _error(status: int, message: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=message)
+def _error(status: int, message: str, headers: dict | None = None) -> HTTPException:
+    return HTTPException(status_code=status, detail=message, headers=headers)
+
+
+def status_of(exc: Exception) -> int:
+    if isinstance(exc, RequestTooLarge):
+        return 413
+    return next(code for kind, code in ERROR_STATUS if isinstance(exc, kind))
+
+
+def authorized(token: str | None, request: Request) -> bool:
+    """The request carries the token (Bearer header, or ?token= for the page); compared in constant time."""
+    if token is None:
+        return True
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header[:7].lower() == "bearer " else request.query_params.get("token", "") if request.url.path == "/" else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+class BodyLimit:
+    """ASGI middleware: the body is read here, up to ``limit`` bytes, before any route sees it; a body over the limit is
+    answered 413 as soon as it is known to be, whatever Content-Length says or when there is none (chunked)."""
+
+    def __init__(self, app, limit: int, max_upload_mb: float):
+        self.app, self.limit, self.mb = app, limit, max_upload_mb
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        size = int(length) if length.isdigit() else 0
+        if size > self.limit:
+            return await self._refuse(scope, receive, send, f"upload of {size / 2**20:.1f} MB is over the limit of {self.mb:g} MB")
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await self._refuse(scope, receive, send, f"upload over the limit of {self.mb:g} MB")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send, message: str):
+        return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
 
 
 def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str | None = "cpu",
-               max_image_mp: float = DEFAULT_MAX_IMAGE_MP) -> FastAPI:
-    if not max_upload_mb > 0:
-        raise ConfigError(f"max_upload_mb must be positive, got {max_upload_mb}")
-    if not max_image_mp > 0:
-        raise ConfigError(f"max_image_mp must be positive, got {max_image_mp}")
+               max_image_mp: float = DEFAULT_MAX_IMAGE_MP, token: str | None = None, max_files: int = DEFAULT_MAX_FILES,
+               max_request_mp: float = DEFAULT_MAX_REQUEST_MP, explain_slots: int = DEFAULT_EXPLAIN_SLOTS) -> FastAPI:
+    for name, value in (("max_upload_mb", max_upload_mb), ("max_image_mp", max_image_mp), ("max_files", max_files),
+                        ("max_request_mp", max_request_mp), ("explain_slots", explain_slots)):
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if token is not None and len(token) < 16:
+        raise ConfigError("the access token must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
     service = Service(run_path, backend, device, int(max_image_mp * 1e6))
     limit = int(max_upload_mb * 2**20)
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit + 1)  # uploads stay in memory, never on disk
+    explaining = threading.BoundedSemaphore(explain_slots)
     app = FastAPI(title="cxrlab", version=cxrlab.__version__,
                   description=f"Chest X-ray decision support: {' vs '.join(service.trained.classes)}. {DISCLAIMER}")
     app.state.service = service
+    app.state.locked = token is not None
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        # Refused before the body is read: a declared length over the limit never reaches the parser.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
-            return JSONResponse({"detail": f"upload of {int(length) / 2**20:.1f} MB is over the limit of {max_upload_mb:g} MB"}, status_code=413)
+    app.add_middleware(BodyLimit, limit=limit, max_upload_mb=max_upload_mb)
+
+    @app.middleware("http")  # added last, so it runs first: an unauthorised request's body is never read
+    async def require_token(request: Request, call_next):
+        if request.url.path not in OPEN_PATHS and not authorized(token, request):
+            return JSONResponse({"detail": "missing or wrong access token: send 'Authorization: Bearer TOKEN'"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
     def read(upload: UploadFile) -> bytes:
         data = upload.file.read(limit + 1)
         if len(data) > limit:
-            raise _error(413, f"{upload.filename}: over the upload limit of {max_upload_mb:g} MB")
+            raise ImageTooLarge(f"{upload.filename}: over the upload limit of {max_upload_mb:g} MB")
         if not data:
-            raise _error(422, f"{upload.filename}: empty file")
+            raise DamagedImage(f"{upload.filename}: empty file")
         return data
 
-    def decoded(call, upload: UploadFile):
-        name = upload.filename or "upload"
-        try:
-            return call(name, read(upload))
-        except UnsupportedImage as exc:
-            raise _error(415, str(exc)) from None
-        except ImageTooLarge as exc:
-            raise _error(413, str(exc)) from None
-        except (DamagedImage, ImageFileError) as exc:
-            raise _error(422, str(exc)) from None
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
+    def page(request: Request) -> str:
         html = resources.files("cxrlab.serve").joinpath("static/index.html").read_text()
-        return (html.replace("{{DISCLAIMER}}", DISCLAIMER).replace("{{PHANTOM}}", PHANTOM_NOTE if service.trained.is_phantom else "")
-                .replace("{{TASK}}", escape(service.task_line())))
+        shown = authorized(token, request)  # without the token the page shows only its token field
+        return (html.replace("{{DISCLAIMER}}", DISCLAIMER)
+                .replace("{{PHANTOM}}", PHANTOM_NOTE if shown and service.trained.is_phantom else "")
+                .replace("{{TASK}}", escape(service.task_line()) if shown else "")
+                .replace("{{LOCKED}}", "true" if token is not None else "false"))
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": service.trained.cfg.model, "backend": service.backend}
+        return {"status": "ok"}
 
     @app.get("/model")
     def model() -> dict:
         return _json_safe(service.model_card())
 
     @app.post("/predict")
-    def predict(files: list[UploadFile] = File(..., description="one or more images: PNG, JPEG, TIFF, BMP or DICOM")) -> dict:
-        return {"results": [decoded(service.predict, f) for f in files], "disclaimer": DISCLAIMER}
+    def predict(files: list[UploadFile] = File(..., description=f"one to {max_files} images: PNG, JPEG, TIFF, BMP or DICOM")) -> JSONResponse:
+        if len(files) > max_files:
+            raise _error(413, f"{len(files)} files in one request; at most {max_files} are taken (send them in several requests)")
+        budget = [int(max_request_mp * 1e6)]
+        results = []
+        for upload in files:
+            name = upload.filename or "upload"
+            try:
+                results.append(service.predict(name, service.decode(name, read(upload), budget)))
+            except (ImageFileError, RequestTooLarge) as exc:
+                results.append({"filename": name, "error": str(exc), "status": status_of(exc)})
+        if all("error" in r for r in results):  # nothing to show: the request fails with the first file's reason
+            raise _error(results[0]["status"], results[0]["error"] if len(results) == 1 else
+                         "no file could be read: " + "; ".join(r["error"] for r in results))
+        return JSONResponse({"results": results, "disclaimer": DISCLAIMER})
 
-    @app.post("/explain", responses={200: {"content": {"image/png": {}}}})
+    @app.post("/explain", responses={200: {"content": {"image/png": {}}}, 503: {"description": "busy: retry after the Retry-After seconds"}})
     def explain(file: UploadFile = File(..., description="one image")) -> Response:
-        return Response(decoded(service.explain, file), media_type="image/png")
+        if not explaining.acquire(blocking=False):
+            raise _error(503, f"busy explaining other images; retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            name = file.filename or "upload"
+            return Response(service.explain(service.decode(name, read(file))), media_type="image/png")
+        except ImageFileError as exc:
+            raise _error(status_of(exc), str(exc)) from None
+        finally:
+            explaining.release()
 
     return app
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(run_path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-          max_image_mp: float = DEFAULT_MAX_IMAGE_MP) -> None:
+          max_image_mp: float = DEFAULT_MAX_IMAGE_MP, token: str | None = None, unauthenticated: bool = False,
+          max_files: int = DEFAULT_MAX_FILES, max_request_mp: float = DEFAULT_MAX_REQUEST_MP) -> None:
     import uvicorn
 
-    app = create_app(run_path, backend, max_upload_mb, max_image_mp=max_image_mp)
+    if token is None and not unauthenticated and not is_loopback(host):
+        raise ConfigError(f"serving on {host}, beyond this machine, needs an access token: --token-file PATH or CXRLAB_TOKEN "
+                          "(or --no-auth to serve without one, e.g. behind a proxy that authenticates)")
+    app = create_app(run_path, backend, max_upload_mb, max_image_mp=max_image_mp, token=token, max_files=max_files, max_request_mp=max_request_mp)
     service = app.state.service
-    print(f"serving {service.trained.cfg.model} from {run_path} ({service.backend}) on http://{host}:{port}  (docs: /docs)")
+    print(f"serving {service.trained.cfg.model} ({service.backend}) on http://{host}:{port}  (docs: /docs)")
+    if token is not None:
+        print(f"open the page with its token (keep this link private): http://{host}:{port}/?token={token}")
+    else:
+        print("no access token: every client that reaches this address can use the service")
     if service.trained.is_phantom:
         print(f"note: {PHANTOM_NOTE}")
     uvicorn.run(app, host=host, port=port, log_level="info")
