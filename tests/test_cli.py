@@ -58,7 +58,7 @@ def test_config_file_and_flags_resolve_into_the_saved_config(phantom_root, tmp_p
     import yaml
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["epochs"] == 1 and saved["aug_erasing"] == 0.25 and saved["lr"] == 1e-3
+    assert saved["epochs"] == 1 and saved["aug_erasing"] == 0.25 and saved["lr"] == 2e-3
     assert saved["positive_class"] == "pneumothorax"
 
 

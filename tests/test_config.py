@@ -35,9 +35,9 @@ def test_bad_config_values_are_named(tmp_path, text, message):
 
 
 def test_per_model_learning_rates():
-    assert Config(model="mobilenet_v3_large").learning_rate == 1e-3
-    assert Config(model="efficientnet_b0").learning_rate == 3e-4
-    assert Config(model="densenet121").learning_rate == 1e-4
+    assert Config(model="mobilenet_v3_large").learning_rate == 2e-3
+    assert Config(model="efficientnet_b0").learning_rate == 6e-4
+    assert Config(model="densenet121").learning_rate == 2e-4
 
 
 def test_the_shipped_example_config_is_valid():

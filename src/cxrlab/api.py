@@ -66,7 +66,7 @@ def resume(path, progress: bool | None = None, echo=print) -> Run:
     return load_run(resume_training(path, progress=progress, echo=echo).path)
 
 
-def compare(cfg: Config | None = None, models: list[str] | None = None, seeds: list[int] | None = None, ensemble="fit", tta: int = 0,
+def compare(cfg: Config | None = None, models: list[str] | None = None, seeds: list[int] | None = None, ensemble="equal", tta: int = 4,
             out: str = "runs/compare", recipes: dict | None = None, workers: int | None = None, progress: bool | None = None,
             echo=print, **options) -> Report:
     """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report."""

@@ -41,6 +41,9 @@ EXAMPLES = {
         cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
         cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)
         cxrlab compare --workers 1 --threads 2                  # one run at a time with two threads (default: one run per core)""",
+    "ood": """
+        cxrlab ood runs/mnv3                     # fit the out-of-distribution check of a run trained before it existed
+        cxrlab ood runs/compare/runs/*-seed*     # every run of a study, without retraining""",
     "status": """
         cxrlab status runs/compare               # a compare study: runs finished / running / left, time left
         cxrlab status runs/cv                    # a cross-validation's fold runs
@@ -95,7 +98,7 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
             kwargs.update(nargs=f.metadata.get("nargs", len(default)), type=f.metadata.get("type", type(default[0]) if default else str),
                           metavar=f.name.split("_")[-1].upper())
         elif f.metadata.get("choices"):
-            kwargs.update(choices=f.metadata["choices"], type=type(default))
+            kwargs.update(choices=f.metadata["choices"], type=str if default is None else type(default))
         elif default is not None and not isinstance(default, str):
             kwargs["type"] = type(default)
         elif f.name in ("lr",):
@@ -162,14 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=argparse.SUPPRESS, help="models to compare (default: all three)")
     p.add_argument("--seeds", nargs="+", type=int, default=argparse.SUPPRESS, help="seeds per model (default: 0 1 2)")
     p.add_argument("--ensemble", nargs="+", default=argparse.SUPPRESS, metavar="W",
-                   help="'fit' (weights fitted on val; the default), 'off', or one weight per model in --models order")
-    p.add_argument("--tta", type=int, default=argparse.SUPPRESS, metavar="N", help="test-time augmentation with N views, shown beside each model (default: 0, off)")
+                   help="'equal' (the default), 'fit' (weights fitted on val), 'off', or one weight per model in --models order")
+    p.add_argument("--tta", type=int, default=argparse.SUPPRESS, metavar="N", help="test-time augmentation with N views, shown beside each model (default: 4; 0: off)")
     p.add_argument("--out", dest="compare_out", default=argparse.SUPPRESS, help="folder for the runs and the report (default: runs/compare)")
     p.add_argument("--recipe", action="append", default=argparse.SUPPRESS, metavar="MODEL=FILE",
                    help="training options of one model's own, over the shared ones (e.g. resnet18=configs/medmnist_v2.yaml); repeatable")
     _workers_option(p, "runs")
     _progress_option(p)
     add_config_options(p, skip=("model", "out"))
+
+    p = _subparser(sub, "ood", "Fit a finished run's out-of-distribution check (images unlike the training images get no class).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
 
     p = _subparser(sub, "status", "Where a compare or cv study stands: runs finished, running and left, epochs, time left.")
     p.add_argument("study", metavar="OUT", help="the study's folder (compare's or cv's --out)")
@@ -308,11 +314,16 @@ def cmd_predict(args) -> int:
     trained = run.trained(args.device)  # the exported ONNX model when the run has one: 3-5x faster on CPU
     if trained.is_phantom:
         print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
+    if trained.ood is None and trained.cfg.task == "binary":
+        print(f"note: this run has no out-of-distribution check, so images unlike its training images are classified too; "
+              f"fit one with: cxrlab ood {args.run}", file=sys.stderr)
     failed = 0
     for result in run.predict(args.images, _max_pixels(args)):
         if result.error:
             failed += 1
             print(f"error: {result.error}", file=sys.stderr)
+        elif result.in_distribution is False:
+            print(f"{result.path}\tnot classified\t{result.message} (score {result.ood_score:.2f} > threshold {result.ood_threshold:.2f})")
         elif trained.cfg.task == "multilabel":
             top = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[:3]
             print(f"{result.path}\t{result.label}\t" + "  ".join(f"P({k})={v:.4f}" for k, v in top))
@@ -340,6 +351,15 @@ def cmd_compare(args) -> int:
     study = study_from(values.pop("compare", None), overrides, source=args.config or "options")
     api.compare(config_from_args(args, values), study.models, study.seeds, study.ensemble, study.tta, study.out, study.recipes,
                 workers=args.workers, progress=args.progress)
+    return 0
+
+
+def cmd_ood(args) -> int:
+    from cxrlab.evaluation.evaluate import fit_ood
+
+    for run in args.runs:
+        print(f"{run}:")
+        fit_ood(run)
     return 0
 
 
@@ -421,7 +441,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare, "status": cmd_status}
+COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare, "status": cmd_status, "ood": cmd_ood}
 
 
 def main(argv: list[str] | None = None) -> int:

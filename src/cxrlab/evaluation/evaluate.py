@@ -140,6 +140,10 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
         "cxrlab": cxrlab.__version__,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if data.task == "binary":
+        from cxrlab.evaluation.ood import fit_run_check
+
+        summary["ood"] = fit_run_check(model, cfg, data, device, run.path, echo)
     atomic_write_json(run.summary, summary)
 
     plots.training_curves(history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state["best_epoch"])
@@ -177,3 +181,24 @@ def evaluate_run(run_path, split: str = "test", device: str | None = None, echo:
     echo(f"{cfg.model} on {split}; {what}; {data_label(data.provenance)}")
     echo(results_table(data, {split: metrics}))
     return metrics
+
+
+def fit_ood(run_path, echo: Callable[[str], None] = print) -> dict:
+    """Fit the out-of-distribution check for a finished run (one trained before the check existed, or again):
+    from its weights and its data, no retraining; the summary records the measurements."""
+    from cxrlab.evaluation.ood import fit_run_check
+
+    trained = load_trained(run_path, "cpu")
+    cfg, run = trained.cfg, trained.run
+    if cfg.task != "binary":
+        raise RunDirError("the out-of-distribution check is fitted for binary-task runs")
+    data = task_data(cfg)
+    if cfg.cv_folds:
+        data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
+    if run.read_json(run.data)["md5"] != data.provenance["md5"]:
+        raise RunDirError(f"the data file {data.provenance['file']} is not the one {run.path} was trained on")
+    report = fit_run_check(trained.model, cfg, data, trained.device, run.path, echo)
+    summary = run.read_json(run.summary)
+    summary["ood"] = report
+    atomic_write_json(run.summary, summary)
+    return report

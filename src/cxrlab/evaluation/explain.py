@@ -130,6 +130,12 @@ def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels:
         except ImageFileError as exc:
             results.append(Explanation(str(path), error=str(exc)))
             continue
+        scores = explainer.trained.ood_scores(torch.from_numpy(gray[None]))
+        if scores is not None and scores[0] > explainer.trained.ood.threshold:
+            from cxrlab.evaluation.ood import MESSAGE
+
+            results.append(Explanation(str(path), error=f"{path}: not explained: {MESSAGE}"))
+            continue
         maps, probs, classes = explainer.heatmaps(torch.from_numpy(gray[None]))
         target = Path(out) / f"{Path(path).stem}_gradcam.png"
         atomic_write_bytes(target, png_bytes(overlay(gray, maps[0])))

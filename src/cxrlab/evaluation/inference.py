@@ -79,6 +79,15 @@ class TrainedModel:
     temperature: float = 1.0  # fitted on val; binary task only
     runtime: object | None = None  # an exported model (cxrlab.export.runtime) that serves probs() instead of PyTorch
     backend: str = "pytorch"
+    ood: object | None = None  # the run's out-of-distribution check (evaluation/ood.py); None for runs fitted before it
+
+    def ood_scores(self, images: torch.Tensor) -> np.ndarray | None:
+        """The check's score per uint8 (N, S, S) image (flagged above ``ood.threshold``); None without a check."""
+        if self.ood is None:
+            return None
+        from cxrlab.evaluation.ood import layer_features
+
+        return self.ood.scores(layer_features(self.model, images, self.cfg, self.device))
 
     def probs(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, S, S) -> probabilities (N, outputs), from the exported model when one is attached."""
@@ -108,5 +117,7 @@ def load_trained(run_path, device: str | None = None) -> TrainedModel:
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format).eval()
+    from cxrlab.evaluation.ood import OODCheck
+
     return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], summary["data_kind"] == "phantom",
-                        float(summary.get("temperature", 1.0)))
+                        float(summary.get("temperature", 1.0)), ood=OODCheck.load(run.path))

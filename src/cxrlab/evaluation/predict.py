@@ -11,6 +11,7 @@ from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.errors import ImageFileError
 from cxrlab.evaluation.evaluate import positive_view
 from cxrlab.evaluation.inference import TrainedModel
+from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
 
 
 @dataclass
@@ -20,6 +21,13 @@ class Prediction:
     probability: float | None = None  # binary: P(positive class); multilabel: the highest label probability
     probabilities: dict[str, float] = field(default_factory=dict)  # per class (binary: the positive one only)
     error: str | None = None
+    in_distribution: bool | None = None  # False: flagged by the run's check, no class given; None: the run has no check
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+
+    @property
+    def message(self) -> str | None:
+        return OOD_MESSAGE if self.in_distribution is False else None
 
 
 def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
@@ -41,10 +49,18 @@ def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEF
 def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str]) -> list[Prediction]:
     """One Prediction per uint8 (S, S) image already at the run's size."""
     cfg = trained.cfg
-    probs = trained.probs(torch.from_numpy(images))
+    batch = torch.from_numpy(images)
+    probs = trained.probs(batch)
+    scores = trained.ood_scores(batch)
     results = []
-    for name, p in zip(names, probs):
+    for i, (name, p) in enumerate(zip(names, probs)):
         result = Prediction(name)
+        if scores is not None:
+            result.ood_score, result.ood_threshold = float(scores[i]), trained.ood.threshold
+            result.in_distribution = bool(scores[i] <= trained.ood.threshold)
+            if not result.in_distribution:  # not like the training images: no class, no probability to misread
+                results.append(result)
+                continue
         if cfg.task == "multilabel":
             result.probabilities = {label: float(v) for label, v in zip(trained.classes, p)}
             found = [label for label, v in result.probabilities.items() if v >= trained.threshold]

@@ -38,6 +38,8 @@ from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_full, prepare
 from cxrlab.errors import BlankImage, ConfigError, DamagedImage, ImageFileError, ImageTooLarge, UnsupportedImage
 from cxrlab.evaluation.explain import Explainer, png_bytes
 from cxrlab.evaluation.inference import TrainedModel, load_trained
+from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
+from cxrlab.evaluation.predict import predict_images
 from cxrlab.export.runtime import attach_runtime
 
 DISCLAIMER = ("Decision support only, not a diagnosis: a research model's output for a qualified reader to weigh. "
@@ -56,6 +58,10 @@ PUBLIC_OPTIONS = ("dataset", "task", "size", "classes", "positive_class", "model
                   "seed", "norm_mean", "norm_std", "precision")
 PUBLIC_DATA = ("dataset", "kind", "md5", "official_md5", "classes", "counts")
 ERROR_STATUS = ((UnsupportedImage, 415), (ImageTooLarge, 413), (BlankImage, 422), (DamagedImage, 422), (ImageFileError, 422))
+
+
+class OutOfDistribution(ImageFileError):
+    """Not explained: the run's check flags the image as unlike the training images (422)."""
 
 
 class RequestTooLarge(Exception):
@@ -90,16 +96,16 @@ class Service:
         return prepare(gray, self.trained.cfg.size, self.trained.preprocess)
 
     def predict(self, name: str, gray: np.ndarray) -> dict:
+        """One image's answer: its class and P(positive), or, when the run's check flags the image as unlike the
+        training images, no class (``in_distribution`` false, the score and threshold, and why)."""
         t = self.trained
-        p1 = float(t.probs(torch.from_numpy(gray[None]))[0, 0])
-        positive = t.cfg.positive
-        probability = p1 if t.classes.index(positive) == 1 else 1 - p1
-        negative = next(c for c in t.classes if c != positive)
-        return {
+        result = predict_images(t, gray[None], [name])[0]
+        answer = {
             "filename": name,
-            "class": positive if probability >= t.threshold else negative,
-            "probability": probability,
-            "probability_of": positive,
+            "in_distribution": result.in_distribution,  # null: this run has no check (fit one with cxrlab ood RUN)
+            "class": result.label,
+            "probability": result.probability,
+            "probability_of": t.cfg.positive,
             "threshold": t.threshold,
             "model": t.cfg.model,
             "model_version": self.version,
@@ -107,8 +113,16 @@ class Service:
             "trained_on_phantom": t.is_phantom,
             "disclaimer": DISCLAIMER + (" " + PHANTOM_NOTE if t.is_phantom else ""),
         }
+        if result.ood_score is not None:
+            answer.update(ood_score=result.ood_score, ood_threshold=result.ood_threshold)
+        if result.message:
+            answer["message"] = result.message
+        return answer
 
-    def explain(self, gray: np.ndarray) -> bytes:
+    def explain(self, name: str, gray: np.ndarray) -> bytes:
+        scores = self.trained.ood_scores(torch.from_numpy(gray[None]))
+        if scores is not None and scores[0] > self.trained.ood.threshold:
+            raise OutOfDistribution(f"{name}: not explained: {OOD_MESSAGE}")
         return png_bytes(self.explainer.overlays(torch.from_numpy(gray[None]))[0])
 
     def task_line(self) -> str:
@@ -136,6 +150,7 @@ class Service:
             "positive_class": cfg.positive,
             "threshold": self.trained.threshold,
             "trained_on_phantom": self.trained.is_phantom,
+            "ood_check": run.read_json(run.summary).get("ood"),  # null: the run has none (cxrlab ood RUN fits one)
             "data": {k: data[k] for k in PUBLIC_DATA if k in data},
             "metrics": {"val": run.read_json(run.metrics("val")), "test": run.read_json(run.metrics("test"))},
             "training": {k: getattr(cfg, k) for k in PUBLIC_OPTIONS},
@@ -281,7 +296,7 @@ def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_M
             raise _error(503, f"busy explaining other images; retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
         try:
             name = file.filename or "upload"
-            return Response(service.explain(service.decode(name, read(file))), media_type="image/png")
+            return Response(service.explain(name, service.decode(name, read(file))), media_type="image/png")
         except ImageFileError as exc:
             raise _error(status_of(exc), str(exc)) from None
         finally:
