@@ -1,0 +1,70 @@
+"""The out-of-distribution check: fitted when a run finishes, measured on sets that are not chest X-rays, applied by
+predict, the Python API and the service; an older run without one still loads, says so, and gets one on request."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cxrlab.cli import main
+from cxrlab.data.task import load_task
+from cxrlab.runs import RunDir
+from cxrlab.serve.app import create_app
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def val_image(exported_run) -> np.ndarray:
+    cfg = RunDir(exported_run).load_config()
+    return load_task(cfg.data_root, 28, cfg.classes, splits=("val",)).splits["val"].images[0].numpy()
+
+
+def test_a_finished_run_measures_its_check_on_test_and_on_images_that_are_not_chest_xrays(exported_run):
+    summary = json.loads(RunDir(exported_run).summary.read_text())
+    flagged = summary["ood"]["flagged"]
+    assert flagged["test split (chest X-rays)"] <= 0.05  # the threshold accepts 99% of val; test is of the same kind
+    others = {name: share for name, share in flagged.items() if not name.startswith("test")}
+    assert len(others) == 4 and all(share >= 0.9 for share in others.values()), others
+    assert json.loads((RunDir(exported_run).path / "ood.json").read_text())["threshold"] == summary["ood"]["threshold"]
+
+
+def test_the_service_gives_no_class_to_an_image_unlike_the_training_images(exported_run, val_image):
+    client = TestClient(create_app(exported_run))
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
+    answer = client.post("/predict", files=[("files", ("noise.png", png(noise), "image/png")),
+                                            ("files", ("xray.png", png(np.asarray(Image.fromarray(val_image).resize((256, 256)))), "image/png"))])
+    flagged, xray = answer.json()["results"]
+    assert flagged["in_distribution"] is False and flagged["class"] is None and flagged["probability"] is None
+    assert flagged["ood_score"] > flagged["ood_threshold"] and "does not look like the images the model was trained on" in flagged["message"]
+    assert xray["in_distribution"] is True and xray["class"] and xray["ood_score"] <= xray["ood_threshold"]
+    refused = client.post("/explain", files={"file": ("noise.png", png(noise), "image/png")})
+    assert refused.status_code == 422 and "not explained" in refused.json()["detail"]
+
+
+def test_a_run_without_a_check_still_predicts_says_so_and_gets_one_on_request(exported_run, val_image, tmp_path, capsys):
+    import cxrlab
+
+    old = tmp_path / "old"
+    shutil.copytree(exported_run, old)
+    (old / "ood.npz").unlink()
+    summary = json.loads((old / "summary.json").read_text())
+    summary.pop("ood")
+    (old / "summary.json").write_text(json.dumps(summary))
+    image = tmp_path / "xray.png"
+    image.write_bytes(png(val_image))
+    assert main(["predict", str(old), str(image)]) == 0
+    captured = capsys.readouterr()
+    assert "no out-of-distribution check" in captured.err and f"cxrlab ood {old}" in captured.err
+    assert cxrlab.load_run(old).predict(val_image)[0].in_distribution is None
+    assert main(["ood", str(old)]) == 0
+    assert "threshold" in json.loads((old / "summary.json").read_text())["ood"] and (old / "ood.npz").is_file()
+    assert cxrlab.load_run(old).predict(val_image)[0].in_distribution is True
