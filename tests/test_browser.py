@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -28,30 +29,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(exported_run):
+def start_server(run, *extra, env=None):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cxrlab", "serve", str(exported_run), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "cxrlab", "serve", str(run), "--port", str(port), *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             urllib.request.urlopen(url + "/health", timeout=1)
-            break
+            return process, url
         except OSError:
             if process.poll() is not None:
                 pytest.fail("cxrlab serve exited: " + process.stdout.read())
             time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("cxrlab serve did not answer /health within 120 s")
+    process.kill()
+    pytest.fail("cxrlab serve did not answer /health within 120 s")
+
+
+@pytest.fixture
+def server(exported_run):
+    process, url = start_server(exported_run)
     yield url
     process.terminate()
     process.wait(timeout=30)
 
 
-def test_upload_in_chromium_shows_class_probability_and_overlay(server, exported_run, tmp_path):
+def visible(page, selector: str) -> bool:
+    return page.is_visible(selector)
+
+
+def test_the_page_shows_each_state_as_such(server, exported_run, tmp_path):
+    """Before an upload, after a chest X-ray, after an image unlike the training images, after a refused file."""
     from playwright.sync_api import sync_playwright
 
     assert os.path.exists(CHROMIUM), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
@@ -59,26 +68,66 @@ def test_upload_in_chromium_shows_class_probability_and_overlay(server, exported
     image = load_task(cfg.data_root, 28, cfg.classes, splits=("val",)).splits["val"].images[0].numpy()
     upload = tmp_path / "chest.png"
     Image.fromarray(image).resize((256, 256)).save(upload)
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)).save(noise)
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not an image")
+    shots = Path(os.environ.get("CXRLAB_SCREENSHOTS", tmp_path))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.goto(server)
         assert "not a diagnosis" in page.inner_text("#disclaimer")
+        # 1. before any upload: nothing of a result (no empty images, no "P() =", no empty warning box)
+        assert not visible(page, "#result") and not visible(page, "#flagged") and not visible(page, "#error") and not visible(page, "#login")
+        assert not visible(page, "#preview") and "P() =" not in page.inner_text("body")
+        page.screenshot(path=str(shots / "page_empty.png"), full_page=True)
+        # 2. a chest X-ray: class, probability, overlay
         page.set_input_files("#file", str(upload))
         page.wait_for_selector("#result:not([hidden])", timeout=60_000)
-        assert page.inner_text("#class") in cfg.classes
-        probability = float(page.inner_text("#probability"))
-        assert 0 <= probability <= 1
+        assert page.inner_text("#class") in cfg.classes and 0 <= float(page.inner_text("#probability")) <= 1
         page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=30_000)
         assert page.evaluate("document.getElementById('overlay').naturalWidth") == 224
-        assert "PHANTOM" in page.inner_text("#result-disclaimer")
-        shot = Path(os.environ.get("CXRLAB_SCREENSHOT", tmp_path / "page.png"))
-        page.screenshot(path=str(shot), full_page=True)
-        # a bad file shows a message and the page keeps working
-        bad = tmp_path / "notes.png"
-        bad.write_bytes(b"not an image")
+        assert "PHANTOM" in page.inner_text("#result-disclaimer") and not visible(page, "#flagged")
+        page.screenshot(path=str(shots / "page_xray.png"), full_page=True)
+        # 3. an image unlike the training images: flagged, no class
+        page.set_input_files("#file", str(noise))
+        page.wait_for_selector("#flagged:not([hidden])", timeout=60_000)
+        assert "does not look like the images the model was trained on" in page.inner_text("#flagged")
+        assert "No class is given" in page.inner_text("#flagged") and not visible(page, "#result")
+        page.screenshot(path=str(shots / "page_flagged.png"), full_page=True)
+        # 4. a refused file: the server's message, nothing else
         page.set_input_files("#file", str(bad))
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
-        assert "notes.png" in page.inner_text("#error")
+        assert "notes.png" in page.inner_text("#error") and "not an image file" in page.inner_text("#error")
+        assert not visible(page, "#result") and not visible(page, "#flagged")
+        page.screenshot(path=str(shots / "page_refused.png"), full_page=True)
         browser.close()
-    assert shot.stat().st_size > 10_000
+    assert all((shots / f"page_{state}.png").stat().st_size > 10_000 for state in ("empty", "xray", "flagged", "refused"))
+
+
+def test_a_locked_page_asks_for_the_token_and_shows_a_wrong_one_as_such(exported_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    token = "browser-test-token-0123456789"
+    process, url = start_server(exported_run, env={**os.environ, "CXRLAB_TOKEN": token})
+    upload = tmp_path / "chest.png"
+    Image.fromarray(np.linspace(0, 255, 256 * 256).reshape(256, 256).astype(np.uint8)).save(upload)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url)
+            assert visible(page, "#login") and not visible(page, "#drop") and "trained on" not in page.inner_text("body")
+            page.fill("#token", "wrong-token-0123456789")
+            page.click("#login button")
+            page.wait_for_load_state()
+            page.set_input_files("#file", str(upload))
+            page.wait_for_function("document.getElementById('error').textContent.includes('token')", timeout=30_000)
+            assert visible(page, "#login") and "missing or wrong" in page.inner_text("#error")
+            page.goto(f"{url}/?token={token}")  # the start-up link
+            assert "trained on" in page.inner_text("body") and "token" not in page.url and not visible(page, "#login")
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
