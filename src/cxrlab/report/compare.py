@@ -221,6 +221,7 @@ def model_entries(runs: dict, data: TaskData, study: Study, base: Config, echo) 
             "threads": summary.get("threads"),
             **speed[name],
             "runs": [str(run.path)],
+            "ood_flagged": (summary.get("ood") or {}).get("flagged"),  # None: a run fitted before the check (cxrlab ood RUN)
         }
         val, test = score(cfg, curves)
         entries.append(Entry(name, "model", seed, val, test, curves, info))
@@ -369,6 +370,21 @@ def calibration_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
     ]
 
 
+def ood_rows(singles: list[Entry]) -> tuple[list[str], list[list[str]]] | None:
+    """Per model, mean ± sd over seeds of the share each set had flagged; None when no run has a check."""
+    measured = [e for e in singles if e.info.get("ood_flagged")]
+    if not measured:
+        return None
+    sets = list(measured[0].info["ood_flagged"])
+    rows = []
+    for name, group in grouped(measured).items():
+        rows.append([name, str(len(group))] + [mean_sd(np.array([100 * e.info["ood_flagged"].get(k, np.nan) for e in group]), 1) + " %" for k in sets])
+    missing = sorted({e.name for e in singles} - {e.name for e in measured})
+    if missing:
+        rows += [[name, "0"] + ["no check (cxrlab ood RUN)"] * len(sets) for name in missing]
+    return ["model", "runs", *sets], rows
+
+
 SPEED_KEYS = ("ms_per_image", "images_per_s", "int8_ms_per_image", "int8_images_per_s")  # onnxruntime fp32, then the shipped INT8 model
 CSV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high",
             "pr_auc", "ece", "ece_calibrated", "brier", "brier_calibrated", "temperature", "threshold")
@@ -470,6 +486,13 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
     doc.table(["criterion", "best", "value"], winners(groups))
     doc.heading("Calibration on test (temperature fitted on val)")
     doc.table(["entry", "temperature", "ECE before", "ECE after", "Brier before", "Brier after", "threshold"], calibration_rows(groups))
+    ood = ood_rows([e for e in entries if e.kind == "model"])
+    if ood:
+        doc.heading("Out-of-distribution check (share of images given no class)")
+        doc.table(*ood)
+        doc.text("Each run's check (evaluation/ood.py) accepts 99% of val; the sets that are not chest X-rays are made from what "
+                 "installed packages ship (evaluation/ood_sets.py). Constant images count as refused: the upload path refuses them "
+                 "before the model. Targets: test ≤ 3%, synthetic ≥ 99%, real images that are not chest radiographs ≥ 95%.")
     doc.figures(figs["overlay"], "ROC, precision-recall and reliability on test, all entries of the first seed")
     doc.heading("Per model (first seed)")
     doc.figures(figs["curves"], "training curves (train and val loss, accuracy, val ROC-AUC; dotted line: best epoch)")
