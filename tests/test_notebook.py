@@ -41,7 +41,7 @@ def test_the_notebook_runs_top_to_bottom_on_phantom_data(phantom_root, learned_r
     shutil.copytree(learned_run.path, study_run, ignore=shutil.ignore_patterns("*.onnx", "export.json", "quantization.json", "bench.json"))
     config = yaml.safe_load((study_run / "config.yaml").read_text())
     (study_run / "config.yaml").write_text(yaml.safe_dump({**config, "out": str(study_run)}, sort_keys=False))
-    options = {k: config[k] for k in ("batch_size", "lr", "n_bootstrap", "device", "threshold", "aug_rotation", "aug_translate", "aug_hflip",
+    options = {k: config[k] for k in ("batch_size", "lr", "n_bootstrap", "device", "threshold", "select_metric", "aug_rotation", "aug_translate", "aug_hflip",
                                       "aug_brightness", "aug_contrast", "aug_blur")}
     nb = run(with_parameters(DATA_ROOT=str(phantom_root), DOWNLOAD=False, MODELS=["efficientnet_b0"], SEEDS=[0], EPOCHS=config["epochs"],
                              TTA=2, QUANTIZE=False, OPTIONS=options), tmp_path)

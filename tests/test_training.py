@@ -160,7 +160,7 @@ def test_bf16_autocast_computes_in_bf16_and_trains_with_finite_losses(tmp_path):
 
 
 def test_label_smoothing_and_mixup_still_learn(quick_config):
-    cfg = replace(quick_config, model="efficientnet_b0", epochs=3, lr=1e-3, label_smoothing=0.1, mixup=0.4, **NO_AUG)
+    cfg = replace(quick_config, model="efficientnet_b0", epochs=3, lr=1e-3, label_smoothing=0.1, mixup=0.4, select_metric="roc_auc", **NO_AUG)
     run = train(cfg, progress=False, echo=quiet)
     rows = history(run)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
