@@ -15,7 +15,6 @@ which no rule saw. Test is neither predicted nor read: ``analyse`` loads only tr
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import signal
 import sys
@@ -27,7 +26,7 @@ import safetensors.torch
 import torch
 
 from cxrlab.config import Config
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 
 EPOCHS = 30
 FOLDS, FOLD = 5, 0
@@ -96,7 +95,7 @@ def epoch_probs(name: str, out: Path, data) -> dict:
     """P(pneumonia) of every saved epoch on the selection fold and on the official val split, cached in the run."""
     from cxrlab.evaluation.inference import predict_probs
     from cxrlab.models import model_from_config
-    from cxrlab.training.device import setup_device
+    from cxrlab.core.device import setup_device
 
     cache = out / name / "epoch_probs.npz"
     run = RunDir(out / name)
@@ -121,7 +120,7 @@ def epoch_probs(name: str, out: Path, data) -> dict:
 def tta_probs(name: str, out: Path, data, epoch: int, views: int = 4) -> tuple[np.ndarray, np.ndarray]:
     from cxrlab.evaluation.inference import predict_probs_tta
     from cxrlab.models import model_from_config
-    from cxrlab.training.device import setup_device
+    from cxrlab.core.device import setup_device
 
     cfg = RunDir(out / name).load_config()
     model = model_from_config(cfg, initial_weights=False).to(memory_format=torch.channels_last)
@@ -211,7 +210,7 @@ def analyse(args) -> None:
             m = judged(val_t, combine(val_p, weights), 0.5)
             print(f"| {title} | {' / '.join(f'{w:.2f}' for w in weights)} | {m['loss']:.4f} | {m['auc']:.4f} | {m['acc']:.3f} | {m['bal_acc']:.3f} |")
 
-        print(f"\n## Test-time augmentation, 4 views (same epochs; threshold 0.5 and Youden on the selection fold)\n")
+        print("\n## Test-time augmentation, 4 views (same epochs; threshold 0.5 and Youden on the selection fold)\n")
         print("| candidate | TTA | val loss | val AUC | acc at 0.5 | bal. acc at 0.5 | bal. acc at Youden |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for n in members:

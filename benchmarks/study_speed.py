@@ -22,7 +22,7 @@ import torch
 
 from cxrlab.config import STUDY_MODELS, Config
 from cxrlab.data.phantom import write_phantom
-from cxrlab.training.loop import resolve
+from cxrlab.config import resolve
 from cxrlab.training.runner import available_cores, plan, run_all
 
 

@@ -37,8 +37,8 @@ from cxrlab.data.augment import AugmentSettings, training_batch
 from cxrlab.data.phantom import write_phantom
 from cxrlab.data.task import load_task
 from cxrlab.models import model_from_config
-from cxrlab.runs import RunDir
-from cxrlab.training.device import autocast, setup_device
+from cxrlab.core.runs import RunDir
+from cxrlab.core.device import autocast, setup_device
 from cxrlab.training.distributed import Process
 from cxrlab.training.loop import EpochInputs, train_one_epoch, validation_row
 

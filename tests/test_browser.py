@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cxrlab.data.task import load_task
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without these, Chromium tries to reach Google's services at start-up, which a closed network refuses.

@@ -99,3 +99,18 @@ def test_bad_input_gives_a_message_and_no_traceback(tmp_path):
     assert corrupt.returncode == 2 and "Traceback" not in corrupt.stderr and "chestmnist.npz" in corrupt.stderr
     not_a_run = run("evaluate", str(tmp_path))
     assert not_a_run.returncode == 2 and "not a cxrlab run directory" in not_a_run.stderr
+
+
+def test_help_status_and_the_config_answer_without_torch_scikit_learn_or_medmnist(tmp_path):
+    """`cxrlab --help`, `cxrlab status` and reading a config import none of the heavy libraries (they took 6-8 s)."""
+    probe = ("import sys, contextlib, io\n"
+             "from cxrlab.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+             "    for argv in (['--help'], ['train', '--help'], ['status', sys.argv[1]]):\n"
+             "        try: main(argv)\n"
+             "        except SystemExit: pass\n"
+             "    from cxrlab.config import Config\n"
+             "    Config(dataset='pneumoniamnist').validate()\n"
+             "print(' '.join(m for m in ('torch', 'sklearn', 'medmnist', 'matplotlib', 'numpy') if m in sys.modules))\n")
+    loaded = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert loaded == [], f"imported {loaded}"

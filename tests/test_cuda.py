@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cxrlab.training.device import setup_device
+from cxrlab.core.device import setup_device
 from cxrlab.training.loop import train
 from cxrlab.training.runner import plan, run_all
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests import hostile
 from cxrlab.cli import main
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 from cxrlab.serve.app import create_app
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -26,8 +26,13 @@ def png(image: Image.Image, format: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def xray_like(side: int = 300) -> bytes:
-    return png(Image.linear_gradient("L").resize((side, side)).rotate(20))
+def xray_like(run, side: int = 300) -> bytes:
+    """A val image of the run's data set, scaled up to side x side px: one the model classifies."""
+    from cxrlab.data.task import load_task
+
+    cfg = RunDir(run).load_config()
+    image = load_task(cfg.data_root, cfg.size, cfg.classes, splits=("val",)).splits["val"].images[0].numpy()
+    return png(Image.fromarray(image).resize((side, side), Image.BILINEAR))
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +81,14 @@ def test_a_deflate_bomb_is_refused_with_bounded_memory(tmp_path):
 
 def test_a_request_is_bounded_as_a_whole_and_one_bad_file_does_not_sink_the_others(exported_run):
     client = TestClient(create_app(exported_run, max_files=3, max_request_mp=0.2))
-    good = xray_like()  # 0.09 MP
+    good = xray_like(exported_run)  # 0.09 MP
     many = client.post("/predict", files=[("files", (f"{i}.png", good, "image/png")) for i in range(4)])
     assert many.status_code == 413 and "4 files" in many.json()["detail"] and "at most 3" in many.json()["detail"]
     mixed = client.post("/predict", files=[("files", ("a.png", good, "image/png")), ("files", ("notes.txt", b"hello", "text/plain")),
                                            ("files", ("b.png", good, "image/png"))])
     assert mixed.status_code == 200
     a, notes, b = mixed.json()["results"]
-    assert a["class"] and b["class"] and notes["status"] == 415 and "notes.txt" in notes["error"] and "class" not in notes
+    assert a["in_distribution"] and a["class"] and b["class"] and notes["status"] == 415 and "notes.txt" in notes["error"] and "class" not in notes
     over = client.post("/predict", files=[("files", (f"{i}.png", good, "image/png")) for i in range(3)]).json()["results"]
     assert [r.get("status") for r in over] == [None, None, 413] and "decoded pixels" in over[2]["error"]
 
@@ -105,7 +110,7 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(exported_run):
 def test_the_token_locks_everything_but_health_and_nothing_is_decoded_without_it(exported_run, monkeypatch):
     app = create_app(exported_run, token=TOKEN)
     client = TestClient(app)
-    upload = {"files": ("a.png", xray_like(), "image/png")}
+    upload = {"files": ("a.png", xray_like(exported_run), "image/png")}
     monkeypatch.setattr(app.state.service, "decode", lambda *a, **k: pytest.fail("decoded without a token"))
     for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
         answer = client.post("/predict", files=upload, headers=headers)

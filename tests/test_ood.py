@@ -7,12 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxrlab.cli import main
 from cxrlab.data.task import load_task
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 from cxrlab.serve.app import create_app
 
 
@@ -55,7 +56,8 @@ def test_a_run_without_a_check_still_predicts_says_so_and_gets_one_on_request(ex
 
     old = tmp_path / "old"
     shutil.copytree(exported_run, old)
-    (old / "ood.npz").unlink()
+    for name in ("ood.npz", "model.onnx", "model.int8.onnx", "export.json"):  # a run finished and exported before checks
+        (old / name).unlink(missing_ok=True)
     summary = json.loads((old / "summary.json").read_text())
     summary.pop("ood")
     (old / "summary.json").write_text(json.dumps(summary))
@@ -68,3 +70,25 @@ def test_a_run_without_a_check_still_predicts_says_so_and_gets_one_on_request(ex
     assert main(["ood", str(old)]) == 0
     assert "threshold" in json.loads((old / "summary.json").read_text())["ood"] and (old / "ood.npz").is_file()
     assert cxrlab.load_run(old).predict(val_image)[0].in_distribution is True
+
+
+def test_the_exported_model_carries_the_check_and_one_fitted_again_since_is_refused(exported_run, val_image, tmp_path):
+    from cxrlab.errors import ExportError
+    from cxrlab.evaluation.inference import load_trained
+    from cxrlab.evaluation.ood import OODCheck
+    from cxrlab.export.runtime import OnnxModel, attach_runtime
+
+    trained = load_trained(exported_run)
+    exported = OnnxModel(exported_run / "model.onnx", trained.cfg.norm_mean, trained.cfg.norm_std)
+    images = np.stack([val_image, np.zeros_like(val_image), np.random.default_rng(0).integers(0, 256, val_image.shape, dtype=np.uint8)])
+    _, onnx_scores = exported.predict(images)
+    _, torch_scores = trained.predict(torch.from_numpy(images))
+    np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-3)
+    assert float(exported.metadata["ood_threshold"]) == trained.ood.threshold
+    changed = tmp_path / "refitted"
+    shutil.copytree(exported_run, changed)
+    check = OODCheck.load(changed)
+    check.threshold *= 2
+    check.save(changed)
+    with pytest.raises(ExportError, match="cxrlab export"):
+        attach_runtime(load_trained(changed))

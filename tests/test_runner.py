@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cxrlab.errors import ConfigError
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 from cxrlab.training.runner import Plan, available_cores, plan
 
 

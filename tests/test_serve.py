@@ -24,7 +24,7 @@ def client(exported_run):
 @pytest.fixture(scope="module")
 def xrays(exported_run):
     """Val images as PNG bytes, in odd sizes and modes, as a user would upload them."""
-    from cxrlab.runs import RunDir
+    from cxrlab.core.runs import RunDir
 
     cfg = RunDir(exported_run).load_config()
     images = load_task(cfg.data_root, 28, cfg.classes, splits=("val",)).splits["val"].images[:20].numpy()
@@ -103,7 +103,7 @@ def test_dicom_monochrome1_is_inverted_and_12_bit_is_windowed():
 
 
 def test_dicom_upload_is_predicted_like_the_same_image_as_png(client, exported_run):
-    from cxrlab.runs import RunDir
+    from cxrlab.core.runs import RunDir
 
     cfg = RunDir(exported_run).load_config()
     image = load_task(cfg.data_root, 28, cfg.classes, splits=("val",)).splits["val"].images[3].numpy().astype(float)

@@ -11,7 +11,7 @@ from cxrlab.cli import main
 from cxrlab.config import load_config
 from cxrlab.errors import RunDirError
 from cxrlab.report.compare import check_compatible
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 
 FAST = ["--epochs", "1", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu", "--no-progress"]
 SEARCH_FAST = ["--epochs", "1", "--n-bootstrap", "50", "--device", "cpu"]  # search chooses the batch size itself

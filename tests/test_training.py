@@ -13,8 +13,8 @@ import torch
 
 from cxrlab.errors import RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import evaluate_run
-from cxrlab.runs import RunDir
-from cxrlab.training.checkpoint import load_state
+from cxrlab.core.runs import RunDir
+from cxrlab.core.checkpoint import load_state
 from cxrlab.training.loop import resume_training, train
 
 NO_AUG = dict(aug_rotation=0.0, aug_translate=0.0, aug_hflip=0.0, aug_brightness=0.0, aug_contrast=0.0, aug_blur=False)
@@ -130,7 +130,8 @@ def test_validation_reports_every_metric_that_can_select_the_best_epoch(quick_co
     from cxrlab.config import SELECT_METRICS
     from cxrlab.data.task import load_task
     from cxrlab.models import model_from_config
-    from cxrlab.training.loop import score_of, validation_row
+    from cxrlab.config import score_of
+    from cxrlab.training.loop import validation_row
 
     cfg = replace(quick_config, task=task)
     data = load_task(cfg.data_root, 28, cfg.classes, task=task, splits=("val",))
@@ -146,7 +147,7 @@ def test_bf16_autocast_computes_in_bf16_and_trains_with_finite_losses(tmp_path):
     from cxrlab.config import Config
     from cxrlab.data.phantom import write_phantom
     from cxrlab.models import model_from_config
-    from cxrlab.training.device import autocast
+    from cxrlab.core.device import autocast
 
     write_phantom(tmp_path / "data", size=28, seed=1, split_sizes={"train": 240, "val": 120, "test": 120})
     cfg = Config(data_root=str(tmp_path / "data"), epochs=1, batch_size=32, n_bootstrap=20, device="cpu", precision="bf16",

@@ -30,7 +30,7 @@ from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.data.task import SPLITS, TaskData, task_data
 from cxrlab.evaluation.predict import Prediction, predict_files, predict_images
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 
 HEADLINE = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc")
 
@@ -181,7 +181,8 @@ class Run:
         if quantize and trained.cfg.task != "binary":
             echo("INT8 quantisation is judged by binary val accuracy; skipped for the multilabel task")
         elif quantize:
-            echo("INT8 quantisation (shipped only if 10% faster at batch 1 and within 0.5 points of fp32 val accuracy):")
+            echo("INT8 quantisation (shipped only if 10% faster at batch 1, within 0.5 points of fp32 val accuracy and "
+                 "with the same out-of-distribution decisions on 99% of images):")
             quantize_run(trained, echo=echo)
         self._trained = None  # predictions switch to the exported model
         return path

@@ -355,11 +355,17 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ood(args) -> int:
+    from pathlib import Path
+
+    from cxrlab import api
     from cxrlab.evaluation.evaluate import fit_ood
+    from cxrlab.export.runtime import FP32_FILE
 
     for run in args.runs:
         print(f"{run}:")
         fit_ood(run)
+        if (Path(run) / FP32_FILE).is_file():  # the exported model carries the check: export it again with this one
+            api.load_run(run).export(quantize=(Path(run) / "quantization.json").is_file())
     return 0
 
 

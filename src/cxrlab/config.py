@@ -6,7 +6,9 @@ A run saves its resolved config as ``config.yaml``; loading that file gives the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -111,8 +113,6 @@ class Config:
     def __post_init__(self) -> None:
         if not self.classes and self.dataset in DATASET_NAMES:  # the data set's own pair, so that an unvalidated Config works too
             self.classes = list(get_dataset(self.dataset).default_classes)
-        if self.threshold is None:  # Youden's J on val: it beat 0.5 on held-out data (docs/results/pneumoniamnist-28)
-            self.threshold = "0.5" if self.task == "multilabel" else "youden"
 
     # ---- derived values -------------------------------------------------
     @property
@@ -135,6 +135,14 @@ class Config:
         return self.lr if self.lr is not None else DEFAULT_LR[self.model]
 
     @property
+    def threshold_rule(self) -> str:
+        """The rule asked for, else Youden's J on val for the binary task (it beat 0.5 on held-out data,
+        docs/results/pneumoniamnist-28) and 0.5 per label for multilabel (medmnist's Evaluator)."""
+        if self.threshold is not None:
+            return self.threshold
+        return "0.5" if self.task == "multilabel" else "youden"
+
+    @property
     def num_outputs(self) -> int:
         return 1 if self.task == "binary" else get_dataset(self.dataset).label_columns
 
@@ -150,8 +158,8 @@ class Config:
         if self.task == "multilabel" and not spec.multilabel:
             raise ConfigError(f"{spec.title} has one binary label per image: the multilabel task is for multi-label sets (chestmnist)")
         if self.task == "multilabel":
-            if self.threshold != "0.5":
-                raise ConfigError("threshold 'youden' is for the binary task; the multilabel task uses 0.5 per label, as medmnist's Evaluator does")
+            if self.threshold_rule != "0.5":
+                raise ConfigError(f"threshold {self.threshold_rule!r} is for the binary task; the multilabel task uses 0.5 per label, as medmnist's Evaluator does")
             if self.select_metric == "balanced_accuracy":
                 raise ConfigError("select_metric balanced_accuracy is for the binary task; use roc_auc, loss or accuracy")
         if self.model not in MODEL_NAMES:
@@ -176,11 +184,11 @@ class Config:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.select_metric not in SELECT_METRICS:
             raise ConfigError(f"select_metric must be one of {', '.join(SELECT_METRICS)}")
-        if self.threshold not in THRESHOLD_RULES:
+        if self.threshold_rule not in THRESHOLD_RULES:
             raise ConfigError(f"threshold must be one of {', '.join(THRESHOLD_RULES)}, got {self.threshold!r}")
         if not 0 < self.target_sensitivity < 1:
             raise ConfigError(f"target_sensitivity must be between 0 and 1, got {self.target_sensitivity}")
-        if self.threshold == "sensitivity" and self.task != "binary":
+        if self.threshold_rule == "sensitivity" and self.task != "binary":
             raise ConfigError("threshold 'sensitivity' is for the binary task")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -297,3 +305,34 @@ def load_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path) -> Config:
     return from_dict(load_yaml(path), source=str(path))
+
+
+# ---- the resolved config and the selection rules ------------------------------------------------------------------
+HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "loss": False}
+
+
+def default_run_path(model: str, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill every derived default, so the saved config reproduces the run on its own."""
+    cfg = dataclasses.replace(cfg).validate()
+    cfg.lr = cfg.learning_rate
+    cfg.threshold = cfg.threshold_rule
+    cfg.positive_class = cfg.positive
+    cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())
+    cfg.out = str(Path(cfg.out or default_run_path(cfg.model)).resolve())
+    return cfg
+
+
+def score_of(row: dict, metric: str) -> float:
+    return row[f"val_{metric}"]
+
+
+def improved(score: float, best: float | None, metric: str) -> bool:
+    if math.isnan(score):
+        return False
+    if best is None:
+        return True
+    return score > best if HIGHER_IS_BETTER[metric] else score < best

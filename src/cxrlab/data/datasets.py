@@ -9,11 +9,27 @@ multi-label set is one entry (and, for phantom files, a way to draw its classes 
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass
-
-from medmnist.info import INFO
+from pathlib import Path
 
 from cxrlab.errors import ConfigError
+
+
+def _medmnist_info():
+    """medmnist's info module without the package: ``import medmnist`` imports torch and scikit-learn (1-4 s) to
+    reach a table of names and numbers, and the CLI, the config and every study worker need only the table."""
+    if "medmnist.info" in sys.modules:
+        return sys.modules["medmnist.info"]
+    location = importlib.util.find_spec("medmnist").submodule_search_locations[0]  # finds the package, runs none of it
+    spec = importlib.util.spec_from_file_location("cxrlab._medmnist_info", Path(location) / "info.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+INFO = _medmnist_info().INFO
 
 SIZES = (28, 64, 128, 224)
 

@@ -19,8 +19,8 @@ from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, calibration
 from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
 from cxrlab.models import model_from_config
-from cxrlab.runs import RunDir
-from cxrlab.training.checkpoint import load_weights
+from cxrlab.core.runs import RunDir
+from cxrlab.core.checkpoint import load_weights
 
 GRID_IMAGES = 10
 
@@ -34,9 +34,9 @@ def positive_view(targets: np.ndarray, probs_class1: np.ndarray, classes: list[s
 
 def choose_threshold(cfg: Config, val_targets: np.ndarray, val_probs: np.ndarray) -> float:
     """The decision threshold by cfg's rule, from val only."""
-    if cfg.threshold == "youden":
+    if cfg.threshold_rule == "youden":
         return youden_threshold(val_targets, val_probs)
-    if cfg.threshold == "sensitivity":
+    if cfg.threshold_rule == "sensitivity":
         return sensitivity_threshold(val_targets, val_probs, cfg.target_sensitivity)
     return 0.5
 
@@ -116,7 +116,7 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
         "classes": data.classes,
         "positive_class": cfg.positive if data.task == "binary" else None,
         "threshold": threshold,
-        "threshold_rule": cfg.threshold,
+        "threshold_rule": cfg.threshold_rule,
         "temperature": temperature,
         "select_metric": cfg.select_metric,
         "best_epoch": state["best_epoch"],

@@ -14,10 +14,12 @@ from cxrlab.config import Config
 from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize, to_float
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
+from cxrlab.evaluation.ood import OODCheck, probe_outputs
 from cxrlab.models import model_from_config
-from cxrlab.runs import RunDir
-from cxrlab.training.checkpoint import load_weights
-from cxrlab.training.device import autocast, setup_device
+from cxrlab.models.probe import FeatureProbe
+from cxrlab.core.runs import RunDir
+from cxrlab.core.checkpoint import load_weights
+from cxrlab.core.device import autocast, setup_device
 
 
 View = Callable[[torch.Tensor], torch.Tensor]  # uint8 (n, S, S) batch -> normalised float (n, 1, S, S) on the device
@@ -79,15 +81,26 @@ class TrainedModel:
     temperature: float = 1.0  # fitted on val; binary task only
     runtime: object | None = None  # an exported model (cxrlab.export.runtime) that serves probs() instead of PyTorch
     backend: str = "pytorch"
-    ood: object | None = None  # the run's out-of-distribution check (evaluation/ood.py); None for runs fitted before it
+    ood: OODCheck | None = None  # the run's out-of-distribution check; None for runs finished before it existed
+    # The model and its feature blocks in one pass, for the check. Built once at load: tracing switches the model
+    # between train and eval mode, which must not happen while another thread predicts.
+    probe: FeatureProbe | None = None
+
+    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (N, S, S) -> (probabilities (N, outputs), the check's scores (N,), flagged above ``ood.threshold``,
+        or None for a run without a check), from one pass; from the exported model when one is attached."""
+        if self.runtime is not None:
+            probs, scores = self.runtime.predict(images)
+            if scores is not None or self.ood is None:
+                return probs, scores
+            return probs, self.ood.scores(probe_outputs(self.probe, images, self.cfg, self.device)[1])  # exported without it
+        if self.ood is None:
+            return predict_probs(self.model, images, self.cfg, self.device), None
+        logits, layers = probe_outputs(self.probe, images, self.cfg, self.device)
+        return 1 / (1 + np.exp(-logits)), self.ood.scores(layers)
 
     def ood_scores(self, images: torch.Tensor) -> np.ndarray | None:
-        """The check's score per uint8 (N, S, S) image (flagged above ``ood.threshold``); None without a check."""
-        if self.ood is None:
-            return None
-        from cxrlab.evaluation.ood import layer_features
-
-        return self.ood.scores(layer_features(self.model, images, self.cfg, self.device))
+        return self.predict(images)[1]
 
     def probs(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, S, S) -> probabilities (N, outputs), from the exported model when one is attached."""
@@ -117,7 +130,6 @@ def load_trained(run_path, device: str | None = None) -> TrainedModel:
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format).eval()
-    from cxrlab.evaluation.ood import OODCheck
-
+    ood = OODCheck.load(run.path)
     return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], summary["data_kind"] == "phantom",
-                        float(summary.get("temperature", 1.0)), ood=OODCheck.load(run.path))
+                        float(summary.get("temperature", 1.0)), ood=ood, probe=FeatureProbe(model) if ood is not None else None)

@@ -16,6 +16,7 @@ with ``cxrlab ood RUN``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cxrlab.errors import RunDirError
 from cxrlab.files import atomic_write_bytes, atomic_write_json
+from cxrlab.models.probe import FeatureProbe
 
 VAL_ACCEPT = 0.99  # share of val images each threshold accepts
 METHOD = "mahalanobis over every feature block and the pixels, largest val-scaled distance"
@@ -34,36 +37,60 @@ NPZ, JSON = "ood.npz", "ood.json"
 MESSAGE = "the image does not look like the images the model was trained on; it is not classified"
 
 
-def feature_blocks(model: nn.Module) -> list[nn.Module]:
-    """The blocks whose outputs the check looks at: torchvision's ``features`` children, or ResNet's four stages."""
-    net = model[1] if isinstance(model, nn.Sequential) and len(model) == 2 and not hasattr(model, "features") else model
-    if hasattr(net, "features"):
-        return list(net.features.children())
-    return [net.layer1, net.layer2, net.layer3, net.layer4]
+def pixel_layer(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, S, S) in [0, 1] -> (N, side * side): the pixels, averaged down to at most 32 x 32 (28 px: as they are),
+    so that the pixel Gaussian stays small (a 224 px covariance would be 50,176 x 50,176)."""
+    size = images.shape[-1]
+    side = next(s for s in range(min(size, 32), 0, -1) if size % s == 0)
+    return (F.avg_pool2d(images, size // side) if side < size else images).flatten(1)
 
 
 @torch.no_grad()
-def layer_features(model: nn.Module, images: torch.Tensor, cfg, device, batch: int = 512) -> list[np.ndarray]:
-    """uint8 (N, S, S) -> per feature block the channel means of its output (N, C), then the pixels (N, S*S) in [0, 1]."""
+def probe_outputs(probe: FeatureProbe, images: torch.Tensor, cfg, device) -> tuple[np.ndarray, list[np.ndarray]]:
+    """uint8 (N, S, S) -> (logits (N, outputs), [per feature block the channel means (N, C), then the pixels
+    (pixel_layer)]): the check's layers and the model's output from the same pass."""
     from cxrlab.data.augment import eval_batch
+    from cxrlab.core.device import autocast
 
-    model.eval()
-    blocks = feature_blocks(model)
-    store: list[torch.Tensor] = []
-    hooks = [b.register_forward_hook(lambda _m, _i, out: store.append(out.float().mean((2, 3)).cpu())) for b in blocks]
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    per_layer: list[list[np.ndarray]] = [[] for _ in blocks]
-    try:
-        for i in range(0, len(images), batch):
-            store.clear()
-            model(eval_batch(images[i : i + batch], cfg.norm_mean, cfg.norm_std, device).contiguous(memory_format=memory_format))
-            for k, f in enumerate(store):
-                per_layer[k].append(f.numpy())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    pixels = images.reshape(len(images), -1).numpy().astype(np.float32) / 255
-    return [np.concatenate(f) if f else np.empty((0, 0), np.float32) for f in per_layer] + [pixels]
+    logits, per_layer = [], [[] for _ in range(probe.blocks)]
+    with torch.inference_mode(), autocast(cfg, device):
+        for i in range(0, len(images), cfg.eval_batch_size):
+            out, blocks = probe(eval_batch(images[i : i + cfg.eval_batch_size], cfg.norm_mean, cfg.norm_std, device).contiguous(memory_format=memory_format))
+            logits.append(out.float().cpu().numpy())
+            for k, f in enumerate(blocks):
+                per_layer[k].append(f.cpu().numpy())
+    pixels = pixel_layer(images[:, None].float() / 255).numpy()
+    layers = [np.concatenate(f) if f else np.empty((0, 0), np.float32) for f in per_layer] + [pixels]
+    return (np.concatenate(logits) if logits else np.empty((0, cfg.num_outputs), np.float32)), layers
+
+
+def layer_features(model: nn.Module, images: torch.Tensor, cfg, device) -> list[np.ndarray]:
+    """uint8 (N, S, S) -> the check's layers (probe_outputs) for a model or its FeatureProbe."""
+    return probe_outputs(model if isinstance(model, FeatureProbe) else FeatureProbe(model), images, cfg, device)[1]
+
+
+class ScoredModel(nn.Module):
+    """normalised image (N, 1, S, S) -> (logits, check score (N,)): the model and the check as one graph (float32),
+    which is how the check travels inside model.onnx."""
+
+    def __init__(self, probe: FeatureProbe, check: "OODCheck", norm_mean: float, norm_std: float):
+        super().__init__()
+        self.probe, self.norm_mean, self.norm_std = probe, norm_mean, norm_std
+        self.layers = len(check.means)
+        for k, (mean, precision, scale) in enumerate(zip(check.means, check.precisions, check.scales)):
+            self.register_buffer(f"mean{k}", torch.tensor(mean, dtype=torch.float32))
+            self.register_buffer(f"precision{k}", torch.tensor(precision, dtype=torch.float32))
+            self.register_buffer(f"scale{k}", torch.tensor(scale, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, blocks = self.probe(x)
+        layers = [*blocks, pixel_layer(x.float() * self.norm_std + self.norm_mean)]
+        ratios = []
+        for k, f in enumerate(layers):
+            centred = f - getattr(self, f"mean{k}")
+            ratios.append((centred @ getattr(self, f"precision{k}") * centred).sum(1) / getattr(self, f"scale{k}"))
+        return logits, torch.stack(ratios, 1).amax(1)
 
 
 @dataclass
@@ -107,6 +134,11 @@ class OODCheck:
             raise RunDirError(f"{path} is damaged ({exc}); fit it again with: cxrlab ood {path.parent}") from None
 
 
+def check_digest(run_path: Path) -> str:
+    """sha256 of RUN/ood.npz: an exported model names the check it holds, so a check fitted again is noticed."""
+    return hashlib.sha256((Path(run_path) / NPZ).read_bytes()).hexdigest()
+
+
 def fit_check(train_layers: list[np.ndarray], val_layers: list[np.ndarray]) -> OODCheck:
     """Per layer a Gaussian of the training features (Ledoit-Wolf covariance), scaled on val; the threshold from val."""
     from sklearn.covariance import LedoitWolf
@@ -138,18 +170,19 @@ def fit_run_check(model: nn.Module, cfg, data, device, run_path: Path, echo=prin
 
     started = time.perf_counter()
     train, val = data.splits["train"], data.splits["val"]
-    check = fit_check(layer_features(model, train.images, cfg, device), layer_features(model, val.images, cfg, device))
+    probe = FeatureProbe(model)
+    check = fit_check(layer_features(probe, train.images, cfg, device), layer_features(probe, val.images, cfg, device))
     check.save(run_path)
     report = {"method": METHOD, "threshold": check.threshold, "val_accepted": VAL_ACCEPT,
               "flagged": {},  # share given no class: flagged by the check, or (constant images) refused before it
               }
     if "test" in data.splits:
-        report["flagged"]["test split (chest X-rays)"] = flagged_share(check, layer_features(model, data.splits["test"].images, cfg, device))
+        report["flagged"]["test split (chest X-rays)"] = flagged_share(check, layer_features(probe, data.splits["test"].images, cfg, device))
     for group, sets in ood_sets(cfg.size, get_dataset(cfg.dataset).preprocess, cfg.seed).items():
         for name, images in sets.items():
             flat = images.reshape(len(images), -1)
             blank = flat.min(1) == flat.max(1)  # refused before the model (BlankImage): no class either
-            flagged = check.flags(layer_features(model, torch.from_numpy(images), cfg, device))
+            flagged = check.flags(layer_features(probe, torch.from_numpy(images), cfg, device))
             report["flagged"][f"{group}: {name}"] = float((flagged | blank).mean())
             report.setdefault("images", {})[f"{group}: {name}"] = len(images)
     report["seconds"] = time.perf_counter() - started

@@ -50,8 +50,7 @@ def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str]) 
     """One Prediction per uint8 (S, S) image already at the run's size."""
     cfg = trained.cfg
     batch = torch.from_numpy(images)
-    probs = trained.probs(batch)
-    scores = trained.ood_scores(batch)
+    probs, scores = trained.predict(batch)
     results = []
     for i, (name, p) in enumerate(zip(names, probs)):
         result = Prediction(name)

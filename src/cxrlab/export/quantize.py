@@ -6,8 +6,10 @@ Candidates, each measured on the run's val images against onnxruntime fp32:
 - onnxruntime static INT8 (QDQ, per-channel weights, activation ranges calibrated on val images).
 
 Rule: an INT8 model is shipped (RUN/model.int8.onnx, which `predict` and `serve` then use) only when its
-batch-1 median latency is at least 10% below fp32's and its val accuracy at the run's threshold is within 0.5 points of
-fp32's. RUN/quantization.json records every candidate and why it was or was not shipped.
+batch-1 median latency is at least 10% below fp32's, its val accuracy at the run's threshold is within 0.5 points of
+fp32's and, for a run with an out-of-distribution check, the check (kept in float, fed by INT8 features) flags the
+same val and out-of-distribution images as fp32's on at least 99% of them. RUN/quantization.json records every
+candidate and why it was or was not shipped.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 
 MAX_ACCURACY_DROP = 0.5  # points of val accuracy
+MIN_CHECK_AGREEMENT = 0.99  # share of val and out-of-distribution images the INT8 check decides as fp32's
 MIN_SPEEDUP = 1.1  # fp32 p50 / INT8 p50 at batch 1; smaller gains are within this machine's run-to-run noise
 CALIBRATION_IMAGES = 256
 LATENCY_IMAGES = 200
@@ -64,6 +67,20 @@ class _Calibration:
         return next(self.batches, None)
 
 
+def check_nodes(path: Path) -> list[str]:
+    """The nodes outside the model's own graph (the out-of-distribution check's distances): kept in float."""
+    import onnx
+
+    return [node.name for node in onnx.load(str(path)).graph.node if not node.name.startswith("/probe/graph/")]
+
+
+def with_ood_sets(trained: TrainedModel, val_images: np.ndarray) -> np.ndarray:
+    from cxrlab.evaluation.ood_sets import ood_sets
+
+    sets = ood_sets(trained.cfg.size, trained.preprocess, trained.cfg.seed)
+    return np.concatenate([val_images] + [images for group in sets.values() for images in group.values()])
+
+
 def torch_dynamic(model: nn.Module) -> nn.Module:
     cpu = plain_copy(model, "cpu")
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices: measured here, not relied on
@@ -93,6 +110,8 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     fp32 = OnnxModel(run.path / FP32_FILE, cfg.norm_mean, cfg.norm_std, cfg.threads)
     base_acc = accuracy(trained, fp32.logits(images), targets)
     base_p50, base_p95 = latency_ms(fp32.logits, images)
+    check_images = with_ood_sets(trained, images) if fp32.has_check else None
+    base_flags = fp32.outputs(check_images)[1] > trained.ood.threshold if fp32.has_check else None
     results = [{"name": "onnxruntime fp32", "accuracy": base_acc, "p50_ms": base_p50, "p95_ms": base_p95, "shipped": False, "why": "reference"}]
 
     q_torch = torch_dynamic(trained.model)
@@ -105,22 +124,28 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
         files = {"onnxruntime dynamic INT8": Path(tmp) / "dynamic.onnx", "onnxruntime static INT8 (QDQ, calibrated on val)": Path(tmp) / "static.onnx"}
-        quantize_dynamic(str(run.path / FP32_FILE), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(run.path / FP32_FILE), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8,
+                         nodes_to_exclude=check_nodes(run.path / FP32_FILE))
         quantize_static(str(run.path / FP32_FILE), str(files["onnxruntime static INT8 (QDQ, calibrated on val)"]),
                         _Calibration(images[:CALIBRATION_IMAGES], cfg.norm_mean, cfg.norm_std), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=check_nodes(run.path / FP32_FILE))
         shippable = []
         for name, path in files.items():
             model = OnnxModel(path, cfg.norm_mean, cfg.norm_std, cfg.threads)
             acc = accuracy(trained, model.logits(images), targets)
             p50, p95 = latency_ms(model.logits, images)
             faster, close = base_p50 / p50 >= MIN_SPEEDUP, (base_acc - acc) * 100 <= MAX_ACCURACY_DROP
-            why = ("faster and accurate enough" if faster and close else
+            agreement = float(((model.outputs(check_images)[1] > trained.ood.threshold) == base_flags).mean()) if model.has_check else None
+            same_check = agreement is None or agreement >= MIN_CHECK_AGREEMENT
+            why = ("faster and accurate enough" if faster and close and same_check else
                    "; ".join(([] if faster else [f"not {MIN_SPEEDUP:g}x faster than fp32 ({p50:.2f} vs {base_p50:.2f} ms at batch 1)"])
-                             + ([] if close else [f"val accuracy {100 * (base_acc - acc):.1f} points below fp32 (limit {MAX_ACCURACY_DROP})"])))
-            entry = {"name": name, "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "shipped": False, "why": why}
+                             + ([] if close else [f"val accuracy {100 * (base_acc - acc):.1f} points below fp32 (limit {MAX_ACCURACY_DROP})"])
+                             + ([] if same_check else [f"its out-of-distribution check decides {agreement:.1%} of images as fp32's "
+                                                        f"(limit {MIN_CHECK_AGREEMENT:.0%})"])))
+            entry = {"name": name, "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "check_agreement": agreement, "shipped": False, "why": why}
             results.append(entry)
-            if faster and close:
+            if faster and close and same_check:
                 shippable.append((p50, entry, path.read_bytes()))
         target = run.path / INT8_FILE
         if shippable:
@@ -129,7 +154,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
             atomic_write_bytes(target, data)
         elif target.exists():
             target.unlink()  # an older INT8 file no longer passes: do not serve it
-    report = {"rule": f"batch-1 p50 at least {MIN_SPEEDUP:g}x faster than fp32 and val accuracy within {MAX_ACCURACY_DROP} points", "val_images": len(images), "candidates": results}
+    report = {"rule": f"batch-1 p50 at least {MIN_SPEEDUP:g}x faster than fp32, val accuracy within {MAX_ACCURACY_DROP} points and the same out-of-distribution decisions on {MIN_CHECK_AGREEMENT:.0%} of val and out-of-distribution images", "val_images": len(images), "candidates": results}
     atomic_write_json(run.path / "quantization.json", report)
     for r in results:
         echo(f"  {r['name']:<48} val acc {r['accuracy']:.3f}  p50 {r['p50_ms']:.2f} ms  {'SHIPPED' if r['shipped'] else r['why']}")

@@ -39,8 +39,8 @@ from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs, fit_t
 from cxrlab.export.bench import deployed_speed
 from cxrlab.files import atomic_write_text
 from cxrlab.report.document import Document
-from cxrlab.runs import RunDir
-from cxrlab.training.loop import resolve
+from cxrlab.core.runs import RunDir
+from cxrlab.config import resolve
 from cxrlab.training.runner import run_all
 
 STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out", "recipes")
@@ -197,7 +197,7 @@ def model_entries(runs: dict, data: TaskData, study: Study, base: Config, echo) 
     for (name, seed), run in runs.items():
         trained = load_trained(run.path)
         summary = run.read_json(run.summary)
-        cfg = replace(trained.cfg, threshold=base.threshold, target_sensitivity=base.target_sensitivity, n_bootstrap=base.n_bootstrap)
+        cfg = replace(trained.cfg, threshold=base.threshold_rule, target_sensitivity=base.target_sensitivity, n_bootstrap=base.n_bootstrap)
         curves, tta_curves = {}, {}
         for split in ("val", "test"):
             images = data.splits[split].images
@@ -447,8 +447,8 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
     first = runs[study.models[0], study.seeds[0]].load_config()
     doc.bullets([
         "trained on train; best epoch, decision threshold and temperature chosen on val; reported on test, once",
-        f"positive class: **{base.positive}**; threshold rule: `{base.threshold}`"
-        + (f" (target sensitivity {base.target_sensitivity})" if base.threshold == "sensitivity" else "")
+        f"positive class: **{base.positive}**; threshold rule: `{base.threshold_rule}`"
+        + (f" (target sensitivity {base.target_sensitivity})" if base.threshold_rule == "sensitivity" else "")
         + f"; best epoch by val `{base.select_metric}`",
         f"seeds {', '.join(map(str, study.seeds))}: tables give mean ± sd over seeds, and in brackets the bootstrap 95% CI "
         f"({base.n_bootstrap} resamples) of the first seed's run",

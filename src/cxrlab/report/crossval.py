@@ -26,7 +26,7 @@ from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs
 from cxrlab.files import atomic_write_text
 from cxrlab.report.compare import check_compatible, check_data_once, mean_sd, score
 from cxrlab.report.document import Document
-from cxrlab.training.loop import resolve
+from cxrlab.config import resolve
 from cxrlab.training.runner import run_all
 
 CV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "ece")
@@ -82,7 +82,7 @@ def write_cv_report(out: Path, base: Config, results: list[dict], ensemble: dict
     doc.text(f"Data: {label}. Stratified {len(results)}-fold split of train (the same folds for every model and seed); fold k trains "
              "on the other folds and chooses its best epoch, threshold and temperature on fold k. Every fold model is scored on the "
              "official val and test splits. The fold ensemble averages the fold models' probabilities; its threshold "
-             f"(rule `{base.threshold}`) is chosen on the official val.")
+             f"(rule `{base.threshold_rule}`) is chosen on the official val.")
     header = ["entry", *(f"{split} {k}" for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))]
     rows = [[f"fold {i}", *(f"{r[split][k]:.3f}" for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))] for i, r in enumerate(results)]
     rows.append(["**mean ± sd**", *(mean_sd(np.array([r[split][k] for r in results])) for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))])

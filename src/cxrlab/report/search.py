@@ -31,7 +31,8 @@ from cxrlab.config import Config
 from cxrlab.errors import ConfigError
 from cxrlab.files import atomic_write_text
 from cxrlab.report.document import Document
-from cxrlab.training.loop import HIGHER_IS_BETTER, resolve, score_of, train
+from cxrlab.config import HIGHER_IS_BETTER, resolve, score_of
+from cxrlab.training.loop import train
 from cxrlab.training.runner import plan
 
 SPACE = {"batch_size": [8, 16, 32], "lr": [1e-3, 5e-4, 3e-4], "dropout": [0.3, 0.4, 0.5]}

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sklearn.metrics import balanced_accuracy_score
 from tqdm.auto import tqdm  # a widget in a notebook, text in a terminal
 
-from cxrlab.config import Config
+from cxrlab.config import Config, improved, resolve, score_of
 from cxrlab.data.augment import AugmentSettings, training_batch
 from cxrlab.data.datafile import locate
 from cxrlab.data.task import TaskData, data_label, fold_view, task_data
@@ -31,9 +30,9 @@ from cxrlab.evaluation.inference import predict_logits
 from cxrlab.evaluation.metrics import mean_auc
 from cxrlab.files import atomic_write_json, atomic_write_text
 from cxrlab.models import count_parameters, freeze_frozen_norms, model_from_config, set_trainable
-from cxrlab.runs import RunDir, default_run_path
-from cxrlab.training.checkpoint import load_state, save_state, save_weights
-from cxrlab.training.device import autocast, setup_device
+from cxrlab.core.runs import RunDir
+from cxrlab.core.checkpoint import load_state, save_state, save_weights
+from cxrlab.core.device import autocast, setup_device
 from cxrlab.training.distributed import (
     Process,
     all_finite,
@@ -49,17 +48,6 @@ from cxrlab.training.distributed import (
 from cxrlab.training.tracking import log_run, tracking_uri
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_roc_auc", "lr", "seconds")
-HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "loss": False}
-
-
-def resolve(cfg: Config) -> Config:
-    """Fill every derived default, so the saved config reproduces the run on its own."""
-    cfg = replace(cfg).validate()
-    cfg.lr = cfg.learning_rate
-    cfg.positive_class = cfg.positive
-    cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())
-    cfg.out = str(Path(cfg.out or default_run_path(cfg.model)).resolve())
-    return cfg
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
@@ -110,18 +98,6 @@ def validation_row(model, data: TaskData, cfg: Config, device) -> dict:
         "val_balanced_accuracy": balanced_accuracy_score(y[:, 0], probs[:, 0] >= 0.5) if data.task == "binary" else float("nan"),
         "val_roc_auc": mean_auc(y, probs),
     }
-
-
-def score_of(row: dict, metric: str) -> float:
-    return row[f"val_{metric}"]
-
-
-def improved(score: float, best: float | None, metric: str) -> bool:
-    if math.isnan(score):
-        return False
-    if best is None:
-        return True
-    return score > best if HIGHER_IS_BETTER[metric] else score < best
 
 
 EpochCallback = Callable[[int, dict], None]

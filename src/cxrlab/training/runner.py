@@ -24,7 +24,7 @@ import torch
 
 from cxrlab.config import Config
 from cxrlab.errors import ConfigError, RunDirError
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 from cxrlab.training.loop import resume_training, train
 from cxrlab.training.progress import PlannedRun, clear_running, mark_running, write_status
 

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from cxrlab.errors import ConfigError
-from cxrlab.runs import RunDir
+from cxrlab.core.runs import RunDir
 
 DEFAULT_DATABASE = "mlflow.db"
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from cxrlab.config import Config, load_config
@@ -57,7 +56,3 @@ class RunDir:
             hint = f" Resume it with: cxrlab train --resume {self.path}" if self.last_checkpoint.is_file() else ""
             raise RunDirError(f"{self.path} has no finished training (summary.json or model.safetensors missing).{hint}")
         return self.read_json(self.summary)
-
-
-def default_run_path(model: str, root: str | Path = "runs") -> Path:
-    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
