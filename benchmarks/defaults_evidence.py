@@ -94,7 +94,7 @@ def train_all(args) -> None:
 def epoch_probs(name: str, out: Path, data) -> dict:
     """P(pneumonia) of every saved epoch on the selection fold and on the official val split, cached in the run."""
     from cxrlab.evaluation.inference import predict_probs
-    from cxrlab.models import model_from_config
+    from cxrlab.models.registry import model_from_config
     from cxrlab.core.device import setup_device
 
     cache = out / name / "epoch_probs.npz"
@@ -119,7 +119,7 @@ def epoch_probs(name: str, out: Path, data) -> dict:
 
 def tta_probs(name: str, out: Path, data, epoch: int, views: int = 4) -> tuple[np.ndarray, np.ndarray]:
     from cxrlab.evaluation.inference import predict_probs_tta
-    from cxrlab.models import model_from_config
+    from cxrlab.models.registry import model_from_config
     from cxrlab.core.device import setup_device
 
     cfg = RunDir(out / name).load_config()

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from cxrlab.config import STUDY_MODELS, Config
+from cxrlab.config import Config
+from cxrlab.models.architectures import STUDY_MODELS
 from cxrlab.data.phantom import write_phantom
 from cxrlab.config import resolve
 from cxrlab.training.runner import available_cores, plan, run_all

@@ -36,7 +36,7 @@ from cxrlab.config import MODEL_NAMES, Config
 from cxrlab.data.augment import AugmentSettings, training_batch
 from cxrlab.data.phantom import write_phantom
 from cxrlab.data.task import load_task
-from cxrlab.models import model_from_config
+from cxrlab.models.registry import model_from_config
 from cxrlab.core.runs import RunDir
 from cxrlab.core.device import autocast, setup_device
 from cxrlab.training.distributed import Process

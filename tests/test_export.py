@@ -15,7 +15,7 @@ from cxrlab.evaluation.explain import Explainer, cam_layer
 from cxrlab.evaluation.inference import load_trained
 from cxrlab.export.onnx import export_onnx
 from cxrlab.export.runtime import attach_runtime
-from cxrlab.models import create_model
+from cxrlab.models.registry import create_model
 
 
 def val_images(run_path, n=64):

@@ -15,7 +15,7 @@ from cxrlab.data.phantom import write_phantom
 from cxrlab.data.task import load_task
 from cxrlab.errors import ConfigError, DataNotFoundError
 from cxrlab.evaluation.inference import load_trained
-from cxrlab.models import create_model
+from cxrlab.models.registry import create_model
 from cxrlab.training.loop import train
 
 LABEL_NAMES = DATASETS["chestmnist"].label_names

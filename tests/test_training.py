@@ -129,7 +129,7 @@ def test_resume_before_the_first_epoch_finished_starts_over(one_epoch_run, tmp_p
 def test_validation_reports_every_metric_that_can_select_the_best_epoch(quick_config, task):
     from cxrlab.config import SELECT_METRICS
     from cxrlab.data.task import load_task
-    from cxrlab.models import model_from_config
+    from cxrlab.models.registry import model_from_config
     from cxrlab.config import score_of
     from cxrlab.training.loop import validation_row
 
@@ -146,7 +146,7 @@ def test_bf16_autocast_computes_in_bf16_and_trains_with_finite_losses(tmp_path):
     so here one short epoch checks the plumbing; that bf16 training learns is asserted on a GPU (tests/test_cuda.py)."""
     from cxrlab.config import Config
     from cxrlab.data.phantom import write_phantom
-    from cxrlab.models import model_from_config
+    from cxrlab.models.registry import model_from_config
     from cxrlab.core.device import autocast
 
     write_phantom(tmp_path / "data", size=28, seed=1, split_sizes={"train": 240, "val": 120, "test": 120})

@@ -18,14 +18,8 @@ import yaml
 from cxrlab.errors import ConfigError
 
 from cxrlab.data.datasets import DATASET_NAMES, SIZES, get_dataset
+from cxrlab.models.architectures import DEFAULT_LR, MODEL_NAMES
 
-# The three models of the experiment, then MedMNIST v2's reference ResNet-18 (configs/medmnist_v2.yaml).
-MODEL_NAMES = ("mobilenet_v3_large", "densenet121", "efficientnet_b0", "resnet18")
-STUDY_MODELS = MODEL_NAMES[:3]
-# Learning rates per architecture at the default batch of 64: twice the experiment's rates at batch 16 (1e-3, 3e-4, 1e-4;
-# configs/seed.yaml), as measured on held-out data (docs/results/pneumoniamnist-28); resnet18: MedMNIST v2's.
-# `lr: null` picks these.
-DEFAULT_LR = {"mobilenet_v3_large": 2e-3, "efficientnet_b0": 6e-4, "densenet121": 2e-4, "resnet18": 1e-3}
 LR_SCHEDULES = ("plateau", "multistep")
 SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
 THRESHOLD_RULES = ("0.5", "youden", "sensitivity")

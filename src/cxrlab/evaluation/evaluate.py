@@ -18,7 +18,7 @@ from cxrlab.evaluation.inference import load_trained, predict_probs
 from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, calibration_metrics, evaluate_probs, fit_temperature, sensitivity_threshold, youden_threshold
 from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
-from cxrlab.models import model_from_config
+from cxrlab.models.registry import model_from_config
 from cxrlab.core.runs import RunDir
 from cxrlab.core.checkpoint import load_weights
 

@@ -15,7 +15,7 @@ from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize,
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from cxrlab.evaluation.ood import OODCheck, probe_outputs
-from cxrlab.models import model_from_config
+from cxrlab.models.registry import model_from_config
 from cxrlab.models.probe import FeatureProbe
 from cxrlab.core.runs import RunDir
 from cxrlab.core.checkpoint import load_weights

@@ -1,3 +1,2 @@
-from cxrlab.models.registry import ARCHITECTURES, count_parameters, create_model, freeze_frozen_norms, model_from_config, set_trainable
-
-__all__ = ["ARCHITECTURES", "count_parameters", "create_model", "freeze_frozen_norms", "model_from_config", "set_trainable"]
+"""Models: the architectures table (architectures.py, no torch), their adaptation and creation (registry.py), the
+segmentation preprocessor and the feature probe of the out-of-distribution check."""

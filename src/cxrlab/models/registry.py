@@ -17,12 +17,10 @@ Adaptation, per architecture (``create_model`` applies it):
   parametrisation (softmax over two logits is the sigmoid of their difference).
 - BatchNorm momentum: ``bn_momentum`` (default 0.1, PyTorch's) is set on every BatchNorm layer. torchvision
   gives MobileNetV3 0.01, whose running statistics then lag the weights by ~100 steps: on PneumoniaMNIST its
-  val accuracy swung by 20 points between epochs while train loss fell smoothly (issue 9's measurement).
+  val accuracy swung by 20 points between epochs while train loss fell smoothly (README, Models).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,29 +28,8 @@ import torchvision
 from torch import nn
 
 from cxrlab.errors import ConfigError, WeightsError
+from cxrlab.models.architectures import ARCHITECTURES
 from cxrlab.models.segmentation import SegmentationPreprocessor
-
-
-@dataclass(frozen=True)
-class Architecture:
-    build: Callable[[], nn.Module]
-    weights: str  # torchvision weights enum value used for --pretrained
-    stem: str  # dotted path of the first convolution
-    classifier: str  # attribute holding the classifier
-    feature_width: int
-    head_activation: type[nn.Module] | None  # None: a single linear layer as the head (resnet18, as MedMNIST v2)
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "mobilenet_v3_large": Architecture(
-        torchvision.models.mobilenet_v3_large, "MobileNet_V3_Large_Weights.IMAGENET1K_V1", "features.0.0", "classifier", 960, nn.Hardswish
-    ),
-    "densenet121": Architecture(torchvision.models.densenet121, "DenseNet121_Weights.IMAGENET1K_V1", "features.conv0", "classifier", 1024, nn.ReLU),
-    "efficientnet_b0": Architecture(
-        torchvision.models.efficientnet_b0, "EfficientNet_B0_Weights.IMAGENET1K_V1", "features.0.0", "classifier", 1280, nn.SiLU
-    ),
-    "resnet18": Architecture(torchvision.models.resnet18, "ResNet18_Weights.IMAGENET1K_V1", "conv1", "fc", 512, None),
-}
 
 
 def make_head(in_features: int, activation: type[nn.Module] | None, dropout: tuple[float, float], num_outputs: int = 1) -> nn.Module:
@@ -149,7 +126,7 @@ def create_model(
     if name not in ARCHITECTURES:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[name]
-    net = arch.build()
+    net = getattr(torchvision.models, arch.builder)()
     if pretrained:
         state = load_imagenet_state(name, weights_file)
         try:
@@ -157,7 +134,7 @@ def create_model(
         except RuntimeError as exc:
             raise WeightsError(f"weights do not fit {name}: {str(exc).splitlines()[0]}") from None
     stem = _get(net, arch.stem)
-    if name == "resnet18" and stem_stride(image_size) == 1:
+    if arch.medmnist_stem and stem_stride(image_size) == 1:
         new_stem = _medmnist_resnet_stem(net)  # a 3x3 kernel: the 7x7 ImageNet stem does not fit and starts random
     else:
         new_stem = _one_channel_stem(stem, stem_stride(image_size))
@@ -165,7 +142,8 @@ def create_model(
             with torch.no_grad():
                 new_stem.weight.copy_(fold_rgb_stem(stem.weight))
     _set(net, arch.stem, new_stem)
-    setattr(net, arch.classifier, make_head(arch.feature_width, arch.head_activation, tuple(dropout), num_outputs))
+    activation = getattr(nn, arch.head_activation) if arch.head_activation else None
+    setattr(net, arch.classifier, make_head(arch.feature_width, activation, tuple(dropout), num_outputs))
     set_bn_momentum(net, bn_momentum)
     if segmentation:
         return nn.Sequential(SegmentationPreprocessor(seg_threshold), net)
@@ -181,10 +159,6 @@ def model_from_config(cfg, initial_weights: bool = True) -> nn.Module:
     )
 
 
-# Feature blocks that the 'last' stage of progressive fine-tuning trains besides the head: the blocks after
-# the last resolution change (MobileNetV3-L features 14-16, DenseNet-121 denseblock4 + norm5,
-# EfficientNet-B0 features 6-8, ResNet-18 layer4).
-LAST_BLOCKS = {"mobilenet_v3_large": 3, "densenet121": 2, "efficientnet_b0": 3, "resnet18": 1}
 RESNET_BLOCKS = ("layer1", "layer2", "layer3", "layer4")
 
 
@@ -197,14 +171,16 @@ def feature_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def set_trainable(model: nn.Module, name: str, part: str) -> None:
-    """Progressive fine-tuning: train only the head ('head'), the head and the last blocks ('last'), or all."""
+    """Progressive fine-tuning: train only the head ('head'), the head and the blocks after the last resolution
+    change ('last': MobileNetV3-L features 14-16, DenseNet-121 denseblock4 + norm5, EfficientNet-B0 features 6-8,
+    ResNet-18 layer4), or all."""
     net = model[-1] if isinstance(model, nn.Sequential) else model  # behind the SegmentationPreprocessor
     if part == "all":
         chosen = [model]
     else:
         chosen = [getattr(net, ARCHITECTURES[name].classifier)]
         if part == "last":
-            chosen += [block for _, block in feature_blocks(model)[-LAST_BLOCKS[name]:]]
+            chosen += [block for _, block in feature_blocks(model)[-ARCHITECTURES[name].last_blocks:]]
     model.requires_grad_(False)
     for module in chosen:
         module.requires_grad_(True)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import yaml
 
-from cxrlab.config import MODEL_NAMES, STUDY_MODELS, Config, from_dict, load_yaml
+from cxrlab.config import Config, from_dict, load_yaml
+from cxrlab.models.architectures import MODEL_NAMES, STUDY_MODELS
 from cxrlab.data.datafile import locate, provenance
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.task import TaskData, data_label, task_data

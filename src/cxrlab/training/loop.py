@@ -29,7 +29,7 @@ from cxrlab.evaluation.evaluate import finalize_run
 from cxrlab.evaluation.inference import predict_logits
 from cxrlab.evaluation.metrics import mean_auc
 from cxrlab.files import atomic_write_json, atomic_write_text
-from cxrlab.models import count_parameters, freeze_frozen_norms, model_from_config, set_trainable
+from cxrlab.models.registry import count_parameters, freeze_frozen_norms, model_from_config, set_trainable
 from cxrlab.core.runs import RunDir
 from cxrlab.core.checkpoint import load_state, save_state, save_weights
 from cxrlab.core.device import autocast, setup_device

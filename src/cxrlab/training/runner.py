@@ -1,10 +1,9 @@
 """Many independent runs (compare's models x seeds, cv's folds): reuse what is finished, resume what was
 interrupted, train the rest, one after another or side by side in separate processes.
 
-How many at once (``plan``), measured on 2-core machines at 28 px (benchmarks/README.md): two runs at one thread
-each finished a study 1.43x sooner than one run at a time with both threads here (1.7-2x on the machine issue 10
-was measured on), and two runs that each take every core slow each other down several-fold. So on a CPU the default is one run per core, one thread each, and never
-more threads in total than cores. With CUDA, small images leave a GPU mostly idle, so two runs share each visible
+How many at once (``plan``): on a CPU one run per core, one thread each, and never more threads in total than
+cores: side by side at one thread each finishes a study sooner than one run at a time with every thread, and runs
+that each take every core slow each other down several-fold (measured: benchmarks/README.md). With CUDA, small images leave a GPU mostly idle, so two runs share each visible
 GPU at up to 64 px and one run per GPU above (not yet timed on a GPU: benchmarks/gpu_check.sh measures it).
 A run's results do not depend on how many ran beside it (same seed, same threads: tests/test_studies.py).
 """
