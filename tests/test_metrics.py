@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxrlab.evaluation.evaluate import positive_view
+from cxrlab.evaluation.scoring import positive_view
 from cxrlab.evaluation.metrics import _count_metrics, bootstrap_ci, evaluate_probs, point_metrics, youden_threshold
 
 #                  tn  tn  fp  fn  tp  tp  tp

@@ -15,7 +15,8 @@ from cxrlab.data.task import TaskData, data_label, fold_view, task_data
 from cxrlab.errors import RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import load_trained, predict_probs
-from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, calibration_metrics, evaluate_probs, fit_temperature, sensitivity_threshold, youden_threshold
+from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, calibration_metrics, evaluate_probs, fit_temperature
+from cxrlab.evaluation.scoring import choose_threshold, positive_view
 from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
 from cxrlab.models.registry import model_from_config
@@ -23,22 +24,6 @@ from cxrlab.core.runs import RunDir
 from cxrlab.core.checkpoint import load_weights
 
 GRID_IMAGES = 10
-
-
-def positive_view(targets: np.ndarray, probs_class1: np.ndarray, classes: list[str], positive: str) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and probabilities of the positive class (the model's output is P(class 1))."""
-    if positive == classes[1]:
-        return targets, probs_class1
-    return 1 - targets, 1 - probs_class1
-
-
-def choose_threshold(cfg: Config, val_targets: np.ndarray, val_probs: np.ndarray) -> float:
-    """The decision threshold by cfg's rule, from val only."""
-    if cfg.threshold_rule == "youden":
-        return youden_threshold(val_targets, val_probs)
-    if cfg.threshold_rule == "sensitivity":
-        return sensitivity_threshold(val_targets, val_probs, cfg.target_sensitivity)
-    return 0.5
 
 
 def metrics_table(columns: dict[str, dict]) -> str:

@@ -28,6 +28,7 @@ from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError, ImageFileError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import TrainedModel, plain_copy
+from cxrlab.evaluation.scoring import positive_probability, predicted_class
 from cxrlab.files import atomic_write_bytes
 from cxrlab.models.registry import feature_blocks
 
@@ -74,9 +75,8 @@ class Explainer:
         with self._lock:
             with torch.no_grad():
                 p1 = torch.sigmoid(self.model(x)[:, 0]).cpu().numpy()
-            positive = trained.classes.index(cfg.positive)
-            p_positive = p1 if positive == 1 else 1 - p1
-            predicted = [positive if p >= trained.threshold else 1 - positive for p in p_positive]
+            p_positive = positive_probability(p1, trained.classes, cfg.positive)
+            predicted = [trained.classes.index(predicted_class(p, trained.threshold, trained.classes, cfg.positive)) for p in p_positive]
             # the target scores the logit (class 1) or its negative (class 0)
             maps = self.cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(c) for c in predicted])
         return maps, p_positive, [trained.classes[c] for c in predicted]

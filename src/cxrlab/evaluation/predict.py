@@ -9,7 +9,7 @@ import torch
 
 from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.errors import ImageFileError
-from cxrlab.evaluation.evaluate import positive_view
+from cxrlab.evaluation.scoring import positive_probability, predicted_class
 from cxrlab.evaluation.inference import TrainedModel
 from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
 
@@ -66,10 +66,8 @@ def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str]) 
             result.label = ", ".join(found) or "no finding"
             result.probability = float(p.max())
         else:
-            _, positive = positive_view(np.zeros(1, dtype=int), p[:1], trained.classes, cfg.positive)
-            negative = next(c for c in trained.classes if c != cfg.positive)
-            result.probability = float(positive[0])
+            result.probability = float(positive_probability(p[0], trained.classes, cfg.positive))
             result.probabilities = {cfg.positive: result.probability}
-            result.label = cfg.positive if result.probability >= trained.threshold else negative
+            result.label = predicted_class(result.probability, trained.threshold, trained.classes, cfg.positive)
         results.append(result)
     return results

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from cxrlab.data.task import task_data
-from cxrlab.evaluation.evaluate import positive_view
+from cxrlab.evaluation.scoring import positive_view
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json

@@ -33,7 +33,7 @@ from cxrlab.data.task import TaskData, data_label, task_data
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.ensemble import check_weights, combine, fit_weights
-from cxrlab.evaluation.evaluate import choose_threshold, positive_view
+from cxrlab.evaluation.scoring import choose_threshold, positive_view
 from cxrlab.evaluation.explain import Explainer, val_grid
 from cxrlab.evaluation.inference import load_trained, predict_probs, predict_probs_tta
 from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs, fit_temperature

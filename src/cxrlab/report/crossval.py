@@ -20,7 +20,7 @@ import numpy as np
 from cxrlab.config import Config
 from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError
-from cxrlab.evaluation.evaluate import positive_view
+from cxrlab.evaluation.scoring import positive_view
 from cxrlab.evaluation.inference import load_trained
 from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs
 from cxrlab.files import atomic_write_text

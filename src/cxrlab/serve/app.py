@@ -40,6 +40,7 @@ from cxrlab.evaluation.explain import Explainer, png_bytes
 from cxrlab.evaluation.inference import TrainedModel, load_trained
 from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
 from cxrlab.evaluation.predict import predict_images
+from cxrlab.evaluation.scoring import negative_class
 from cxrlab.export.runtime import attach_runtime
 
 DISCLAIMER = ("Decision support only, not a diagnosis: a research model's output for a qualified reader to weigh. "
@@ -128,7 +129,7 @@ class Service:
     def task_line(self) -> str:
         """What the model tells apart and how an upload is prepared, in the run's own words."""
         t = self.trained
-        negative = next(c for c in t.classes if c != t.cfg.positive)
+        negative = negative_class(t.classes, t.cfg.positive)
         how = "center-cropped to a square" if t.preprocess == "center-crop" else "resized"
         return (f"{t.cfg.model} trained on {get_dataset(t.cfg.dataset).title}: {t.cfg.positive} vs {negative}. "
                 f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were.")
