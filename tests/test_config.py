@@ -57,3 +57,29 @@ def test_the_shipped_study_config_is_valid():
     study = Study(**values.pop("compare")).validate()
     assert study.ensemble == [0.5, 0.3, 0.2] and study.seeds == [0, 1, 2]
     assert from_dict(values).threshold == "sensitivity"
+
+
+def test_precision_auto_is_fp32_on_a_cpu_and_fp16_off_cuda_is_refused_by_name():
+    import torch
+
+    from cxrlab.core.device import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="fp16 .*CUDA GPUs, not cpu"):
+        resolve_precision("fp16", cpu)
+
+
+def test_bf16_on_a_gpu_without_native_bf16_is_refused_naming_it_and_auto_takes_fp16(monkeypatch):
+    import torch
+
+    from cxrlab.core.device import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    gpu = torch.device("cuda")
+    with pytest.raises(ConfigError, match="Tesla T4 \\(compute capability 7.5\\).*--precision fp16"):
+        resolve_precision("bf16", gpu)
+    assert resolve_precision("auto", gpu) == "fp16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert resolve_precision("auto", gpu) == "bf16"

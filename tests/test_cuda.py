@@ -52,3 +52,16 @@ def test_torchrun_on_the_gpus(phantom_root, tmp_path):
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == nproc
     if nproc == 2:
         assert "2 processes (nccl)" in done.stdout
+
+
+def test_auto_precision_matches_the_gpu_and_an_fp16_run_resumes_with_its_scaler(quick_config, tmp_path):
+    from cxrlab.core.checkpoint import load_state
+    from cxrlab.core.device import native_bf16
+    from cxrlab.core.runs import RunDir
+
+    cfg = replace(quick_config, device="cuda", precision="auto", epochs=1, out=str(tmp_path / "auto"))
+    run = train(cfg, progress=False, echo=lambda _: None)
+    assert RunDir(run.path).load_config().precision == ("bf16" if native_bf16(torch.device("cuda")) else "fp16")
+    fp16 = train(replace(cfg, precision="fp16", epochs=2, out=str(tmp_path / "fp16")), progress=False, echo=lambda _: None)
+    assert load_state(RunDir(fp16.path).last_checkpoint)["scaler"]["scale"] > 0
+    assert json.loads(fp16.metrics("val").read_text())["roc_auc"] > 0.6

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +20,10 @@ FLAGS = ["--model", "efficientnet_b0", "--epochs", "4", "--lr", "1e-3", "--batch
          "--no-progress"]
 
 
-def torchrun(*args, **kwargs):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cxrlab", "train", *args]
+def torchrun(*args, record=None, **kwargs):
+    """Two processes of `cxrlab train`; with ``record`` (a path prefix) each rank also writes what its decisions read."""
+    program = [str(Path(__file__).parent / "ddp_ranks.py"), str(record)] if record else ["-m", "cxrlab"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program, "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True, **kwargs)
 
@@ -37,7 +40,7 @@ def files(path):
 @pytest.fixture(scope="module")
 def ddp_run(phantom_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
-    proc = torchrun("--data-root", str(phantom_root), "--out", str(out), *FLAGS)
+    proc = torchrun("--data-root", str(phantom_root), "--out", str(out), *FLAGS, record=out.parent / "record")
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     return out, output
@@ -52,6 +55,15 @@ def test_two_processes_learn_and_write_one_run(ddp_run, quick_config, tmp_path):
     assert json.loads((out / "metrics_val.json").read_text())["roc_auc"] > 0.8
     single = train(replace(quick_config, epochs=1, out=str(tmp_path / "single")), progress=False, echo=lambda _: None)
     assert files(out) == files(single.path)  # also no stray temporary files from other ranks
+
+
+def test_every_rank_reads_the_same_buffers_val_row_and_learning_rate_each_epoch(ddp_run):
+    out, _ = ddp_run
+    ranks = [json.loads((out.parent / f"record.rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(history(out)), "every rank ran the same epochs and stopped together"
+    for epoch0, epoch1 in zip(*ranks):
+        assert epoch0 == epoch1  # BatchNorm buffers, val loss / accuracy / AUC, lr: identical, not merely close
+    assert ranks[0][0]["buffers"] != ranks[0][-1]["buffers"], "the buffers recorded are the ones training moves"
 
 
 def test_a_killed_two_process_run_resumes_to_the_same_end(ddp_run, phantom_root, tmp_path):

@@ -89,7 +89,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(quick_
 
     monkeypatch.setattr(F, "binary_cross_entropy_with_logits", poisoned)
     cfg = replace(quick_config, epochs=3)
-    with pytest.raises(TrainingDiverged, match="epoch 2") as err:
+    with pytest.raises(TrainingDiverged, match="epoch 2, batch 3") as err:
         train(cfg, progress=False, echo=quiet)
     assert "after epoch 1" in str(err.value)
     run = RunDir(cfg.out)

@@ -25,7 +25,7 @@ SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
 THRESHOLD_RULES = ("0.5", "youden", "sensitivity")
 FINETUNE_PARTS = ("head", "last", "all")
 TASKS = ("binary", "multilabel")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "auto", "bf16", "fp16")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -95,8 +95,10 @@ class Config:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
     channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CPU)")
-    precision: str = _opt("fp32", "fp32, or bf16 autocast for training and inference (pays on GPUs; on CPUs with AVX512-BF16 "
-                          "only DenseNet-121 gained, see benchmarks/README.md)", choices=PRECISIONS)
+    precision: str = _opt("fp32", "fp32; auto (bf16 on GPUs that run it natively, fp16 with a gradient scaler on older GPUs, fp32 "
+                          "on a CPU: the choice is saved); bf16 autocast (GPUs from compute capability 8.0; on CPUs with "
+                          "AVX512-BF16 only DenseNet-121 gained, see benchmarks/README.md); fp16 autocast with a gradient scaler (CUDA)",
+                          choices=PRECISIONS)
     eval_batch_size: int = _opt(512, "batch size for validation and test passes")
     seed: int = _opt(0, "random seed; the same seed on the same CPU gives the same history")
     n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals")

@@ -1,15 +1,19 @@
 """Multi-process training with torchrun: which process this is, and the few collective steps training needs.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process loads the data, takes its shard of each epoch's
-shuffled training order, and DistributedDataParallel averages the gradients: gloo on CPU, nccl on CUDA.
-Validation runs on the full val set in every process on identical weights, so every process takes the same
-decisions (best epoch, learning rate, early stop) without further messages. Only rank 0 writes the run.
+shuffled training order, and DistributedDataParallel averages the gradients: gloo on CPU, nccl on CUDA, each
+process pinned to its own GPU before the first collective. After each epoch rank 0's BatchNorm statistics go to
+every rank and rank 0 validates; its val row reaches all ranks, so every decision it drives (schedule, best
+epoch, early stop) is the same everywhere by construction. Only rank 0 writes the run. Collectives wait up to
+``CXRLAB_COLLECTIVE_TIMEOUT_MIN`` minutes (default 120), long enough for rank 0's longest lone work: a large
+download, or finishing a run (test scoring, plots, the out-of-distribution check) before the final barrier.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -38,10 +42,16 @@ def init_process(device_name: str) -> Process:
     """Join the process group when started by torchrun; a single process otherwise."""
     if not launched_by_torchrun():
         return Process()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Process(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        timeout = timedelta(minutes=float(os.environ.get("CXRLAB_COLLECTIVE_TIMEOUT_MIN", "120")))
+        if device_name in ("auto", "cuda") and torch.cuda.is_available():
+            # without this every rank's collectives (broadcast_object_list too) would use cuda:0
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend="nccl", timeout=timeout, device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend="gloo", timeout=timeout)
+    return Process(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def backend_name() -> str:
@@ -88,14 +98,23 @@ def sum_across(process: Process, values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
-def all_finite(process: Process, value: float, device) -> bool:
-    """True when every process's loss is finite: all ranks stop together instead of one hanging the others."""
-    finite = 1.0 if torch.isfinite(torch.tensor(value)) else 0.0
+def first_batch_not_finite(process: Process, first_bad: torch.Tensor) -> int | None:
+    """The first batch index (a device scalar, -1 for none) at which any rank's loss was not finite, or None: all
+    ranks read the same answer and stop together instead of one hanging the others."""
     if process.distributed:
-        flag = torch.tensor([finite], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        finite = flag.item()
-    return finite == 1.0
+        worst = torch.where(first_bad < 0, torch.iinfo(torch.int64).max, first_bad)
+        dist.all_reduce(worst, op=dist.ReduceOp.MIN)
+        value = int(worst.item())
+        return None if value == torch.iinfo(torch.int64).max else value
+    value = int(first_bad.item())
+    return None if value < 0 else value
+
+
+def sync_buffers(process: Process, model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every rank."""
+    if process.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier(process: Process) -> None:

@@ -32,11 +32,11 @@ from cxrlab.files import atomic_write_json, atomic_write_text
 from cxrlab.models.registry import count_parameters, freeze_frozen_norms, model_from_config, set_trainable
 from cxrlab.core.runs import RunDir
 from cxrlab.core.checkpoint import load_state, save_state, save_weights
-from cxrlab.core.device import autocast, setup_device
+from cxrlab.core.device import autocast, grad_scaler, resolve_precision, setup_device
 from cxrlab.training.distributed import (
     Process,
-    all_finite,
     backend_name,
+    first_batch_not_finite,
     barrier,
     from_main,
     init_process,
@@ -44,6 +44,7 @@ from cxrlab.training.distributed import (
     process_device,
     shutdown,
     sum_across,
+    sync_buffers,
 )
 from cxrlab.training.tracking import log_run, tracking_uri
 
@@ -147,6 +148,7 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
 
     # ---- data and model ----
     device = setup_device(process_device(cfg.device, process), cfg.threads)
+    cfg.precision = resolve_precision(cfg.precision, device)  # 'auto' saved as what it chose
     data = task_data(cfg)
     if cfg.cv_folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
@@ -166,6 +168,7 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
+    scaler = grad_scaler(cfg, device)
 
     # ---- run directory: new, or the state of an interrupted run (read by rank 0, sent to the others) ----
     state = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": [], "done": False}
@@ -174,6 +177,8 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         scheduler.load_state_dict(saved.pop("scheduler"))
+        if "scaler" in saved:
+            scaler.load_state_dict(saved.pop("scaler"))
         state.update(saved)
         echo(f"resuming {run.path} after epoch {state['epoch']}")
     elif process.is_main:
@@ -216,8 +221,11 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
                 echo(f"fine-tuning stage {stage + 1}/{len(stages)}: train {part}, lr {stage_lr:g}, {stages[stage][1]} epochs")
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1}
-        row.update(train_one_epoch(net, optimizer, epoch_inputs, cfg, epoch, device, process, progress, run))
-        row.update(validation_row(model, data, cfg, device))
+        row.update(train_one_epoch(net, optimizer, epoch_inputs, cfg, epoch, device, process, progress, run, scaler))
+        # DDP sends rank 0's BatchNorm statistics before each forward, so after the last step the ranks' differ: rank 0's
+        # go to all, rank 0 validates, and every decision below (schedule, best epoch, early stop) uses its row.
+        sync_buffers(process, model)
+        row.update(from_main(process, validation_row(model, data, cfg, device) if process.is_main else None))
         row["lr"] = optimizer.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
         if cfg.lr_schedule == "plateau":
@@ -238,7 +246,8 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
         if process.is_main:
             if is_best:
                 save_weights(model, run.weights)
-            save_state({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, run.last_checkpoint)
+            save_state({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict()}, run.last_checkpoint)
             write_history(run.history, state["history"])
         mark = " *" if is_best else ""
         echo(
@@ -283,8 +292,14 @@ def regularised_batch(x: torch.Tensor, y: torch.Tensor, mix: torch.distributions
     return x, y
 
 
-def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int, device, process: Process, progress: bool | None, run: RunDir) -> dict:
-    """One pass over this process's shard of the shuffled training set; loss and accuracy summed over all processes."""
+CHECK_EVERY = 32  # steps between the one device-to-host read that checks the loss (and refreshes the progress bar)
+
+
+def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int, device, process: Process, progress: bool | None, run: RunDir,
+                    scaler: torch.amp.GradScaler | None = None) -> dict:
+    """One pass over this process's shard of the shuffled training set; loss and accuracy summed over all processes.
+    Sums stay on the device: the host reads them every CHECK_EVERY steps (a non-finite loss stops the run there,
+    naming the batch it first appeared in) and once at the end, so a GPU is not stalled by a sync per step."""
     seed = epoch_seed(cfg.seed, epoch)
     torch.manual_seed(seed + process.rank)  # dropout
     gen = torch.Generator(device=device).manual_seed(seed)  # the same order on every process
@@ -294,35 +309,44 @@ def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int
         gen = torch.Generator(device=device).manual_seed(seed + 7919 * process.rank)  # augmentation differs per shard
     if len(order) % cfg.batch_size == 1:  # a batch of one breaks BatchNorm in training mode
         order = order[:-1]
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     net.train()
     freeze_frozen_norms(net)
     mix = torch.distributions.Beta(cfg.mixup, cfg.mixup) if cfg.mixup else None
-    loss_sum, correct, seen = 0.0, 0.0, 0
+    loss_sum, correct = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device, dtype=torch.float64)
+    first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # the first batch whose loss was not finite
+    seen = 0
     disable = not process.is_main or (None if progress is None else not progress)
-    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.total_epochs}", leave=False, disable=disable)
-    for start in bar:
+    starts = range(0, len(order), cfg.batch_size)
+    bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.total_epochs}", leave=False, disable=disable)
+    for step, start in enumerate(bar):
         idx = order[start : start + cfg.batch_size]
         x = training_batch(inputs.images[idx], inputs.augmentation, gen, cfg.norm_mean, cfg.norm_std, device)
         x, y = regularised_batch(x, inputs.targets[idx], mix, cfg.label_smoothing, gen)
         with autocast(cfg, device):
             logits = net(x.contiguous(memory_format=inputs.memory_format)).float()
         loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=inputs.pos_weight)
-        loss_value = loss.item()
-        if not all_finite(process, loss_value, device):
-            raise TrainingDiverged(
-                f"loss became {loss_value} in epoch {epoch + 1}, batch {start // cfg.batch_size + 1}; training stopped. "
-                f"The last good checkpoint (after epoch {epoch}) is kept in {run.last_checkpoint}. Try a lower --lr."
-            )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss_value * len(idx)
-        correct += float(((logits.detach() > 0) == (y > 0.5)).float().mean(1).sum())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        detached = loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
+        loss_sum += detached.double() * len(idx)
+        correct += ((logits.detach() > 0) == (y > 0.5)).double().mean(1).sum()
         seen += len(idx)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        if (step + 1) % CHECK_EVERY == 0 or step + 1 == len(starts):
+            bad = first_batch_not_finite(process, first_bad)
+            if bad is not None:
+                raise TrainingDiverged(
+                    f"loss became non-finite in epoch {epoch + 1}, batch {bad + 1}; training stopped. "
+                    f"The last good checkpoint (after epoch {epoch}) is kept in {run.last_checkpoint}. Try a lower --lr."
+                )
+            if not disable:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
     bar.close()
-    loss_sum, correct, seen = sum_across(process, [loss_sum, correct, seen], device)
-    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+    loss_total, correct_total, seen = sum_across(process, [loss_sum.item(), correct.item(), seen], device)
+    return {"train_loss": loss_total / seen, "train_accuracy": correct_total / seen}
 
 
 def _counts(data: TaskData) -> dict:
