@@ -24,7 +24,7 @@ def test_yaml_values_are_typed_and_validated(tmp_path):
         ("- a list\n", "mapping"),
         ("epochs: [1\n", "not valid YAML"),
         ("pos_weight: heavy\n", "pos_weight"),
-        ("precision: fp16\n", "precision must be one of fp32, bf16"),
+        ("precision: fp8\n", "precision must be one of fp32, auto, bf16, fp16"),
     ],
 )
 def test_bad_config_values_are_named(tmp_path, text, message):
