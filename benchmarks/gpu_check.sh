@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU path on a CUDA machine, in one go (meant to finish in under 8 minutes on one data-centre GPU):
 #   1. the tests marked `cuda` (tests/test_cuda.py): device choice, bf16 autocast with channels_last for every
-#      model, two runs sharing one GPU, torchrun with nccl;
-#   2. benchmarks/gpu_epoch.py: s/epoch and images/s of each model at 28 and 224 px, fp32 and bf16, as a table.
+#      model, precision auto and fp16 with its scaler resumed, training images in pinned host memory, two runs
+#      sharing one GPU, torchrun with nccl;
+#   2. benchmarks/gpu_epoch.py: s/epoch and images/s of each model at 28 and 224 px, fp32, bf16 and fp16, as a table.
 # Usage: bash benchmarks/gpu_check.sh            (PYTHON=... to use another interpreter than .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."

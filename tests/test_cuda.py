@@ -65,3 +65,13 @@ def test_auto_precision_matches_the_gpu_and_an_fp16_run_resumes_with_its_scaler(
     fp16 = train(replace(cfg, precision="fp16", epochs=2, out=str(tmp_path / "fp16")), progress=False, echo=lambda _: None)
     assert load_state(RunDir(fp16.path).last_checkpoint)["scaler"]["scale"] > 0
     assert json.loads(fp16.metrics("val").read_text())["roc_auc"] > 0.6
+
+
+def test_training_images_that_do_not_fit_stay_in_pinned_host_memory_and_the_run_still_learns(quick_config, monkeypatch):
+    import cxrlab.training.loop as loop
+
+    monkeypatch.setattr(loop, "DEVICE_DATA_SHARE", 0.0)  # nothing fits: the host path
+    lines = []
+    run = train(replace(quick_config, device="cuda", epochs=3, lr=1e-3), progress=False, echo=lines.append)
+    assert any("pinned host memory" in line for line in lines)
+    assert json.loads(run.metrics("val").read_text())["roc_auc"] > 0.75

@@ -199,8 +199,11 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
         echo(f"  multilabel, 14 labels: train {len(train_split):,} images, val {len(data.splits['val']):,}")
 
     # ---- epochs ----
+    images, where_images = place_training_images(train_split.images, device)
+    if where_images:
+        echo(where_images)
     epoch_inputs = EpochInputs(
-        images=train_split.images.to(device),
+        images=images,
         targets=train_split.targets.to(device).float().view(len(train_split), -1),
         augmentation=AugmentSettings.from_config(cfg),
         pos_weight=pos_weight_tensor(cfg, data, device),
@@ -270,9 +273,26 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     return run
 
 
+DEVICE_DATA_SHARE = 0.5  # the training images stay on a GPU only while they take at most this share of its free memory
+
+
+def place_training_images(images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, str | None]:
+    """The training images on the device when they fit beside the model, its optimizer state and eval batches;
+    else in pinned host memory, copied per batch (the 14-label 224 px ChestMNIST is 3.9 GB of uint8). Returns them
+    and a line saying where they went, for a GPU."""
+    if device.type != "cuda":
+        return images.to(device), None
+    free, _ = torch.cuda.mem_get_info(device)
+    size_gb, free_gb = images.numel() * images.element_size() / 1e9, free / 1e9
+    if images.numel() * images.element_size() <= DEVICE_DATA_SHARE * free:
+        return images.to(device), f"training images on {device}: {size_gb:.2f} GB of {free_gb:.1f} GB free"
+    return images.pin_memory(), (f"training images in pinned host memory, copied per batch: {size_gb:.2f} GB is over "
+                                 f"{DEVICE_DATA_SHARE:.0%} of the {free_gb:.1f} GB free on {device}")
+
+
 @dataclass
 class EpochInputs:
-    images: torch.Tensor  # uint8 (N, S, S) on the training device
+    images: torch.Tensor  # uint8 (N, S, S) on the training device, or in pinned host memory when it does not fit there
     targets: torch.Tensor  # float (N, outputs)
     augmentation: AugmentSettings
     pos_weight: torch.Tensor | None
@@ -303,7 +323,11 @@ def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int
     seed = epoch_seed(cfg.seed, epoch)
     torch.manual_seed(seed + process.rank)  # dropout
     gen = torch.Generator(device=device).manual_seed(seed)  # the same order on every process
-    order = torch.randperm(len(inputs.targets), generator=gen, device=device)
+    on_host = inputs.images.device != device  # then batches are gathered on the host and copied over
+    if on_host:
+        order = torch.randperm(len(inputs.targets), generator=torch.Generator().manual_seed(seed))
+    else:
+        order = torch.randperm(len(inputs.targets), generator=gen, device=device)
     if process.distributed:  # equal shards, so every process runs the same number of steps
         order = order[: len(order) - len(order) % process.world_size][process.rank :: process.world_size]
         gen = torch.Generator(device=device).manual_seed(seed + 7919 * process.rank)  # augmentation differs per shard
@@ -321,7 +345,10 @@ def train_one_epoch(net, optimizer, inputs: EpochInputs, cfg: Config, epoch: int
     bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.total_epochs}", leave=False, disable=disable)
     for step, start in enumerate(bar):
         idx = order[start : start + cfg.batch_size]
-        x = training_batch(inputs.images[idx], inputs.augmentation, gen, cfg.norm_mean, cfg.norm_std, device)
+        batch = inputs.images[idx]
+        if on_host:
+            batch, idx = batch.pin_memory().to(device, non_blocking=True), idx.to(device, non_blocking=True)
+        x = training_batch(batch, inputs.augmentation, gen, cfg.norm_mean, cfg.norm_std, device)
         x, y = regularised_batch(x, inputs.targets[idx], mix, cfg.label_smoothing, gen)
         with autocast(cfg, device):
             logits = net(x.contiguous(memory_format=inputs.memory_format)).float()
