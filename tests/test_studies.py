@@ -10,7 +10,7 @@ import yaml
 from cxrlab.cli import main
 from cxrlab.config import load_config
 from cxrlab.errors import RunDirError
-from cxrlab.report.compare import check_compatible
+from cxrlab.report.study import check_compatible
 from cxrlab.core.runs import RunDir
 
 FAST = ["--epochs", "1", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu", "--no-progress"]

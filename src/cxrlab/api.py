@@ -71,7 +71,7 @@ def compare(cfg: Config | None = None, models: list[str] | None = None, seeds: l
             echo=print, **options) -> Report:
     """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report."""
     from cxrlab.report.compare import compare as compare_study
-    from cxrlab.report.compare import study_from
+    from cxrlab.report.study import study_from
 
     given = {"models": models, "seeds": seeds, "ensemble": ensemble, "tta": tta, "out": out, "recipes": recipes}
     study = study_from(None, {k: v for k, v in given.items() if v is not None}, source="cxrlab.compare")

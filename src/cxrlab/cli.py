@@ -334,7 +334,7 @@ def cmd_predict(args) -> int:
 
 def cmd_compare(args) -> int:
     from cxrlab import api
-    from cxrlab.report.compare import study_from
+    from cxrlab.report.study import study_from
     from cxrlab.training.distributed import launched_by_torchrun
 
     if launched_by_torchrun():

@@ -24,7 +24,8 @@ from cxrlab.evaluation.scoring import positive_view
 from cxrlab.evaluation.inference import load_trained
 from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs
 from cxrlab.files import atomic_write_text
-from cxrlab.report.compare import check_compatible, check_data_once, mean_sd, score
+from cxrlab.report.study import check_compatible, check_data_once, score
+from cxrlab.report.tables import mean_sd
 from cxrlab.report.document import Document
 from cxrlab.config import resolve
 from cxrlab.training.runner import run_all

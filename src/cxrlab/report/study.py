@@ -1,0 +1,193 @@
+"""A study: its options (models, seeds, ensemble, TTA, recipes), its entries, the checks that its runs and data
+belong together, and training its runs."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from cxrlab.config import Config, from_dict, load_yaml
+from cxrlab.models.architectures import MODEL_NAMES, STUDY_MODELS
+from cxrlab.data.datafile import locate, provenance
+from cxrlab.errors import ConfigError, RunDirError
+from cxrlab.evaluation.ensemble import check_weights
+from cxrlab.evaluation.scoring import choose_threshold
+from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs, fit_temperature
+from cxrlab.files import atomic_write_text
+from cxrlab.core.runs import RunDir
+from cxrlab.config import resolve
+from cxrlab.training.runner import run_all
+
+
+
+STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out", "recipes")
+
+
+ENSEMBLE_RULES = ("equal", "fit", "off")
+
+
+@dataclass
+class Study:
+    """What `compare` runs, beyond the training options every run shares."""
+
+    models: list[str] = field(default_factory=lambda: list(STUDY_MODELS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # "equal" (the default: it beat weights fitted on held-out data, docs/results/pneumoniamnist-28), "fit" (weights fitted
+    # on val), "off", or one weight per model
+    ensemble: str | list[float] = "equal"
+    tta: int = 4  # test-time augmentation views (0 or 1: off); 4 lowered val loss for all three models (same results README)
+    out: str = "runs/compare"
+    # model -> training options of its own over the shared ones (a mapping, or a YAML file such as configs/medmnist_v2.yaml)
+    recipes: dict = field(default_factory=dict)
+
+    def validate(self) -> "Study":
+        unknown = [m for m in self.models if m not in MODEL_NAMES]
+        if unknown or not self.models or len(set(self.models)) != len(self.models):
+            raise ConfigError(f"models must be distinct names from {', '.join(MODEL_NAMES)}, got {self.models}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct integers, got {self.seeds}")
+        if isinstance(self.ensemble, str):
+            if self.ensemble not in ENSEMBLE_RULES:
+                try:
+                    self.ensemble = [float(w) for w in self.ensemble.replace(",", " ").split()]
+                except ValueError:
+                    raise ConfigError(f"ensemble must be 'equal', 'fit', 'off' or one weight per model, got {self.ensemble!r}") from None
+        if isinstance(self.ensemble, list):
+            try:
+                self.ensemble = [float(w) for w in self.ensemble]
+            except (TypeError, ValueError):
+                raise ConfigError(f"ensemble weights must be numbers, got {self.ensemble}") from None
+            check_weights(self.ensemble, self.models)
+            if len(self.models) < 2:
+                raise ConfigError("an ensemble needs at least two models")
+        if self.tta < 0:
+            raise ConfigError(f"tta must be 0 (off) or a number of views, got {self.tta}")
+        if not isinstance(self.recipes, dict) or set(self.recipes) - set(self.models):
+            raise ConfigError(f"recipes must map models of the study to options or a YAML file, got {self.recipes!r}")
+        self.recipes = {m: load_yaml(r) if isinstance(r, str) else dict(r or {}) for m, r in self.recipes.items()}
+        for model, options in self.recipes.items():
+            options.pop("model", None)  # the recipe's own model line, if any, names the model it is for
+            if {"out", "seed"} & set(options):
+                raise ConfigError(f"recipe for {model}: out and seed are set by compare, not by a recipe")
+        return self
+
+    def config_for(self, base: Config, model: str, seed: int) -> Config:
+        """The resolved config of one run: shared options, the model's recipe on top, then model, seed and run folder."""
+        values = {**base.to_dict(), **self.recipes.get(model, {}), "model": model, "seed": seed,
+                  "out": str(Path(self.out) / "runs" / f"{model}-seed{seed}")}
+        return resolve(from_dict(values, source=f"recipe for {model}"))
+
+    @property
+    def ensemble_on(self) -> bool:
+        return self.ensemble != "off" and len(self.models) > 1
+
+
+def study_from(section: dict | None, overrides: dict, source: str = "config") -> Study:
+    """A Study from a config file's `compare:` section, with command-line values on top."""
+    section = dict(section or {})
+    if set(section) - set(STUDY_KEYS):
+        raise ConfigError(f"{source}: the compare section takes {', '.join(STUDY_KEYS)}, got {', '.join(sorted(set(section) - set(STUDY_KEYS)))}")
+    section.update(overrides)
+    if isinstance(section.get("ensemble"), list) and len(section["ensemble"]) == 1:
+        section["ensemble"] = str(section["ensemble"][0])  # --ensemble equal / fit / off
+    return Study(**section).validate()
+
+
+@dataclass
+class Entry:
+    """One row for one seed: a model's run, the same run with test-time augmentation, or an ensemble."""
+
+    name: str
+    kind: str  # model, tta, ensemble
+    seed: int
+    val: dict
+    test: dict
+    curves: dict  # split -> (targets, positive probabilities)
+    info: dict  # parameters, sizes, timings, run directories, ensemble weights
+
+
+def check_compatible(runs: list[RunDir]) -> None:
+    """Runs on different data files, sizes, tasks or classes never share a table or an ensemble."""
+    seen: dict[tuple, list[str]] = {}
+    for run in runs:
+        summary = run.require_finished()
+        dataset = run.read_json(run.data).get("dataset", "chestmnist") if run.data.is_file() else "chestmnist"
+        key = (dataset, summary["data_md5"], summary["size"], summary.get("task", "binary"), tuple(summary["classes"]), summary.get("positive_class"))
+        seen.setdefault(key, []).append(str(run.path))
+    if len(seen) > 1:
+        groups = "; ".join(f"data set {k[0]}, data MD5 {k[1][:8]}…, size {k[2]}, task {k[3]}, classes {'/'.join(k[4])}: {', '.join(v)}"
+                           for k, v in seen.items())
+        raise RunDirError(f"these runs do not share data set, data file, size, task and classes, so they cannot be compared or ensembled: {groups}")
+
+
+def check_data_once(base: Config, configs: list[Config]) -> None:
+    """Locate (or download) and verify the data file once, here, before any worker starts, and refuse runs on disk
+    that were trained on another file: one message, not one per worker."""
+    path = locate(base.data_root, base.size, download=base.download, dataset=base.dataset)
+    md5 = provenance(path, base.size, base.dataset)["md5"]
+    other = []
+    for cfg in configs:
+        run = RunDir(cfg.out)
+        if run.data.is_file() and run.read_json(run.data).get("md5") != md5:
+            other.append(str(run.path))
+    if other:
+        raise RunDirError(f"the data file {path} (MD5 {md5}) is not the one these runs were trained on: {', '.join(other)}; "
+                          "point --data-root at their file, or choose another --out")
+
+
+def train_runs(base: Config, study: Study, echo, progress, workers: int | None = None) -> dict[tuple[str, int], RunDir]:
+    """Every model x seed run: reused, resumed or trained, ``workers`` at a time (default: the measured rule, training/runner.py)."""
+    configs = {(name, seed): study.config_for(base, name, seed) for seed in study.seeds for name in study.models}
+    check_data_once(base, list(configs.values()))
+    runs = run_all(configs, echo, progress, workers, base.threads, status_dir=study.out)
+    check_compatible(list(runs.values()))
+    return runs
+
+
+def score(cfg: Config, curves: dict) -> tuple[dict, dict]:
+    """Val and test metrics of probabilities that no run scored (TTA, ensembles), by the runs' own rules:
+    threshold and temperature chosen on val, applied unchanged to test."""
+    (val_t, val_p), (test_t, test_p) = curves["val"], curves["test"]
+    threshold = choose_threshold(cfg, val_t, val_p)
+    temperature = fit_temperature(val_t, val_p)
+    out = []
+    for targets, probs in ((val_t, val_p), (test_t, test_p)):
+        metrics = evaluate_probs(targets, probs, threshold, cfg.n_bootstrap, cfg.seed)
+        metrics.update(calibration_metrics(targets, probs, temperature))
+        out.append(metrics)
+    return out[0], out[1]
+
+
+def train_accuracy_at_best(run: RunDir, best_epoch: int) -> float:
+    with open(run.history) as fh:
+        rows = list(csv.DictReader(fh))
+    return float(rows[best_epoch - 1]["train_accuracy"])
+
+
+def recipe_differences(base: Config, study: Study, runs: dict) -> dict[str, str]:
+    """Per model with a recipe: 'option value' for every training option its runs have that the shared config does not."""
+    shared = resolve(replace(base, model=study.models[0])).to_dict()
+    ignored = {"model", "seed", "out", "lr"}  # lr: listed per model above
+    out = {}
+    for model in study.recipes:
+        own = runs[model, study.seeds[0]].load_config().to_dict()
+        changed = [f"{k} {own[k]}" for k in own if k not in ignored and own[k] != shared.get(k)]
+        if changed:
+            out[model] = ", ".join(changed)
+    return out
+
+
+def save_study(out: Path, base: Config, study: Study) -> Path:
+    """compare.yaml: the training options and the study's, in the layout `compare --config` reads."""
+    values = base.to_dict()
+    for key in ("model", "out", "seed"):
+        values.pop(key)
+    study_values = {"models": study.models, "seeds": study.seeds, "ensemble": study.ensemble, "tta": study.tta, "out": str(out)}
+    if study.recipes:
+        study_values["recipes"] = study.recipes
+    path = out / "compare.yaml"
+    atomic_write_text(path, yaml.safe_dump({"compare": study_values, **values}, sort_keys=False))
+    return path
