@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import safetensors.torch
@@ -16,6 +17,30 @@ from torch import nn
 
 from cxrlab.errors import RunDirError
 from cxrlab.files import atomic_write_bytes
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands after its last finished epoch; saved in every checkpoint beside the weights."""
+
+    epoch: int = 0  # epochs finished
+    best_score: float | None = None  # the best val score by select_metric so far
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since the best one
+    history: list[dict] = field(default_factory=list)  # one row per epoch (HISTORY_FIELDS)
+    done: bool = False  # stopped early
+    world_size: int = 1
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainingState":
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(row["seconds"] for row in self.history)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

@@ -19,9 +19,9 @@ from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, calibration
 from cxrlab.evaluation.scoring import choose_threshold, positive_view
 from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
-from cxrlab.models.registry import model_from_config
+from cxrlab.models.registry import count_parameters, model_from_config
 from cxrlab.core.runs import RunDir
-from cxrlab.core.checkpoint import load_weights
+from cxrlab.core.checkpoint import TrainingState, load_weights
 
 GRID_IMAGES = 10
 
@@ -76,7 +76,7 @@ def results_table(data: TaskData, columns: dict[str, dict]) -> str:
     return metrics_table(columns)
 
 
-def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, n_params: int, train_seconds: float, side_by_side: int = 1,
+def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: TrainingState, side_by_side: int = 1,
                  echo: Callable[[str], None] = print) -> dict:
     """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary."""
     model = model_from_config(cfg, initial_weights=False)
@@ -94,7 +94,7 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
         write_split_outputs(run, split, metrics, targets, probs, cfg, data)
 
     label = data_label(data.provenance)
-    history = state["history"]
+    history, train_seconds = state.history, state.train_seconds
     summary = {
         "model": cfg.model,
         "task": data.task,
@@ -104,16 +104,16 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
         "threshold_rule": cfg.threshold_rule,
         "temperature": temperature,
         "select_metric": cfg.select_metric,
-        "best_epoch": state["best_epoch"],
-        "best_val_score": state["best_score"],
+        "best_epoch": state.best_epoch,
+        "best_val_score": state.best_score,
         "epochs_run": len(history),
-        "early_stopped": bool(state["done"]) and len(history) < cfg.total_epochs,
-        "parameters": n_params,
+        "early_stopped": state.done and len(history) < cfg.total_epochs,
+        "parameters": count_parameters(model),
         "model_size_mb": run.weights.stat().st_size / 2**20,
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(len(history), 1),
         "device": str(device),
-        "world_size": state.get("world_size", 1),
+        "world_size": state.world_size,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "threads": torch.get_num_threads(),
         "side_by_side": side_by_side,  # runs training on the machine at once, this one included
@@ -131,7 +131,7 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
         summary["ood"] = fit_run_check(model, cfg, data, device, run.path, echo)
     atomic_write_json(run.summary, summary)
 
-    plots.training_curves(history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state["best_epoch"])
+    plots.training_curves(history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state.best_epoch)
     if data.task == "binary":
         _, val_targets, val_positive = results["val"]
         pick = np.random.default_rng(cfg.seed).choice(len(val_targets), size=min(GRID_IMAGES, len(val_targets)), replace=False)
@@ -139,9 +139,9 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: dict, 
             data.splits["val"].images.numpy()[pick], val_targets[pick], val_positive[pick], threshold, data.classes, cfg.positive,
             run.plots / "val_grid.png", f"{cfg.model}: random val images (P = P({cfg.positive}))", label,
         )
-        echo(f"\n{cfg.model}, best epoch {state['best_epoch']} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
+        echo(f"\n{cfg.model}, best epoch {state.best_epoch} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
     else:
-        echo(f"\n{cfg.model}, multilabel, best epoch {state['best_epoch']} by val {cfg.select_metric}; {label}")
+        echo(f"\n{cfg.model}, multilabel, best epoch {state.best_epoch} by val {cfg.select_metric}; {label}")
     echo(results_table(data, {split: r[0] for split, r in results.items()}))
     return summary
 

@@ -31,7 +31,7 @@ from cxrlab.evaluation.metrics import mean_auc
 from cxrlab.files import atomic_write_json, atomic_write_text
 from cxrlab.models.registry import count_parameters, freeze_frozen_norms, model_from_config, set_trainable
 from cxrlab.core.runs import RunDir
-from cxrlab.core.checkpoint import load_state, save_state, save_weights
+from cxrlab.core.checkpoint import TrainingState, load_state, save_state, save_weights
 from cxrlab.core.device import autocast, grad_scaler, resolve_precision, setup_device
 from cxrlab.training.distributed import (
     Process,
@@ -104,6 +104,21 @@ def validation_row(model, data: TaskData, cfg: Config, device) -> dict:
 EpochCallback = Callable[[int, dict], None]
 
 
+def record_epoch(state: TrainingState, row: dict, cfg: Config, last_stage: bool) -> bool:
+    """Add a finished epoch's row to the state and take the decisions it drives: a new best epoch, patience, early
+    stop (only in the last fine-tuning stage). Returns whether the epoch is the best so far."""
+    score = score_of(row, cfg.select_metric)
+    is_best = improved(score, state.best_score, cfg.select_metric)
+    if is_best:
+        state.best_score, state.best_epoch, state.bad_epochs = score, row["epoch"], 0
+    else:
+        state.bad_epochs += 1
+    state.history.append(row)
+    state.epoch = row["epoch"]
+    state.done = bool(cfg.early_stopping) and state.bad_epochs >= cfg.early_stopping and last_stage
+    return is_best
+
+
 def stage_at(stages: list[tuple[str, int, float]], epoch: int) -> tuple[int, str, float, bool]:
     """(stage index, part, lr, whether ``epoch`` is the stage's first) for a 0-based epoch."""
     start = 0
@@ -171,23 +186,23 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     scaler = grad_scaler(cfg, device)
 
     # ---- run directory: new, or the state of an interrupted run (read by rank 0, sent to the others) ----
-    state = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": [], "done": False}
+    state = TrainingState()
     if has_checkpoint:
         saved = from_main(process, load_state(run.last_checkpoint) if process.is_main else None)
-        model.load_state_dict(saved.pop("model"))
-        optimizer.load_state_dict(saved.pop("optimizer"))
-        scheduler.load_state_dict(saved.pop("scheduler"))
-        if "scaler" in saved:
-            scaler.load_state_dict(saved.pop("scaler"))
-        state.update(saved)
-        echo(f"resuming {run.path} after epoch {state['epoch']}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if "scaler" in saved:  # checkpoints written before fp16 training existed have none
+            scaler.load_state_dict(saved["scaler"])
+        state = TrainingState.from_dict(saved)
+        echo(f"resuming {run.path} after epoch {state.epoch}")
     elif process.is_main:
         if resume:  # killed before its first epoch ended: nothing to carry over
             echo(f"{run.path} has no finished epoch; starting it from the beginning")
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
         atomic_write_json(run.data, {**data.provenance, "classes": data.classes, "counts": _counts(data)})
-    state["world_size"] = process.world_size
+    state.world_size = process.world_size
     net = DistributedDataParallel(model) if process.distributed else model  # model stays the unwrapped one
     label = data_label(data.provenance)
     n_params = count_parameters(model)
@@ -211,8 +226,8 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     )
     stages = cfg.stages
     started = time.perf_counter()
-    while not state["done"] and state["epoch"] < cfg.total_epochs:
-        epoch = state["epoch"]
+    while not state.done and state.epoch < cfg.total_epochs:
+        epoch = state.epoch
         stage, part, stage_lr, stage_starts = stage_at(stages, epoch)
         if cfg.finetune:
             set_trainable(model, cfg.model, part)
@@ -220,7 +235,7 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
                 for group in optimizer.param_groups:
                     group["lr"] = stage_lr
                 scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-                state["bad_epochs"] = 0
+                state.bad_epochs = 0
                 echo(f"fine-tuning stage {stage + 1}/{len(stages)}: train {part}, lr {stage_lr:g}, {stages[stage][1]} epochs")
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1}
@@ -235,23 +250,15 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
             scheduler.step(row["val_loss"])
         else:
             scheduler.step()
-        score = score_of(row, cfg.select_metric)
-        is_best = improved(score, state["best_score"], cfg.select_metric)
-        if is_best:
-            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["history"].append(row)
-        state["epoch"] = epoch + 1
-        if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping and stage == len(stages) - 1:
-            state["done"] = True
+        is_best = record_epoch(state, row, cfg, last_stage=stage == len(stages) - 1)
+        if state.done:
             echo(f"early stop: no val {cfg.select_metric} improvement for {cfg.early_stopping} epochs")
         if process.is_main:
             if is_best:
                 save_weights(model, run.weights)
-            save_state({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            save_state({**state.as_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict()}, run.last_checkpoint)
-            write_history(run.history, state["history"])
+            write_history(run.history, state.history)
         mark = " *" if is_best else ""
         echo(
             f"epoch {epoch + 1:3d}/{cfg.total_epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
@@ -261,11 +268,10 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
         if on_epoch:
             on_epoch(epoch + 1, row)
 
-    if state["best_epoch"] is None:
+    if state.best_epoch is None:
         raise TrainingDiverged(f"no epoch gave a usable val {cfg.select_metric}; nothing to evaluate")
     if process.is_main:
-        finalize_run(run, cfg, data, device, state, n_params, train_seconds=sum(r["seconds"] for r in state["history"]),
-                     side_by_side=side_by_side, echo=echo)
+        finalize_run(run, cfg, data, device, state, side_by_side=side_by_side, echo=echo)
         echo(f"run directory: {run.path}  (wall {time.perf_counter() - started:.0f}s this session)")
         if cfg.track:
             echo(f"logged to MLflow ({tracking_uri(cfg.tracking_uri)}): run {log_run(run.path, cfg.tracking_uri)}")
