@@ -114,3 +114,11 @@ def test_help_status_and_the_config_answer_without_torch_scikit_learn_or_medmnis
              "print(' '.join(m for m in ('torch', 'sklearn', 'medmnist', 'matplotlib', 'numpy') if m in sys.modules))\n")
     loaded = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert loaded == [], f"imported {loaded}"
+
+
+@pytest.mark.parametrize("command", [["compare", "--workers", "2"], ["cv", "--folds", "2", "--workers", "2"],
+                                     ["search", "--trials", "2", "--workers", "2"]])
+def test_a_study_without_its_data_says_so_once_before_any_worker_starts(tmp_path, capsys, command):
+    assert main([*command, "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("data not found") == 1 and "--download" in err

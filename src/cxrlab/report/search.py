@@ -27,11 +27,11 @@ import optuna
 import torch
 import yaml
 
-from cxrlab.config import Config
+from cxrlab.config import HIGHER_IS_BETTER, Config, resolve, score_of
 from cxrlab.errors import ConfigError
 from cxrlab.files import atomic_write_text
 from cxrlab.report.document import Document
-from cxrlab.config import HIGHER_IS_BETTER, resolve, score_of
+from cxrlab.report.study import check_data_once
 from cxrlab.training.loop import train
 from cxrlab.training.runner import plan
 
@@ -98,6 +98,7 @@ def search(base: Config, method: str = "optuna", trials: int | None = None, work
     if method not in METHODS:
         raise ConfigError(f"unknown search method {method!r}; choose grid or optuna")
     base = base.validate()
+    check_data_once(base, [])  # located, downloaded and verified here, once, not by each worker
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out)
