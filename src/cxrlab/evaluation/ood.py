@@ -37,10 +37,10 @@ NPZ, JSON = "ood.npz", "ood.json"
 MESSAGE = "the image does not look like the images the model was trained on; it is not classified"
 
 
-def pixel_layer(images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, S, S) in [0, 1] -> (N, side * side): the pixels, averaged down to at most 32 x 32 (28 px: as they are),
-    so that the pixel Gaussian stays small (a 224 px covariance would be 50,176 x 50,176)."""
-    size = images.shape[-1]
+def pixel_layer(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, size, size) in [0, 1] -> (N, side * side): the pixels, averaged down to at most 32 x 32 (28 px: as they
+    are), so that the pixel Gaussian stays small (a 224 px covariance would be 50,176 x 50,176). ``size`` is a plain
+    int, so an exported graph holds the pooling as a constant."""
     side = next(s for s in range(min(size, 32), 0, -1) if size % s == 0)
     return (F.avg_pool2d(images, size // side) if side < size else images).flatten(1)
 
@@ -60,7 +60,7 @@ def probe_outputs(probe: FeatureProbe, images: torch.Tensor, cfg, device) -> tup
             logits.append(out.float().cpu().numpy())
             for k, f in enumerate(blocks):
                 per_layer[k].append(f.cpu().numpy())
-    pixels = pixel_layer(images[:, None].float() / 255).numpy()
+    pixels = pixel_layer(images[:, None].float() / 255, images.shape[-1]).numpy()
     layers = [np.concatenate(f) if f else np.empty((0, 0), np.float32) for f in per_layer] + [pixels]
     return (np.concatenate(logits) if logits else np.empty((0, cfg.num_outputs), np.float32)), layers
 
@@ -74,9 +74,9 @@ class ScoredModel(nn.Module):
     """normalised image (N, 1, S, S) -> (logits, check score (N,)): the model and the check as one graph (float32),
     which is how the check travels inside model.onnx."""
 
-    def __init__(self, probe: FeatureProbe, check: "OODCheck", norm_mean: float, norm_std: float):
+    def __init__(self, probe: FeatureProbe, check: "OODCheck", norm_mean: float, norm_std: float, size: int):
         super().__init__()
-        self.probe, self.norm_mean, self.norm_std = probe, norm_mean, norm_std
+        self.probe, self.norm_mean, self.norm_std, self.size = probe, norm_mean, norm_std, size
         self.layers = len(check.means)
         for k, (mean, precision, scale) in enumerate(zip(check.means, check.precisions, check.scales)):
             self.register_buffer(f"mean{k}", torch.tensor(mean, dtype=torch.float32))
@@ -85,7 +85,7 @@ class ScoredModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, blocks = self.probe(x)
-        layers = [*blocks, pixel_layer(x.float() * self.norm_std + self.norm_mean)]
+        layers = [*blocks, pixel_layer(x.float() * self.norm_std + self.norm_mean, self.size)]
         ratios = []
         for k, f in enumerate(layers):
             centred = f - getattr(self, f"mean{k}")

@@ -68,7 +68,7 @@ def exportable(trained: TrainedModel) -> tuple[nn.Module, dict[str, str]]:
     if trained.ood is None:
         return model, {}
     check = trained.ood
-    scored = ScoredModel(FeatureProbe(model), check, trained.cfg.norm_mean, trained.cfg.norm_std).eval()
+    scored = ScoredModel(FeatureProbe(model), check, trained.cfg.norm_mean, trained.cfg.norm_std, trained.cfg.size).eval()
     return scored, {"ood_threshold": repr(check.threshold), "ood_digest": check_digest(trained.run.path)}
 
 

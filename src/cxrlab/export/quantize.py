@@ -135,7 +135,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
             model = OnnxModel(path, cfg.norm_mean, cfg.norm_std, cfg.threads)
             acc = accuracy(trained, model.logits(images), targets)
             p50, p95 = latency_ms(model.logits, images)
-            faster, close = base_p50 / p50 >= MIN_SPEEDUP, (base_acc - acc) * 100 <= MAX_ACCURACY_DROP
+            faster, close = base_p50 / p50 >= MIN_SPEEDUP, round((base_acc - acc) * 100, 9) <= MAX_ACCURACY_DROP
             agreement = float(((model.outputs(check_images)[1] > trained.ood.threshold) == base_flags).mean()) if model.has_check else None
             same_check = agreement is None or agreement >= MIN_CHECK_AGREEMENT
             why = ("faster and accurate enough" if faster and close and same_check else
