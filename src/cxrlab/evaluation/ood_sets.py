@@ -108,3 +108,10 @@ def ood_sets(size: int, preprocess: str = "resize", seed: int = 0) -> dict[str, 
     }
     return {group: {name: np.stack([prepare(im, size, preprocess) for im in images]) for name, images in sets.items()}
             for group, sets in made.items()}
+
+
+def with_ood_sets(images: np.ndarray, size: int, preprocess: str = "resize", seed: int = 0) -> np.ndarray:
+    """``images`` (uint8 (N, size, size), e.g. val) followed by every out-of-distribution set: what an exported
+    check is compared on."""
+    sets = ood_sets(size, preprocess, seed)
+    return np.concatenate([images] + [group_images for group in sets.values() for group_images in group.values()])

@@ -117,12 +117,11 @@ def verify(trained: TrainedModel, path: Path) -> dict:
 def verify_check(trained: TrainedModel, exported: OnnxModel, val_images: torch.Tensor) -> dict:
     """The check inside the graph (float32) against the run's (float64) on val and on the sets that are not chest
     X-rays: the same decision for every image not within SCORE_RTOL of the threshold."""
-    from cxrlab.evaluation.ood_sets import ood_sets
+    from cxrlab.evaluation.ood_sets import with_ood_sets
 
     cfg, check = trained.cfg, trained.ood
-    sets = [val_images.numpy()] + [im for group in ood_sets(cfg.size, trained.preprocess, cfg.seed).values() for im in group.values()]
-    images = np.concatenate(sets)
-    reference = check.scores(layer_features(trained.model, torch.from_numpy(images), replace(cfg, precision="fp32"), trained.device))
+    images = with_ood_sets(val_images.numpy(), cfg.size, trained.preprocess, cfg.seed)
+    reference = check.scores(layer_features(trained.probe, torch.from_numpy(images), replace(cfg, precision="fp32"), trained.device))
     _, got = exported.predict(images)
     same = (got > check.threshold) == (reference > check.threshold)
     borderline = np.abs(reference - check.threshold) <= SCORE_RTOL * check.threshold

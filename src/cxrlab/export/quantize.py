@@ -29,6 +29,7 @@ from torch import nn
 from cxrlab.data.task import task_data
 from cxrlab.evaluation.scoring import positive_view
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
+from cxrlab.evaluation.ood_sets import with_ood_sets
 from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 
@@ -74,13 +75,6 @@ def check_nodes(path: Path) -> list[str]:
     return [node.name for node in onnx.load(str(path)).graph.node if not node.name.startswith("/probe/graph/")]
 
 
-def with_ood_sets(trained: TrainedModel, val_images: np.ndarray) -> np.ndarray:
-    from cxrlab.evaluation.ood_sets import ood_sets
-
-    sets = ood_sets(trained.cfg.size, trained.preprocess, trained.cfg.seed)
-    return np.concatenate([val_images] + [images for group in sets.values() for images in group.values()])
-
-
 def torch_dynamic(model: nn.Module) -> nn.Module:
     cpu = plain_copy(model, "cpu")
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices: measured here, not relied on
@@ -110,7 +104,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     fp32 = OnnxModel(run.path / FP32_FILE, cfg.norm_mean, cfg.norm_std, cfg.threads)
     base_acc = accuracy(trained, fp32.logits(images), targets)
     base_p50, base_p95 = latency_ms(fp32.logits, images)
-    check_images = with_ood_sets(trained, images) if fp32.has_check else None
+    check_images = with_ood_sets(images, cfg.size, trained.preprocess, cfg.seed) if fp32.has_check else None
     base_flags = fp32.outputs(check_images)[1] > trained.ood.threshold if fp32.has_check else None
     results = [{"name": "onnxruntime fp32", "accuracy": base_acc, "p50_ms": base_p50, "p95_ms": base_p95, "shipped": False, "why": "reference"}]
 
