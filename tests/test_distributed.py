@@ -84,3 +84,40 @@ def test_a_killed_two_process_run_resumes_to_the_same_end(ddp_run, phantom_root,
     assert "resuming" in output
     assert history(out) == history(whole)
     assert json.loads((out / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
+
+
+TORCHRUN_ENV = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+
+
+def test_a_launch_without_torchruns_variables_is_refused_by_name_before_any_collective(monkeypatch):
+    from cxrlab.errors import ConfigError
+    from cxrlab.training.distributed import init_process
+
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.delenv("RANK")
+    with pytest.raises(ConfigError, match="WORLD_SIZE is 2 but RANK, MASTER_ADDR are not set: start distributed training with torchrun"):
+        init_process("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not a whole number"):
+        init_process("cpu")
+
+
+def test_more_processes_than_visible_gpus_are_refused_with_the_count_to_use(monkeypatch):
+    import torch
+
+    from cxrlab.errors import ConfigError
+    from cxrlab.training import distributed
+
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    joined = []
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: joined.append(k))
+    with pytest.raises(ConfigError, match=r"torchrun started 2 processes on this machine but 1 GPU\(s\) are visible \(CUDA_VISIBLE_DEVICES=0\): "
+                                          r"use --nproc_per_node 1, or --device cpu"):
+        distributed.init_process("auto")
+    assert not joined

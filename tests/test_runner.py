@@ -127,3 +127,17 @@ def test_study_progress_tells_running_from_interrupted_and_bounds_the_time_left(
     assert progress.lines()[0] == "1/4 runs finished, 1 running, 2 left (1 interrupted); 16 epochs done"
     clear_running(tmp_path / "b")
     assert read_status(tmp_path).runs[1].state == "interrupted"
+
+
+def test_a_run_asked_with_precision_auto_is_reused_whatever_it_resolved_to_and_another_option_is_refused(tmp_path):
+    from cxrlab.config import Config, resolve
+    from cxrlab.errors import RunDirError
+    from cxrlab.training.runner import run_state
+
+    asked = resolve(Config(precision="auto", out=str(tmp_path / "run")))
+    run = RunDir(asked.out)
+    run.path.mkdir()
+    Config(**{**asked.to_dict(), "precision": "bf16"}).save(run.config)  # what training on a bf16-native GPU saves
+    assert run_state(asked) == "partial"
+    with pytest.raises(RunDirError, match=r"different config \(lr, precision\)"):
+        run_state(Config(**{**asked.to_dict(), "precision": "fp16", "lr": 0.5}))

@@ -18,6 +18,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from cxrlab.errors import ConfigError, CxrlabError
+
 
 @dataclass(frozen=True)
 class Process:
@@ -34,15 +36,43 @@ class Process:
         return self.rank == 0
 
 
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets beside WORLD_SIZE
+
+
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return _count("WORLD_SIZE", "1") > 1
+
+
+def _count(variable: str, default: str) -> int:
+    value = os.environ.get(variable, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{variable}={value!r} is not a whole number; torchrun sets it (torchrun --nproc_per_node N -m cxrlab train ...)") from None
+
+
+def check_launch(device_name: str) -> None:
+    """Refuse, before any collective, a launch that could only hang or fail later: torchrun's variables missing
+    beside WORLD_SIZE, or more processes on this machine than visible GPUs when training on CUDA."""
+    world = _count("WORLD_SIZE", "1")
+    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE is {world} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start distributed "
+                          "training with torchrun (torchrun --nproc_per_node N -m cxrlab train ...), or unset WORLD_SIZE for one process")
+    local = _count("LOCAL_WORLD_SIZE", str(world))
+    if device_name in ("auto", "cuda") and torch.cuda.is_available() and local > torch.cuda.device_count():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ConfigError(f"torchrun started {local} processes on this machine but {torch.cuda.device_count()} GPU(s) are visible"
+                          + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+                          + f": use --nproc_per_node {torch.cuda.device_count()}, or --device cpu to train on the CPU with gloo")
 
 
 def init_process(device_name: str) -> Process:
     """Join the process group when started by torchrun; a single process otherwise."""
     if not launched_by_torchrun():
         return Process()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    check_launch(device_name)
+    local_rank = _count("LOCAL_RANK", "0")
     if not dist.is_initialized():
         timeout = timedelta(minutes=float(os.environ.get("CXRLAB_COLLECTIVE_TIMEOUT_MIN", "120")))
         if device_name in ("auto", "cuda") and torch.cuda.is_available():
@@ -77,8 +107,6 @@ def from_main(process: Process, value):
 def main_first(process: Process, step) -> None:
     """Run ``step`` on rank 0 only (a download, a check); if it raises a CxrlabError, every rank raises it,
     rather than the other ranks waiting at the next collective until its timeout."""
-    from cxrlab.errors import CxrlabError
-
     failure = None
     if process.is_main:
         try:

@@ -99,13 +99,20 @@ def plan(pending: int, device: str, size: int, workers: int | None = None, threa
     return Plan(workers, threads, slots)
 
 
+def differing_options(asked: Config, saved: Config) -> list[str]:
+    """The training options in which a run on disk differs from the one asked for. Scoring options do not count, and
+    precision 'auto' matches whatever the run resolved it to on its device (a run saves what it chose)."""
+    existing = saved.to_dict()
+    return sorted(k for k, v in asked.to_dict().items()
+                  if existing.get(k) != v and k not in SCORING_OPTIONS and not (k == "precision" and v == "auto"))
+
+
 def run_state(cfg: Config) -> str:
     """'new', 'finished' or 'partial' for cfg's run directory; an error when it holds a run of another config."""
     run = RunDir(cfg.out)
     if not run.config.exists():
         return "new"
-    existing = run.load_config().to_dict()
-    changed = sorted(k for k, v in cfg.to_dict().items() if existing.get(k) != v and k not in SCORING_OPTIONS)
+    changed = differing_options(cfg, run.load_config())
     if changed:
         raise RunDirError(f"{run.path} holds a run with a different config ({', '.join(changed)}); choose another --out")
     return "finished" if run.summary.is_file() else "partial"
