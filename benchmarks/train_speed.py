@@ -3,7 +3,7 @@
 For each model, on the same training images (the binary subset of a ChestMNIST file; phantom by default):
 
 - bare step:   forward, backward and Adam step on pre-made, pre-normalised batches (channels_last); the floor.
-- cxrlab:      one real epoch through cxrlab.training.loop.train_one_epoch (in-memory uint8 tensor, batched
+- cxrlab:      one real epoch through cxrlab.training.epoch.train_one_epoch (in-memory uint8 tensor, batched
                augmentation on the device, channels_last) plus its validation pass; also the time the batched
                augmentation alone takes, as a share of the epoch.
 - usual way:   torchvision per-sample PIL transforms in a Dataset, a DataLoader with worker processes, NCHW
@@ -38,9 +38,9 @@ from cxrlab.data.phantom import write_phantom
 from cxrlab.data.task import load_task
 from cxrlab.models.registry import model_from_config
 from cxrlab.core.runs import RunDir
-from cxrlab.core.device import autocast, setup_device
+from cxrlab.core.device import autocast, grad_scaler, setup_device
 from cxrlab.training.distributed import Process
-from cxrlab.training.loop import EpochInputs, train_one_epoch, validation_row
+from cxrlab.training.epoch import EpochInputs, Learner, train_one_epoch, validation_row
 
 
 class UsualDataset(Dataset):
@@ -89,10 +89,11 @@ def bench_model(name: str, data, cfg: Config, device, repeats: int, workers: int
             loss.backward()
             optimizer.step()
 
-    run = RunDir(tempfile.mkdtemp())
+    learner = Learner(model, optimizer, None, grad_scaler(cfg, device))
+    checkpoint = RunDir(tempfile.mkdtemp()).last_checkpoint  # named in the message of a diverged epoch, never written
 
     def cxrlab_epoch():
-        train_one_epoch(model, optimizer, inputs, cfg, 0, device, Process(), False, run)
+        train_one_epoch(learner, inputs, cfg, 0, device, Process(), False, checkpoint)
         validation_row(model, data, cfg, device)
 
     def augmentation_only():

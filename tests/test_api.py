@@ -24,11 +24,11 @@ def test_config_validates_like_the_cli_and_follows_the_data_set():
 
 
 def test_data_gives_the_splits_and_a_missing_file_the_clis_message(phantom_root, tmp_path):
-    data = cxrlab.data(data_root=str(phantom_root))
+    data = cxrlab.load_data(data_root=str(phantom_root))
     assert data.classes == ["cardiomegaly", "pneumothorax"] and data.is_phantom
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 600, "val": 150, "test": 150}
     with pytest.raises(DataNotFoundError) as err:
-        cxrlab.data(dataset="pneumoniamnist", data_root=str(tmp_path))
+        cxrlab.load_data(dataset="pneumoniamnist", data_root=str(tmp_path))
     message = str(err.value)
     assert "pneumoniamnist.npz" in message and "zenodo" in message.lower() and "md5:" in message and "download=True" in message
     # in a notebook, IPython shows this instead of a traceback
@@ -53,7 +53,7 @@ def test_a_run_shows_provenance_best_epoch_and_metrics(learned_run):
 
 def test_predict_takes_files_and_arrays_alike_and_explain_writes_overlays(learned_run, tmp_path):
     run = cxrlab.load_run(learned_run.path)
-    images = cxrlab.data(run.config, splits=("test",)).splits["test"].images[:3].numpy()
+    images = cxrlab.load_data(run.config, splits=("test",)).splits["test"].images[:3].numpy()
     paths = []
     for i, image in enumerate(images):
         paths.append(tmp_path / f"x{i}.png")

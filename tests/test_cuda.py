@@ -68,9 +68,9 @@ def test_auto_precision_matches_the_gpu_and_an_fp16_run_resumes_with_its_scaler(
 
 
 def test_training_images_that_do_not_fit_stay_in_pinned_host_memory_and_the_run_still_learns(quick_config, monkeypatch):
-    import cxrlab.training.loop as loop
+    import cxrlab.training.epoch as epoch
 
-    monkeypatch.setattr(loop, "DEVICE_DATA_SHARE", 0.0)  # nothing fits: the host path
+    monkeypatch.setattr(epoch, "DEVICE_DATA_SHARE", 0.0)  # nothing fits: the host path
     lines = []
     run = train(replace(quick_config, device="cuda", epochs=3, lr=1e-3), progress=False, echo=lines.append)
     assert any("pinned host memory" in line for line in lines)

@@ -14,7 +14,7 @@ from cxrlab.errors import ExportError
 from cxrlab.evaluation.explain import Explainer, cam_layer
 from cxrlab.evaluation.inference import load_trained
 from cxrlab.export.onnx import export_onnx
-from cxrlab.export.runtime import attach_runtime
+from cxrlab.export.runtime import served
 from cxrlab.models.registry import create_model
 
 
@@ -29,12 +29,13 @@ def test_onnx_export_matches_pytorch_and_serves_predict(exported_run):
     assert check["images"] > 100 and check["max_abs_diff"] < 1e-3 and check["logit_std"] > 1e-3
     trained, images = val_images(exported_run)
     reference = trained.probs(images)
-    assert attach_runtime(trained) == "onnxruntime" and trained.runtime is not None
-    onnx_probs = trained.probs(images)
+    exported = served(trained)
+    assert exported.backend == "onnxruntime" and exported.runtime is not None and trained.runtime is None
+    onnx_probs = exported.probs(images)
     assert onnx_probs.std() > 1e-3  # a constant model would make the comparison meaningless
     np.testing.assert_allclose(onnx_probs, reference, rtol=1e-3, atol=1e-5)
     # dynamic batch: one image and 64 images through the same file
-    assert trained.probs(images[:1]).shape == (1, 1)
+    assert exported.probs(images[:1]).shape == (1, 1)
 
 
 def test_a_model_with_constant_outputs_is_not_exported(exported_run, tmp_path):

@@ -76,7 +76,7 @@ def test_the_exported_model_carries_the_check_and_one_fitted_again_since_is_refu
     from cxrlab.errors import ExportError
     from cxrlab.evaluation.inference import load_trained
     from cxrlab.evaluation.ood import OODCheck
-    from cxrlab.export.runtime import OnnxModel, attach_runtime
+    from cxrlab.export.runtime import OnnxModel, served
 
     trained = load_trained(exported_run)
     exported = OnnxModel(exported_run / "model.onnx", trained.cfg.norm_mean, trained.cfg.norm_std)
@@ -91,4 +91,4 @@ def test_the_exported_model_carries_the_check_and_one_fitted_again_since_is_refu
     check.threshold *= 2
     check.save(changed)
     with pytest.raises(ExportError, match="cxrlab export"):
-        attach_runtime(load_trained(changed))
+        served(load_trained(changed))

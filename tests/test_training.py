@@ -131,7 +131,7 @@ def test_validation_reports_every_metric_that_can_select_the_best_epoch(quick_co
     from cxrlab.data.task import load_task
     from cxrlab.models.registry import model_from_config
     from cxrlab.config import score_of
-    from cxrlab.training.loop import validation_row
+    from cxrlab.training.epoch import validation_row
 
     cfg = replace(quick_config, task=task)
     data = load_task(cfg.data_root, 28, cfg.classes, task=task, splits=("val",))
@@ -209,7 +209,7 @@ def test_cross_validation_folds_partition_train_and_keep_test(phantom_root):
 
 
 def test_mixup_blends_pairs_and_smoothing_softens_targets():
-    from cxrlab.training.loop import regularised_batch
+    from cxrlab.training.epoch import regularised_batch
 
     x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1)
     y = torch.tensor([[1.0], [0.0]] * 4)

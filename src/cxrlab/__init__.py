@@ -10,7 +10,7 @@ The Python API (the CLI calls the same functions; see cxrlab/api.py and the READ
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Report", "Run", "Table", "compare", "create_model", "data", "load_run", "resume", "train"]
+__all__ = ["Config", "Report", "Run", "Table", "compare", "create_model", "load_data", "load_run", "resume", "train"]
 
 
 def __getattr__(name: str):
@@ -23,10 +23,6 @@ def __getattr__(name: str):
         from cxrlab.models.registry import create_model
 
         return create_model
-    if name == "data":  # the package, which is callable (cxrlab/data/__init__.py)
-        import cxrlab.data
-
-        return cxrlab.data
     if name in __all__:
         from cxrlab import api
 

@@ -1,7 +1,7 @@
 """The Python API: what a notebook needs, and exactly what the command line calls.
 
     import cxrlab
-    splits = cxrlab.data(dataset="pneumoniamnist", download=True)          # the task's train / val / test
+    data = cxrlab.load_data(dataset="pneumoniamnist", download=True)          # the task's train / val / test
     run = cxrlab.train(cxrlab.Config(dataset="pneumoniamnist", download=True, epochs=10, out="runs/mnv3"))
     run                                   # provenance, best epoch, headline metrics (a table in a notebook)
     run.metrics("test"); run.history; run.predict(["xray.png"]); run.explain(["xray.png"]); run.figures["curves"]
@@ -28,7 +28,7 @@ import torch
 from cxrlab.config import Config, from_dict
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS
-from cxrlab.data.task import SPLITS, TaskData, task_data
+from cxrlab.data.task import SPLITS, TaskData, is_real, task_data
 from cxrlab.evaluation.predict import Prediction, predict_files, predict_images
 from cxrlab.core.runs import RunDir
 
@@ -43,7 +43,7 @@ def config(base: Config | None = None, **options) -> Config:
     return from_dict({**values, **options}, source="options")
 
 
-def data(cfg: Config | None = None, splits=SPLITS, **options) -> TaskData:
+def load_data(cfg: Config | None = None, splits=SPLITS, **options) -> TaskData:
     """The task's splits (uint8 images, 0/1 targets), its classes and the file's provenance, for ``cfg`` with
     ``options`` on top (dataset, size, data_root, download, task, classes). A missing file gets the CLI's message
     (file, URL, MD5, where to put it); ``download=True`` fetches it from Zenodo."""
@@ -129,10 +129,9 @@ class Run:
         model when the run has one (3-5x faster on a CPU)."""
         if self._trained is None or (device and self._trained.device.type != device):
             from cxrlab.evaluation.inference import load_trained
-            from cxrlab.export.runtime import attach_runtime
+            from cxrlab.export.runtime import served
 
-            self._trained = load_trained(self.path, device)
-            attach_runtime(self._trained)
+            self._trained = served(load_trained(self.path, device))
         return self._trained
 
     def predict(self, images, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
@@ -198,7 +197,7 @@ class Run:
         s, val = self.summary, self.metrics("val")
         rows = "".join(f"<tr><td>{k}</td><td>{val.get(k, float('nan')):.3f}</td><td>{v:.3f}</td></tr>"
                        for k, v in self.metrics("test").items() if k in HEADLINE)
-        colour = "black" if s["data_kind"] == "real" else "crimson"
+        colour = "black" if is_real(s["data_label"]) else "crimson"
         return (f"<div><b>{html.escape(s['model'])}</b> — <code>{html.escape(str(self.path))}</code><br>"
                 f"<span style='color:{colour}'>{html.escape(s['data_label'])}</span><br>best epoch {s['best_epoch']} of {s['epochs_run']} "
                 f"(val {s['select_metric']} {s['best_val_score']:.4f}), threshold {s['threshold']:.3f} chosen on val"
@@ -275,4 +274,4 @@ def _as_batch(images, size: int) -> np.ndarray:
     return arrays
 
 
-__all__ = ["Config", "Report", "Run", "Table", "compare", "config", "data", "load_run", "resume", "train"]
+__all__ = ["Config", "Report", "Run", "Table", "compare", "config", "load_data", "load_run", "resume", "train"]

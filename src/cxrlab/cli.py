@@ -255,7 +255,7 @@ def cmd_data(args) -> int:
     from cxrlab.data.task import data_label
 
     cfg = config_from_args(args)
-    data = api.data(cfg)
+    data = api.load_data(cfg)
     prov = data.provenance
     print(f"file:   {prov['file']}\nmd5:    {prov['md5']} (official: {prov['official_md5']})\ndata:   {data_label(prov)}")
     if data.task == "multilabel":

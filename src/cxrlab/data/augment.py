@@ -17,13 +17,15 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    rotation: float = 15.0
-    translate: float = 0.1
-    hflip: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    blur: bool = True
-    blur_sigma: tuple[float, float] = (0.1, 0.5)
+    """Which random steps a batch goes through; every step is off unless named. The training recipe's values are
+    Config's ``aug_*`` options (``from_config``), the test-time views' are ``evaluation.inference.TTA_SETTINGS``."""
+
+    rotation: float = 0.0
+    translate: float = 0.0
+    hflip: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    blur_sigma: tuple[float, float] | None = None  # Gaussian blur (kernel 3), sigma drawn from this range; None: off
     erasing: float = 0.0
     perspective: float = 0.0
 
@@ -35,8 +37,7 @@ class AugmentSettings:
             hflip=cfg.aug_hflip,
             brightness=cfg.aug_brightness,
             contrast=cfg.aug_contrast,
-            blur=cfg.aug_blur,
-            blur_sigma=tuple(cfg.aug_blur_sigma),
+            blur_sigma=tuple(cfg.aug_blur_sigma) if cfg.aug_blur else None,
             erasing=cfg.aug_erasing,
             perspective=cfg.aug_perspective,
         )
@@ -133,7 +134,7 @@ def augment(x: torch.Tensor, s: AugmentSettings, gen: torch.Generator) -> torch.
         x = (x - mean) * _uniform(n, 1 - s.contrast, 1 + s.contrast, gen, x.device).view(n, 1, 1, 1) + mean
     if s.brightness or s.contrast:
         x = x.clamp(0, 1)
-    if s.blur:
+    if s.blur_sigma:
         x = _blur(x, s.blur_sigma, gen)
     return x
 

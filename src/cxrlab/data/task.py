@@ -59,7 +59,7 @@ class TaskData:
 
     @property
     def is_phantom(self) -> bool:
-        return self.provenance.get("kind") == "phantom"
+        return is_phantom(self.provenance)
 
     @property
     def label(self) -> str:
@@ -101,18 +101,23 @@ def binary_rows(spec: Dataset, labels: np.ndarray, class_indices: tuple[int, int
     return select_binary(labels, class_indices)
 
 
+def is_phantom(provenance: dict) -> bool:
+    """Whether a run's data (its provenance, as in data.json) is a phantom file cxrlab generated."""
+    return provenance.get("kind") == "phantom"
+
+
 def data_label(provenance: dict) -> str:
     """The words every output carries about where its numbers come from."""
     title = get_dataset(provenance.get("dataset", "chestmnist")).title
-    kind = provenance.get("kind")
-    if kind == "phantom":
+    if is_phantom(provenance):
         return f"PHANTOM data (synthetic {title} layout, for tests and demos; not a result)"
-    if kind == "real":
+    if provenance.get("kind") == "real":
         return f"{title} (official file, MD5 verified)"
     return f"UNVERIFIED data (not the official {title} file)"
 
 
 def is_real(data_label: str) -> bool:
+    """Whether a label written by ``data_label`` names the official file (figures draw the others in red)."""
     return not data_label.startswith(("PHANTOM", "UNVERIFIED"))
 
 

@@ -15,7 +15,7 @@ from cxrlab.data.task import TaskData, data_label, fold_view, task_data
 from cxrlab.errors import RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import load_trained, predict_probs
-from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, calibration_metrics, evaluate_probs, fit_temperature
+from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, evaluate_probs, fit_temperature
 from cxrlab.evaluation.scoring import choose_threshold, positive_view
 from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
@@ -52,9 +52,7 @@ def split_metrics(data: TaskData, split: str, cfg: Config, probs: np.ndarray, th
         return multilabel_metrics(targets, probs, data.provenance["file"], data.size, split, data.classes,
                                   data.provenance.get("dataset", "chestmnist")), targets, probs
     targets, positive_probs = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
-    metrics = evaluate_probs(targets, positive_probs, threshold, cfg.n_bootstrap, cfg.seed)
-    metrics.update(calibration_metrics(targets, positive_probs, temperature))
-    return metrics, targets, positive_probs
+    return evaluate_probs(targets, positive_probs, threshold, cfg.n_bootstrap, cfg.seed, temperature), targets, positive_probs
 
 
 def write_split_outputs(run: RunDir, split: str, metrics: dict, targets, probs, cfg: Config, data: TaskData) -> None:

@@ -14,6 +14,7 @@ from cxrlab.config import Config
 from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize, to_float
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
+from cxrlab.data.task import is_phantom
 from cxrlab.evaluation.ood import OODCheck, probe_outputs
 from cxrlab.models.registry import model_from_config
 from cxrlab.models.probe import FeatureProbe
@@ -50,7 +51,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: Config, device: t
 
 
 # Test-time views: small flips, shifts and rotations only; no intensity changes, which move the decision.
-TTA_SETTINGS = AugmentSettings(rotation=10.0, translate=0.05, hflip=0.5, brightness=0.0, contrast=0.0, blur=False)
+TTA_SETTINGS = AugmentSettings(rotation=10.0, translate=0.05, hflip=0.5)
 
 
 def predict_probs_tta(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, views: int, seed: int = 0) -> np.ndarray:
@@ -79,7 +80,7 @@ class TrainedModel:
     classes: list[str]
     is_phantom: bool
     temperature: float = 1.0  # fitted on val; binary task only
-    runtime: object | None = None  # an exported model (cxrlab.export.runtime) that serves probs() instead of PyTorch
+    runtime: object | None = None  # an exported model that serves predict() and probs() instead of PyTorch (export.runtime.served)
     backend: str = "pytorch"
     ood: OODCheck | None = None  # the run's out-of-distribution check; None for runs finished before it existed
     # The model and its feature blocks in one pass, for the check. Built once at load: tracing switches the model
@@ -131,5 +132,5 @@ def load_trained(run_path, device: str | None = None) -> TrainedModel:
     load_weights(model, run.weights)
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format).eval()
     ood = OODCheck.load(run.path)
-    return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], summary["data_kind"] == "phantom",
+    return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], is_phantom(run.read_json(run.data)),
                         float(summary.get("temperature", 1.0)), ood=ood, probe=FeatureProbe(model) if ood is not None else None)

@@ -126,11 +126,14 @@ def bootstrap_ci(targets: np.ndarray, probs: np.ndarray, threshold: float, n_boo
     return out
 
 
-def evaluate_probs(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Point metrics plus their bootstrap CIs, as one flat dict (the layout of metrics.json)."""
+def evaluate_probs(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
+                   temperature: float = 1.0) -> dict[str, float]:
+    """Point metrics, their bootstrap CIs and calibration (ECE, Brier) before and after scaling by ``temperature``,
+    as one flat dict (the layout of metrics.json)."""
     out = point_metrics(targets, probs, threshold)
     if n_boot > 0:
         out.update(bootstrap_ci(targets, probs, threshold, n_boot, seed))
+    out.update(calibration_metrics(targets, probs, temperature))
     return out
 
 

@@ -22,7 +22,7 @@ from cxrlab.data.task import task_data
 from cxrlab.evaluation.inference import TrainedModel, load_trained, plain_copy, predict_logits
 from cxrlab.export.onnx import write_onnx
 from cxrlab.export.quantize import latency_ms
-from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel, attach_runtime
+from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel, served
 from cxrlab.files import atomic_write_json
 
 
@@ -99,7 +99,7 @@ def deployed_speed(trained: TrainedModel, images: torch.Tensor) -> dict:
 
 def end_to_end(trained: TrainedModel, arrays: np.ndarray) -> dict:
     """What `predict` does for one image: decode PNG bytes, resize, run the served backend, threshold."""
-    backend = attach_runtime(trained)
+    trained = served(trained)
     pngs = []
     for image in arrays[:200]:
         buffer = io.BytesIO()
@@ -118,5 +118,5 @@ def end_to_end(trained: TrainedModel, arrays: np.ndarray) -> dict:
         t0 = time.perf_counter()
         one(i)
         times.append((time.perf_counter() - t0) * 1000)
-    return {"variant": f"predict end to end (PNG -> class, {backend})", "p50_ms": float(np.percentile(times, 50)),
+    return {"variant": f"predict end to end (PNG -> class, {trained.backend})", "p50_ms": float(np.percentile(times, 50)),
             "p95_ms": float(np.percentile(times, 95)), "images_per_s": None}

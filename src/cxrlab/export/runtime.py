@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +66,12 @@ class OnnxModel:
         return 1 / (1 + np.exp(-logits)), scores
 
 
-def attach_runtime(trained: TrainedModel, prefer: str = "auto") -> str:
-    """Serve ``trained`` from its exported file when there is one: the INT8 model (shipped only when it passed
-    the quantisation rule), else the fp32 ONNX model; otherwise PyTorch. Returns the backend's name. An exported
-    file whose out-of-distribution check is not the run's (fitted again since) is refused: export again."""
+def served(trained: TrainedModel, prefer: str = "auto") -> TrainedModel:
+    """``trained`` as it is served: from its exported file when there is one (the INT8 model, shipped only when it
+    passed the quantisation rule, else the fp32 ONNX model), otherwise from PyTorch; ``.backend`` names which. An
+    exported file whose out-of-distribution check is not the run's (fitted again since) is refused: export again."""
     if prefer == "pytorch":
-        return trained.backend
+        return trained
     for name, backend in ((INT8_FILE, "onnxruntime-int8"), (FP32_FILE, "onnxruntime")):
         path = trained.run.path / name
         if path.is_file():
@@ -78,9 +79,7 @@ def attach_runtime(trained: TrainedModel, prefer: str = "auto") -> str:
             if model.has_check and (trained.ood is None or model.metadata.get("ood_digest") != check_digest(trained.run.path)):
                 raise ExportError(f"{path} holds an out-of-distribution check other than {trained.run.path}'s ood.npz "
                                   f"(fitted again or removed since the export); run: cxrlab export {trained.run.path}")
-            trained.runtime = model
-            trained.backend = backend
-            return backend
+            return replace(trained, runtime=model, backend=backend)
     if prefer == "onnx":
         raise ExportError(f"{trained.run.path} has no {FP32_FILE}; run: cxrlab export {trained.run.path}")
-    return trained.backend
+    return trained

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import multiprocessing
 from collections.abc import Callable
@@ -28,6 +27,8 @@ import torch
 import yaml
 
 from cxrlab.config import HIGHER_IS_BETTER, Config, resolve, score_of
+from cxrlab.core.runs import RunDir
+from cxrlab.data.task import is_phantom
 from cxrlab.errors import ConfigError
 from cxrlab.files import atomic_write_text
 from cxrlab.report.document import Document
@@ -149,7 +150,8 @@ def write_results(study: optuna.Study, base: Config, out: Path, echo) -> dict:
     best_cfg.pop("out")  # a new run of the best config gets its own directory
     atomic_write_text(out / "best.yaml", f"# best trial {best.number} of study {study.study_name}: val {base.select_metric} {best.value:.4f}\n"
                       + yaml.safe_dump(best_cfg, sort_keys=False))
-    phantom = json.loads(Path(best.user_attrs["run"], "data.json").read_text())["kind"] == "phantom"
+    best_run = RunDir(best.user_attrs["run"])
+    phantom = is_phantom(best_run.read_json(best_run.data))
     doc = Document(f"cxrlab hyperparameter search: {study.study_name}", warning="PHANTOM data: not a result" if phantom else None)
     doc.text(f"{len(trials)} trials ({len(complete)} complete), objective: best val {base.select_metric} of the run "
              f"({'higher' if HIGHER_IS_BETTER[base.select_metric] else 'lower'} is better); the test split is never looked at. "

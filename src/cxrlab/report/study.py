@@ -15,7 +15,7 @@ from cxrlab.data.datafile import locate, provenance
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation.ensemble import check_weights
 from cxrlab.evaluation.scoring import choose_threshold
-from cxrlab.evaluation.metrics import calibration_metrics, evaluate_probs, fit_temperature
+from cxrlab.evaluation.metrics import evaluate_probs, fit_temperature
 from cxrlab.files import atomic_write_text
 from cxrlab.core.runs import RunDir
 from cxrlab.config import resolve
@@ -153,12 +153,8 @@ def score(cfg: Config, curves: dict) -> tuple[dict, dict]:
     (val_t, val_p), (test_t, test_p) = curves["val"], curves["test"]
     threshold = choose_threshold(cfg, val_t, val_p)
     temperature = fit_temperature(val_t, val_p)
-    out = []
-    for targets, probs in ((val_t, val_p), (test_t, test_p)):
-        metrics = evaluate_probs(targets, probs, threshold, cfg.n_bootstrap, cfg.seed)
-        metrics.update(calibration_metrics(targets, probs, temperature))
-        out.append(metrics)
-    return out[0], out[1]
+    return tuple(evaluate_probs(targets, probs, threshold, cfg.n_bootstrap, cfg.seed, temperature)
+                 for targets, probs in ((val_t, val_p), (test_t, test_p)))
 
 
 def train_accuracy_at_best(run: RunDir, best_epoch: int) -> float:

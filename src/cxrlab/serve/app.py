@@ -41,7 +41,7 @@ from cxrlab.evaluation.inference import TrainedModel, load_trained
 from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
 from cxrlab.evaluation.predict import predict_images
 from cxrlab.evaluation.scoring import negative_class
-from cxrlab.export.runtime import attach_runtime
+from cxrlab.export.runtime import served
 
 DISCLAIMER = ("Decision support only, not a diagnosis: a research model's output for a qualified reader to weigh. "
               "It must not be the basis of a clinical decision on its own.")
@@ -73,11 +73,12 @@ class Service:
     """What every request shares: the model (loaded once), its explainer and the response constants."""
 
     def __init__(self, run_path, backend: str = "auto", device: str | None = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.trained: TrainedModel = load_trained(run_path, device)
-        self.max_pixels = max_pixels
-        if self.trained.cfg.task != "binary":
+        trained = load_trained(run_path, device)
+        if trained.cfg.task != "binary":
             raise ConfigError("the service serves binary-task runs (one class and probability per image)")
-        self.backend = attach_runtime(self.trained, backend)
+        self.trained: TrainedModel = served(trained, backend)
+        self.backend = self.trained.backend
+        self.max_pixels = max_pixels
         self.explainer = Explainer(self.trained)
         summary = self.trained.run.read_json(self.trained.run.summary)
         self.version = f"{Path(self.trained.run.path).name} (finished {summary['finished']}, cxrlab {cxrlab.__version__})"
