@@ -1,7 +1,7 @@
 """Start-up time: `cxrlab --help` (and a few other commands that need no model) against `python -c "import torch"`,
 measured in one run, alternating, median of N. Issue 17's target: `cxrlab --help` in at most 0.15x the torch import.
 
-    .venv/bin/python benchmarks/import_time.py [--repeats 7]
+    .venv/bin/python benchmarks/import_time.py [--repeats 7] [--data-root data/phantom]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ COMMANDS = {
     "cxrlab --help": [CXRLAB, "--help"],
     "cxrlab train --help": [CXRLAB, "train", "--help"],
     "cxrlab status (no study)": [CXRLAB, "status", "/nonexistent"],
+    "cxrlab evaluate (no run)": [CXRLAB, "evaluate", "/nonexistent"],
 }
 
 
@@ -32,7 +33,10 @@ def seconds(cmd: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--data-root", help="a folder holding chestmnist.npz (e.g. data/phantom): `cxrlab data` is timed too")
     args = parser.parse_args()
+    if args.data_root:
+        COMMANDS["cxrlab data"] = [CXRLAB, "data", "--data-root", args.data_root]
     for cmd in COMMANDS.values():  # warm the file cache
         seconds(cmd)
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}

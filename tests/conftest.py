@@ -13,6 +13,13 @@ torch.set_num_threads(2)
 SMALL = {"train": 1200, "val": 300, "test": 300}  # half are binary-task rows: 600 / 150 / 150 images
 
 
+@pytest.fixture(autouse=True)
+def two_torch_threads():
+    """Every test starts with the thread count above: a run trained in-process with ``threads`` set changes it."""
+    yield
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
@@ -28,12 +35,16 @@ def quick_config(phantom_root, tmp_path):
 
 @pytest.fixture(scope="session")
 def one_epoch_run(phantom_root, tmp_path_factory):
-    """quick_config trained for one epoch, once per session; tests that change it work on a copy."""
-    from cxrlab.training.loop import train
+    """quick_config for one epoch, trained once per session by `cxrlab train` (the CLI tests read it as the command
+    wrote it); tests that change it work on a copy."""
+    from cxrlab.cli import main
+    from cxrlab.core.runs import RunDir
 
-    cfg = Config(data_root=str(phantom_root), epochs=1, batch_size=32, n_bootstrap=50, device="cpu",
-                 out=str(tmp_path_factory.mktemp("one_epoch") / "run"))
-    return train(cfg, progress=False, echo=lambda _: None)
+    out = tmp_path_factory.mktemp("one_epoch") / "run"
+    args = ["train", "--data-root", str(phantom_root), "--epochs", "1", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    return RunDir(out)
 
 
 @pytest.fixture(scope="session")

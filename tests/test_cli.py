@@ -10,14 +10,9 @@ from PIL import Image
 
 from cxrlab.cli import COMMANDS, main
 
-FAST = ["--epochs", "2", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu", "--no-progress"]
-
-
 @pytest.fixture(scope="module")
-def trained_run(phantom_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--data-root", str(phantom_root), "--model", "efficientnet_b0", "--out", str(out), *FAST]) == 0
-    return out
+def trained_run(one_epoch_run):
+    return one_epoch_run.path  # `cxrlab train` of conftest's one-epoch run
 
 
 def test_every_command_has_help_with_examples(capsys):
@@ -101,19 +96,24 @@ def test_bad_input_gives_a_message_and_no_traceback(tmp_path):
     assert not_a_run.returncode == 2 and "not a cxrlab run directory" in not_a_run.stderr
 
 
-def test_help_status_and_the_config_answer_without_torch_scikit_learn_or_medmnist(tmp_path):
-    """`cxrlab --help`, `cxrlab status` and reading a config import none of the heavy libraries (they took 6-8 s)."""
+def test_help_status_data_and_a_wrong_run_answer_without_torch_or_scikit_learn(phantom_root, tmp_path):
+    """`cxrlab --help`, `cxrlab status` and reading a config import none of the heavy libraries (they took 6-8 s);
+    `cxrlab data` (numpy only) and a command given a folder that holds no run neither."""
     probe = ("import sys, contextlib, io\n"
              "from cxrlab.cli import main\n"
-             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-             "    for argv in (['--help'], ['train', '--help'], ['status', sys.argv[1]]):\n"
-             "        try: main(argv)\n"
-             "        except SystemExit: pass\n"
-             "    from cxrlab.config import Config\n"
-             "    Config(dataset='pneumoniamnist').validate()\n"
-             "print(' '.join(m for m in ('torch', 'sklearn', 'medmnist', 'matplotlib', 'numpy') if m in sys.modules))\n")
-    loaded = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60, check=True).stdout.split()
-    assert loaded == [], f"imported {loaded}"
+             "def quiet(argv):\n"
+             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+             "        try: return main(argv)\n"
+             "        except SystemExit as exit_: return exit_.code\n"
+             "def heavy(names): return [m for m in names if m in sys.modules]\n"
+             "codes = [quiet(argv) for argv in (['--help'], ['train', '--help'], ['status', sys.argv[1]])]\n"
+             "from cxrlab.config import Config\n"
+             "Config(dataset='pneumoniamnist').validate()\n"
+             "light = heavy(('torch', 'sklearn', 'medmnist', 'matplotlib', 'numpy'))\n"
+             "codes += [quiet(['data', '--data-root', sys.argv[2]]), quiet(['evaluate', sys.argv[1]])]\n"
+             "print(codes, light, heavy(('torch', 'sklearn', 'medmnist', 'matplotlib')))\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path), str(phantom_root)], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[0, 0, 2, 0, 2] [] []", out  # status of a folder without a study and evaluate of a folder without a run: exit 2
 
 
 @pytest.mark.parametrize("command", [["compare", "--workers", "2"], ["cv", "--folds", "2", "--workers", "2"],

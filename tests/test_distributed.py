@@ -7,12 +7,9 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from cxrlab.training.loop import train
 
 FLAGS = ["--model", "efficientnet_b0", "--epochs", "4", "--lr", "1e-3", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu",
          "--select-metric", "roc_auc",  # as conftest's learned_run: 4 phantom epochs, the recipe the learning tests share
@@ -46,15 +43,14 @@ def ddp_run(phantom_root, tmp_path_factory):
     return out, output
 
 
-def test_two_processes_learn_and_write_one_run(ddp_run, quick_config, tmp_path):
+def test_two_processes_learn_and_write_one_run(ddp_run, one_epoch_run):
     out, output = ddp_run
     assert "2 processes (gloo)" in output
     assert output.count("epoch   1/4") == 1, "only rank 0 reports"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert json.loads((out / "metrics_val.json").read_text())["roc_auc"] > 0.8
-    single = train(replace(quick_config, epochs=1, out=str(tmp_path / "single")), progress=False, echo=lambda _: None)
-    assert files(out) == files(single.path)  # also no stray temporary files from other ranks
+    assert files(out) == files(one_epoch_run.path)  # the files of a one-process run; no stray temporary files from other ranks
 
 
 def test_every_rank_reads_the_same_buffers_val_row_and_learning_rate_each_epoch(ddp_run):
@@ -66,10 +62,14 @@ def test_every_rank_reads_the_same_buffers_val_row_and_learning_rate_each_epoch(
     assert ranks[0][0]["buffers"] != ranks[0][-1]["buffers"], "the buffers recorded are the ones training moves"
 
 
-def test_a_killed_two_process_run_resumes_to_the_same_end(ddp_run, phantom_root, tmp_path):
+def test_a_killed_two_process_run_resumes_to_the_same_epochs(ddp_run, phantom_root, tmp_path):
+    """The run above's recipe for 3 epochs, killed after the first (or, on a slow poll, the second) and resumed: its
+    epochs are the run's first three, to the last digit (weights, optimizer, schedule and every rank's random state
+    restored)."""
     whole, _ = ddp_run
     out = tmp_path / "killed"
-    proc = torchrun("--data-root", str(phantom_root), "--out", str(out), *FLAGS)
+    flags = [*FLAGS[:FLAGS.index("--epochs") + 1], "3", *FLAGS[FLAGS.index("--epochs") + 2:]]
+    proc = torchrun("--data-root", str(phantom_root), "--out", str(out), *flags)
     deadline = time.time() + 200
     while not ((out / "history.csv").exists() and len(history(out)) >= 1):
         assert proc.poll() is None, proc.stdout.read()
@@ -81,9 +81,8 @@ def test_a_killed_two_process_run_resumes_to_the_same_end(ddp_run, phantom_root,
     resumed = torchrun("--resume", str(out))
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert "resuming" in output
-    assert history(out) == history(whole)
-    assert json.loads((out / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
+    assert "resuming" in output and ("after epoch 1" in output or "after epoch 2" in output)  # it trained an epoch again
+    assert history(out) == history(whole)[:3]
 
 
 TORCHRUN_ENV = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}

@@ -48,11 +48,11 @@ def test_a_short_run_really_learns(learned_run):
 
 
 def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(quick_config, tmp_path):
-    cfg = replace(quick_config, epochs=3, threads=2, out=str(tmp_path / "whole"))
+    cfg = replace(quick_config, epochs=2, threads=2, out=str(tmp_path / "whole"))  # killed after epoch 1, resumed for epoch 2
     whole = train(cfg, progress=False, echo=quiet)
 
     killed = RunDir(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "cxrlab", "train", "--data-root", cfg.data_root, "--epochs", "3", "--batch-size", str(cfg.batch_size),
+    cmd = [sys.executable, "-m", "cxrlab", "train", "--data-root", cfg.data_root, "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
            "--n-bootstrap", str(cfg.n_bootstrap), "--threads", "2", "--device", "cpu", "--out", str(killed.path), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120

@@ -8,6 +8,7 @@ import textwrap
 
 from cxrlab import __version__
 from cxrlab.config import MODEL_NAMES, Config, config_fields, from_dict, load_yaml
+from cxrlab.core.runs import RunDir
 from cxrlab.errors import CxrlabError
 
 EXAMPLES = {
@@ -250,27 +251,25 @@ def _progress_option(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args) -> int:
-    from cxrlab import api
     from cxrlab.data.datasets import get_dataset
-    from cxrlab.data.task import data_label
+    from cxrlab.data.task import class_counts, data_label, task_arrays
 
     cfg = config_from_args(args)
-    data = api.load_data(cfg)
+    data = task_arrays(cfg.data_root, cfg.size, cfg.classes, download=cfg.download, task=cfg.task, dataset=cfg.dataset)  # numpy: no torch
     prov = data.provenance
+    counts = {split: class_counts(targets) for split, (_, targets) in data.splits.items()}
     print(f"file:   {prov['file']}\nmd5:    {prov['md5']} (official: {prov['official_md5']})\ndata:   {data_label(prov)}")
     if data.task == "multilabel":
         print(f"task:   multilabel, all images, {len(data.classes)} labels (positives per label)\n")
         print(f"{'label':<20}" + "".join(f"{split:>10}" for split in data.splits))
-        counts = {split: s.counts() for split, s in data.splits.items()}
         for i, label in enumerate(data.classes):
             print(f"{label:<20}" + "".join(f"{counts[split][i]:>10,}" for split in data.splits))
-        print(f"{'images':<20}" + "".join(f"{len(s):>10,}" for s in data.splits.values()))
+        print(f"{'images':<20}" + "".join(f"{len(targets):>10,}" for _, targets in data.splits.values()))
         return 0
     which = "every image" if get_dataset(cfg.dataset).binary_task == "all-images" else "images whose only positive label is one of them"
     print(f"task:   {data.classes[0]} (label 0) vs {data.classes[1]} (label 1), {which}\n")
     print(f"{'split':<8}{data.classes[0]:>16}{data.classes[1]:>16}{'total':>10}")
-    for split, s in data.splits.items():
-        a, b = s.counts()
+    for split, (a, b) in counts.items():
         print(f"{split:<8}{a:>16,}{b:>16,}{a + b:>10,}")
     return 0
 
@@ -447,12 +446,17 @@ def cmd_serve(args) -> int:
     return 0
 
 
+RUN_COMMANDS = ("evaluate", "predict", "explain", "export", "bench", "serve")  # the commands that take one finished run
+
+
 COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare, "status": cmd_status, "ood": cmd_ood}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in RUN_COMMANDS:
+            RunDir(args.run).require_finished()  # a wrong path is named at once, before torch is imported
         return COMMANDS[args.command](args)
     except CxrlabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,19 +4,25 @@
   relabelled 0/1. PneumoniaMNIST (a binary data set): every image, with its own label (normal 0, pneumonia 1).
 - multilabel (multi-label sets: ChestMNIST): all images and all 14 labels, the task MedMNIST's published
   benchmarks use.
+
+The task is selected with numpy alone (``task_arrays``: what `cxrlab data` prints, without importing torch);
+``load_task`` wraps the same arrays as tensors, without copying, for training and evaluation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cxrlab.data.datafile import SPLITS, load_arrays, locate, provenance
 from cxrlab.data.datasets import Dataset, get_dataset
 from cxrlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def select_binary(labels: np.ndarray, class_indices: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -43,10 +49,15 @@ class Split:
 
     def counts(self) -> tuple[int, ...]:
         """Images per class: (label 0, label 1) for the binary task, positives per label for multilabel."""
-        if self.targets.ndim == 2:
-            return tuple(int(c) for c in self.targets.sum(0, dtype=torch.int64))
-        positives = int(self.targets.sum())
-        return len(self) - positives, positives
+        return class_counts(self.targets.numpy())
+
+
+def class_counts(targets: np.ndarray) -> tuple[int, ...]:
+    """(label 0, label 1) images of binary targets (N,); positives per label of multilabel targets (N, labels)."""
+    if targets.ndim == 2:
+        return tuple(int(c) for c in targets.sum(0, dtype=np.int64))
+    positives = int(targets.sum())
+    return len(targets) - positives, positives
 
 
 @dataclass
@@ -67,8 +78,19 @@ class TaskData:
         return data_label(self.provenance)
 
 
-def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary",
-              dataset: str = "chestmnist") -> TaskData:
+@dataclass
+class TaskArrays:
+    """The task as numpy arrays: per split (uint8 images (N, S, S), targets), as TaskData holds them as tensors."""
+
+    task: str
+    classes: list[str]
+    size: int
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    provenance: dict
+
+
+def task_arrays(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary",
+                dataset: str = "chestmnist") -> TaskArrays:
     spec = get_dataset(dataset)
     if task == "multilabel" and not spec.multilabel:
         raise ConfigError(f"{spec.title} has one binary label per image: use the binary task")
@@ -78,15 +100,22 @@ def load_task(data_root: str | Path, size: int, classes: list[str], download: bo
     arrays = load_arrays(path, size, splits, dataset=dataset)
     source = provenance(path, size, dataset)
     if task == "multilabel":
-        result = {s: Split(torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"])) for s in splits}
-        return TaskData("multilabel", spec.label_names, size, result, source)
+        return TaskArrays("multilabel", spec.label_names, size, {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in splits}, source)
     indices = tuple(spec.label_index(c) for c in classes)
     result = {}
     for split in splits:
         rows, targets = binary_rows(spec, arrays[f"{split}_labels"], indices)
-        images = arrays[f"{split}_images"] if rows is None else np.ascontiguousarray(arrays[f"{split}_images"][rows])
-        result[split] = Split(torch.from_numpy(images), torch.from_numpy(targets))
-    return TaskData("binary", [spec.label_names[i] for i in indices], size, result, source)
+        result[split] = (arrays[f"{split}_images"] if rows is None else np.ascontiguousarray(arrays[f"{split}_images"][rows]), targets)
+    return TaskArrays("binary", [spec.label_names[i] for i in indices], size, result, source)
+
+
+def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary",
+              dataset: str = "chestmnist") -> TaskData:
+    import torch
+
+    selected = task_arrays(data_root, size, classes, download, splits, task, dataset)
+    tensors = {s: Split(torch.from_numpy(images), torch.from_numpy(targets)) for s, (images, targets) in selected.splits.items()}
+    return TaskData(selected.task, selected.classes, size, tensors, selected.provenance)
 
 
 def task_data(cfg, splits=SPLITS, download: bool = False, task: str | None = None) -> TaskData:
@@ -127,6 +156,7 @@ CV_SPLIT_SEED = 0  # the same folds for every model and seed, so fold k means th
 def fold_view(data: TaskData, folds: int, fold: int) -> TaskData:
     """Cross-validation: fold ``fold`` of a stratified k-fold split of train becomes 'val' (selection), the other
     folds 'train'; 'test' is unchanged and the official val split stays available as 'official_val'."""
+    import torch
     from sklearn.model_selection import StratifiedKFold
 
     train = data.splits["train"]

@@ -75,8 +75,9 @@ def results_table(data: TaskData, columns: dict[str, dict]) -> str:
 
 
 def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: TrainingState, side_by_side: int = 1,
-                 echo: Callable[[str], None] = print) -> dict:
-    """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary."""
+                 echo: Callable[[str], None] = print, search_trial: bool = False) -> dict:
+    """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary.
+    A search trial (``data`` without test) writes its val metrics, summary and training curves only."""
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
@@ -86,10 +87,15 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: Traini
         val_targets, val_positive = positive_view(data.splits["val"].targets.numpy(), val_probs[:, 0], data.classes, cfg.positive)
         threshold = choose_threshold(cfg, val_targets, val_positive)
         temperature = fit_temperature(val_targets, val_positive)
-    test_probs = predict_probs(model, data.splits["test"].images, cfg, device)
-    results = {split: split_metrics(data, split, cfg, probs, threshold, temperature) for split, probs in (("val", val_probs), ("test", test_probs))}
-    for split, (metrics, targets, probs) in results.items():
-        write_split_outputs(run, split, metrics, targets, probs, cfg, data)
+    probs = {"val": val_probs}
+    if "test" in data.splits:
+        probs["test"] = predict_probs(model, data.splits["test"].images, cfg, device)
+    results = {split: split_metrics(data, split, cfg, split_probs, threshold, temperature) for split, split_probs in probs.items()}
+    for split, (metrics, targets, split_probs) in results.items():
+        if search_trial:
+            atomic_write_json(run.metrics(split), metrics)
+        else:
+            write_split_outputs(run, split, metrics, targets, split_probs, cfg, data)
 
     label = data_label(data.provenance)
     history, train_seconds = state.history, state.train_seconds
@@ -123,14 +129,16 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: Traini
         "cxrlab": cxrlab.__version__,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if data.task == "binary":
+    if search_trial:
+        summary["search_trial"] = "scored on val only; test never loaded"
+    elif data.task == "binary":
         from cxrlab.evaluation.ood import fit_run_check
 
         summary["ood"] = fit_run_check(model, cfg, data, device, run.path, echo)
     atomic_write_json(run.summary, summary)
 
     plots.training_curves(history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state.best_epoch)
-    if data.task == "binary":
+    if data.task == "binary" and not search_trial:
         _, val_targets, val_positive = results["val"]
         pick = np.random.default_rng(cfg.seed).choice(len(val_targets), size=min(GRID_IMAGES, len(val_targets)), replace=False)
         plots.prediction_grid(

@@ -54,10 +54,11 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: Config, device: t
 TTA_SETTINGS = AugmentSettings(rotation=10.0, translate=0.05, hflip=0.5)
 
 
-def predict_probs_tta(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, views: int, seed: int = 0) -> np.ndarray:
-    """Mean probability over ``views`` views: the image itself, then views-1 random geometric views (fixed seed,
-    so the same call gives the same numbers)."""
-    total = predict_probs(model, images, cfg, device)
+def predict_probs_tta(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, views: int, seed: int = 0,
+                      plain: np.ndarray | None = None) -> np.ndarray:
+    """Mean probability over ``views`` views: the image itself (``plain``, when the caller has predicted it already),
+    then views-1 random geometric views (fixed seed, so the same call gives the same numbers)."""
+    total = predict_probs(model, images, cfg, device) if plain is None else plain
     for v in range(1, views):
         gen = torch.Generator(device=device).manual_seed(seed * 1000 + v)
 

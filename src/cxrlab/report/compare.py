@@ -50,9 +50,10 @@ def model_entries(runs: dict, data: TaskData, study: Study, base: Config, echo) 
         for split in ("val", "test"):
             images = data.splits[split].images
             targets = data.splits[split].targets.numpy()
-            curves[split] = positive_view(targets, predict_probs(trained.model, images, cfg, trained.device)[:, 0], data.classes, cfg.positive)
+            plain = predict_probs(trained.model, images, cfg, trained.device)
+            curves[split] = positive_view(targets, plain[:, 0], data.classes, cfg.positive)
             if study.tta > 1:
-                probs = predict_probs_tta(trained.model, images, cfg, trained.device, study.tta, seed=seed)
+                probs = predict_probs_tta(trained.model, images, cfg, trained.device, study.tta, seed=seed, plain=plain)
                 tta_curves[split] = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
         if name not in speed:  # per architecture, once: the first seed's run
             echo(f"timing inference (onnxruntime): {name}")

@@ -78,7 +78,7 @@ def objective(base: Config, out: Path, echo: Callable[[str], None]) -> Callable[
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        run = train(cfg, progress=False, echo=lambda _: None, on_epoch=report)
+        run = train(cfg, progress=False, echo=lambda _: None, on_epoch=report, search_trial=True)
         value = run.read_json(run.summary)["best_val_score"]
         echo(f"trial {trial.number}: {trial.params} -> val {base.select_metric} {value:.4f}")
         return value

@@ -21,7 +21,7 @@ from cxrlab.core.checkpoint import TrainingState, load_state, save_state, save_w
 from cxrlab.core.device import grad_scaler, resolve_precision, setup_device
 from cxrlab.core.runs import RunDir
 from cxrlab.data.augment import AugmentSettings
-from cxrlab.data.datafile import locate
+from cxrlab.data.datafile import SPLITS, locate
 from cxrlab.data.task import TaskData, fold_view, task_data
 from cxrlab.errors import ConfigError, RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import finalize_run
@@ -93,16 +93,18 @@ def stage_at(stages: list[tuple[str, int, float]], epoch: int) -> tuple[int, str
 
 
 def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print,
-          on_epoch: EpochCallback | None = None, side_by_side: int = 1) -> RunDir:
+          on_epoch: EpochCallback | None = None, side_by_side: int = 1, search_trial: bool = False) -> RunDir:
     """Train one model; return its finished run directory. ``resume`` continues ``cfg.out`` from its last checkpoint.
     ``on_epoch(epoch, row)`` is called after every epoch (hyperparameter search prunes trials by raising there).
     ``side_by_side``: how many runs shared the machine (recorded with the timings, so s/epoch is not misread).
+    ``search_trial``: a hyperparameter-search trial, which chooses on val: test is never loaded, and the run ends
+    with its val metrics (no out-of-distribution check, no figures but the curves).
 
     Started by torchrun, every process runs this function and trains its shard (see training/distributed.py).
     """
     process = init_process(cfg.device)
     try:
-        return _train(cfg, resume, progress, echo if process.is_main else _silent, process, on_epoch, side_by_side)
+        return _train(cfg, resume, progress, echo if process.is_main else _silent, process, on_epoch, side_by_side, search_trial)
     finally:
         shutdown(process)
 
@@ -112,11 +114,11 @@ def _silent(_: str) -> None:
 
 
 def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str], None], process: Process, on_epoch: EpochCallback | None,
-           side_by_side: int) -> RunDir:
+           side_by_side: int, search_trial: bool) -> RunDir:
     cfg, run = open_run(cfg, resume, process)
     device = setup_device(process_device(cfg.device, process), cfg.threads)
     cfg.precision = resolve_precision(cfg.precision, device)  # 'auto' saved as what it chose
-    data = training_data(cfg, run, resume, process)
+    data = training_data(cfg, run, resume, process, splits=("train", "val") if search_trial else SPLITS)
     has_checkpoint = from_main(process, resume and run.last_checkpoint.is_file())
     learner = new_learner(cfg, device, initial_weights=not has_checkpoint)  # a checkpoint replaces the initial weights anyway
     if has_checkpoint:
@@ -144,7 +146,7 @@ def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str
     if state.best_epoch is None:
         raise TrainingDiverged(f"no epoch gave a usable val {cfg.select_metric}; nothing to evaluate")
     if process.is_main:
-        finalize_run(run, cfg, data, device, state, side_by_side=side_by_side, echo=echo)
+        finalize_run(run, cfg, data, device, state, side_by_side=side_by_side, echo=echo, search_trial=search_trial)
         echo(f"run directory: {run.path}  (wall {time.perf_counter() - started:.0f}s this session)")
         if cfg.track:
             echo(f"logged to MLflow ({tracking_uri(cfg.tracking_uri)}): run {log_run(run.path, cfg.tracking_uri)}")
@@ -168,10 +170,10 @@ def open_run(cfg: Config, resume: bool, process: Process) -> tuple[Config, RunDi
     return cfg, run
 
 
-def training_data(cfg: Config, run: RunDir, resume: bool, process: Process) -> TaskData:
+def training_data(cfg: Config, run: RunDir, resume: bool, process: Process, splits=SPLITS) -> TaskData:
     """The task's splits (a cross-validation fold's view when asked), refused when a resumed run's file changed or a
     class is missing from train or val."""
-    data = task_data(cfg)
+    data = task_data(cfg, splits=splits)
     if cfg.cv_folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
     if cfg.finetune and process.distributed:
