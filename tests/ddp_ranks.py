@@ -1,5 +1,6 @@
 """`cxrlab train` under torchrun, recording on every rank what each epoch's decisions read: the BatchNorm buffers
-after they are shared, the val row and the learning rate. Usage: torchrun ... tests/ddp_ranks.py RECORD_PREFIX train ARGS."""
+after they are shared, the val row and the learning rate (with DDP_RANKS_FLAT_SCORE=1 every epoch scores the same,
+so a run stops early). Usage: torchrun ... tests/ddp_ranks.py RECORD_PREFIX train ARGS."""
 
 import json
 import os
@@ -20,6 +21,8 @@ def sync_buffers(process, model):
 
 def score_of(row, metric):
     records[-1]["row"] = {k: v for k, v in row.items() if k != "seconds"}
+    if os.environ.get("DDP_RANKS_FLAT_SCORE"):  # no epoch after the first improves: patience runs out, early stop
+        return 0.5
     return read_score(row, metric)
 
 

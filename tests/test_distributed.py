@@ -17,11 +17,11 @@ FLAGS = ["--model", "efficientnet_b0", "--epochs", "4", "--lr", "1e-3", "--batch
          "--no-progress"]
 
 
-def torchrun(*args, record=None, **kwargs):
+def torchrun(*args, record=None, env=None, **kwargs):
     """Two processes of `cxrlab train`; with ``record`` (a path prefix) each rank also writes what its decisions read."""
     program = [str(Path(__file__).parent / "ddp_ranks.py"), str(record)] if record else ["-m", "cxrlab"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program, "train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True, **kwargs)
 
 
@@ -82,6 +82,20 @@ def test_a_killed_two_process_run_resumes_to_the_same_end(ddp_run, phantom_root,
     assert any(f"after epoch {e}" in output for e in (1, 2, 3)), output  # it trained at least one epoch again
     assert history(out) == history(whole)
     assert json.loads((out / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
+
+
+def test_a_run_that_stops_early_ends_on_every_rank_together(phantom_root, tmp_path):
+    """Patience 1 and no epoch after the first improving: the decision, taken from rank 0's shared row, stops every
+    rank after epoch 2; the command ends (no rank left waiting in a collective) and rank 0 finishes the run."""
+    out = tmp_path / "early"
+    proc = torchrun("--data-root", str(phantom_root), "--out", str(out), "--epochs", "5", "--early-stopping", "1", "--batch-size", "64",
+                    "--n-bootstrap", "20", "--device", "cpu", "--no-progress", record=tmp_path / "record", env={"DDP_RANKS_FLAT_SCORE": "1"})
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    assert output.count("early stop: no val") == 1, "rank 0 reports it"
+    ranks = [json.loads((tmp_path / f"record.rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(history(out)) == 2
+    assert json.loads((out / "summary.json").read_text())["early_stopped"] is True
 
 
 TORCHRUN_ENV = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
