@@ -48,7 +48,7 @@ def test_a_short_run_really_learns(learned_run):
 
 
 def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(quick_config, tmp_path):
-    cfg = replace(quick_config, epochs=2, threads=2, out=str(tmp_path / "whole"))  # killed after epoch 1, resumed for epoch 2
+    cfg = replace(quick_config, epochs=3, threads=2, out=str(tmp_path / "whole"))
     whole = train(cfg, progress=False, echo=quiet)
 
     killed = RunDir(tmp_path / "killed")
@@ -63,6 +63,7 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(quick_config, t
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not killed.summary.exists(), "the run must be killed before it finished"
+    assert load_state(killed.last_checkpoint)["epoch"] < cfg.epochs, "the resume must train an epoch again"
 
     resumed = resume_training(killed.path, progress=False, echo=quiet)
     assert history(resumed) == history(whole)

@@ -77,7 +77,7 @@ def results_table(data: TaskData, columns: dict[str, dict]) -> str:
 def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: TrainingState, side_by_side: int = 1,
                  echo: Callable[[str], None] = print, search_trial: bool = False) -> dict:
     """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary.
-    A search trial (``data`` without test) writes its val metrics, summary and training curves only."""
+    A search trial (its ``data`` has no test split) writes its val metrics, summary and training curves only."""
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
@@ -88,7 +88,7 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: Traini
         threshold = choose_threshold(cfg, val_targets, val_positive)
         temperature = fit_temperature(val_targets, val_positive)
     probs = {"val": val_probs}
-    if "test" in data.splits:
+    if not search_trial:
         probs["test"] = predict_probs(model, data.splits["test"].images, cfg, device)
     results = {split: split_metrics(data, split, cfg, split_probs, threshold, temperature) for split, split_probs in probs.items()}
     for split, (metrics, targets, split_probs) in results.items():
