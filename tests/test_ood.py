@@ -92,3 +92,16 @@ def test_the_exported_model_carries_the_check_and_one_fitted_again_since_is_refu
     check.save(changed)
     with pytest.raises(ExportError, match="cxrlab export"):
         served(load_trained(changed))
+
+
+def test_the_checks_precision_is_scikit_learns_ledoit_wolf_precision_also_for_constant_features():
+    from sklearn.covariance import LedoitWolf
+
+    from cxrlab.evaluation.ood import shrunk_precision
+
+    rng = np.random.default_rng(0)
+    for features in (rng.normal(size=(200, 30)) @ rng.normal(size=(30, 30)), rng.normal(size=(20, 64)),  # more features than images
+                     np.zeros((50, 8))):  # a layer whose features never vary: singular, the pseudo-inverse
+        centred = features - features.mean(0)
+        expected = LedoitWolf(assume_centered=True).fit(centred).precision_
+        assert np.allclose(shrunk_precision(centred), expected, rtol=1e-8, atol=1e-10)

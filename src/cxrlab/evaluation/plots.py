@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 from sklearn.metrics import roc_curve
 
 from cxrlab.data.task import is_real
@@ -22,15 +22,38 @@ def _subplots(*grid: int, figsize: tuple[float, float], **kwargs):
 
 
 def _save(fig, path: Path) -> Path:
+    """PNG as laid out (tight_layout or a fixed grid): a "tight" bounding box would draw every figure twice."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=110)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
-def _title(fig, text: str, data_label: str) -> None:
+def _title(fig, text: str, data_label: str, layout: bool = True) -> None:
     fig.suptitle(f"{text}\n{data_label}", color="black" if is_real(data_label) else "crimson", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    if layout:
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
+
+
+def _image_grid(cols: int, title_lines: tuple[int, ...]):
+    """A row of ``cols`` image cells without axes per entry of ``title_lines``, each cell with room above for a title
+    of that many lines at 7 pt, under room for the figure's two-line title. Laid out by arithmetic: tight_layout let
+    a row's titles overlap the images above them (square images shrink their axes after the layout is computed)."""
+    side, gap, head = 2.0, 0.15, 0.75  # inches: an image, the space between two, the figure's title
+    bands = [0.14 * lines + 0.1 if lines else 0.0 for lines in title_lines]  # inches above each row for its titles
+    width, height = cols * (side + gap) + gap, sum(bands) + len(bands) * (side + gap) + head
+    fig = Figure(figsize=(width, height))
+    axes = np.empty((len(bands), cols), dtype=object)
+    top = height - head
+    for r, band in enumerate(bands):
+        top -= band + side
+        for c in range(cols):
+            ax = axes[r, c] = fig.add_axes(((gap + c * (side + gap)) / width, top / height, side / width, side / height))
+            ax.set_axis_off()
+            ax.xaxis.set_major_locator(NullLocator())  # placing a title measures the ticks, even of an axis turned off
+            ax.yaxis.set_major_locator(NullLocator())
+        top -= gap
+    return fig, axes
 
 
 def training_curves(history: list[dict], path: Path, title: str, data_label: str, best_epoch: int | None = None) -> Path:
@@ -86,15 +109,13 @@ def roc(targets: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title
 def prediction_grid(images: np.ndarray, targets: np.ndarray, probs: np.ndarray, threshold: float, classes: list[str], positive: str, path: Path, title: str, data_label: str) -> Path:
     """Images with predicted class, P(positive) and truth; green when right, red when wrong."""
     negative = classes[0] if classes[1] == positive else classes[1]
-    fig, axes = _subplots(2, (len(images) + 1) // 2, figsize=(2.1 * ((len(images) + 1) // 2), 5))
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _image_grid((len(images) + 1) // 2, title_lines=(2, 2))
     for ax, image, truth, p in zip(axes.flat, images, targets, probs):
         predicted = positive if p >= threshold else negative
         actual = positive if truth == 1 else negative
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"pred {predicted}\nP={p:.3f}  true {actual}", fontsize=7, color="green" if predicted == actual else "crimson")
-    _title(fig, title, data_label)
+    _title(fig, title, data_label, layout=False)
     return _save(fig, path)
 
 
@@ -168,13 +189,11 @@ def gradcam_grid(images: np.ndarray, overlays: list[np.ndarray], truth: list[str
                  path: Path, title: str, data_label: str) -> Path:
     """Two rows: the images (titled with truth, prediction and P; green where right), then their Grad-CAM overlays."""
     n = len(images)
-    fig, axes = _subplots(2, n, figsize=(2.1 * n, 4.8), squeeze=False)
+    fig, axes = _image_grid(n, title_lines=(3, 0))
     for k in range(n):
         axes[0, k].imshow(images[k], cmap="gray", vmin=0, vmax=255)
         axes[0, k].set_title(f"true {truth[k]}\npred {predicted[k]}\nP({positive})={probs[k]:.2f}", fontsize=7,
                              color="green" if truth[k] == predicted[k] else "crimson")
         axes[1, k].imshow(overlays[k])
-    for ax in axes.flat:
-        ax.axis("off")
-    _title(fig, title, data_label)
+    _title(fig, title, data_label, layout=False)
     return _save(fig, path)
