@@ -10,7 +10,12 @@ from cxrlab.data.phantom import write_phantom
 
 torch.set_num_threads(2)
 
-SMALL = {"train": 1200, "val": 300, "test": 300}  # half are binary-task rows: 600 / 150 / 150 images
+SMALL = {"train": 800, "val": 200, "test": 200}
+BINARY = {split: rows // 2 for split, rows in SMALL.items()}  # the binary task's images, half of the rows: 400 / 100 / 100
+# For the runs that must have learnt in 4 epochs (learned_run, the torchrun run): 600 / 150 / 150 images. On SMALL,
+# EfficientNet-B0's val ROC-AUC after 4 epochs was still 0.91 alone but its outputs barely varied (std 2e-4, too
+# flat to check an export on), and two processes of 200 images each had not learnt (0.52).
+LEARNING = {"train": 1200, "val": 300, "test": 300}
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +29,13 @@ def two_torch_threads():
 def phantom_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
     write_phantom(root, size=28, seed=0, split_sizes=SMALL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def learning_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom_learning")
+    write_phantom(root, size=28, seed=0, split_sizes=LEARNING)
     return root
 
 
@@ -48,7 +60,7 @@ def one_epoch_run(phantom_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def learned_run(phantom_root, tmp_path_factory):
+def learned_run(learning_root, tmp_path_factory):
     """A run trained until it has learned (the learning test asserts it) and its outputs vary (exports can only be
     checked on such a model). EfficientNet-B0, 4 epochs, no augmentation: the one trained run most tests share."""
     from cxrlab.training.loop import train
@@ -56,7 +68,7 @@ def learned_run(phantom_root, tmp_path_factory):
     no_aug = dict(aug_rotation=0.0, aug_translate=0.0, aug_hflip=0.0, aug_brightness=0.0, aug_contrast=0.0, aug_blur=False)
     # Best epoch by val AUC: in 4 phantom epochs EfficientNet's first, near-constant epoch can have the lowest val loss
     # (the default rule), and a model whose outputs do not vary cannot be exported or checked.
-    cfg = Config(data_root=str(phantom_root), model="efficientnet_b0", epochs=4, lr=1e-3, batch_size=32, n_bootstrap=50,
+    cfg = Config(data_root=str(learning_root), model="efficientnet_b0", epochs=4, lr=1e-3, batch_size=32, n_bootstrap=50,
                  threshold="youden", select_metric="roc_auc", device="cpu", out=str(tmp_path_factory.mktemp("served") / "run"), **no_aug)
     return train(cfg, progress=False, echo=lambda _: None)
 

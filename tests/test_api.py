@@ -12,6 +12,7 @@ from PIL import Image
 import cxrlab
 from cxrlab import api
 from cxrlab.errors import ConfigError, DataNotFoundError, RunDirError
+from tests.conftest import BINARY
 
 
 def test_config_validates_like_the_cli_and_follows_the_data_set():
@@ -26,7 +27,7 @@ def test_config_validates_like_the_cli_and_follows_the_data_set():
 def test_data_gives_the_splits_and_a_missing_file_the_clis_message(phantom_root, tmp_path):
     data = cxrlab.load_data(data_root=str(phantom_root))
     assert data.classes == ["cardiomegaly", "pneumothorax"] and data.is_phantom
-    assert {k: len(v) for k, v in data.splits.items()} == {"train": 600, "val": 150, "test": 150}
+    assert {k: len(v) for k, v in data.splits.items()} == BINARY
     with pytest.raises(DataNotFoundError) as err:
         cxrlab.load_data(dataset="pneumoniamnist", data_root=str(tmp_path))
     message = str(err.value)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from cxrlab.cli import COMMANDS, main
+from tests.conftest import BINARY
 
 @pytest.fixture(scope="module")
 def trained_run(one_epoch_run):
@@ -42,7 +43,7 @@ def test_train_writes_a_complete_run_directory(trained_run):
     flat = {"accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc",
             "tn", "fp", "fn", "tp", "n", "threshold", "accuracy_ci_low", "roc_auc_ci_high"}
     assert flat <= set(metrics)
-    assert metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == metrics["n"] == 150
+    assert metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == metrics["n"] == BINARY["test"]
 
 
 def test_config_file_and_flags_resolve_into_the_saved_config(phantom_root, tmp_path):

@@ -13,6 +13,7 @@ from cxrlab.data.phantom import write_phantom
 from cxrlab.data.task import data_label, load_task, task_data
 from cxrlab.errors import ConfigError, DataFileError
 from cxrlab.training.loop import train
+from tests.conftest import SMALL
 
 PNEUMONIA = DATASETS["pneumoniamnist"]
 
@@ -69,7 +70,7 @@ def test_a_file_of_the_other_dataset_is_refused_by_name(pneumonia_phantom, phant
     chest_as_pneumonia = tmp_path / "a"
     chest_as_pneumonia.mkdir()
     (chest_as_pneumonia / "pneumoniamnist.npz").write_bytes((phantom_root / "chestmnist.npz").read_bytes())
-    with pytest.raises(DataFileError, match=r"pneumoniamnist.npz is not a PneumoniaMNIST file: train_labels has shape \(1200, 14\), "
+    with pytest.raises(DataFileError, match=rf"pneumoniamnist.npz is not a PneumoniaMNIST file: train_labels has shape \({SMALL['train']}, 14\), "
                        r"expected \(N, 1\).*looks like a ChestMNIST file \(use --dataset chestmnist\)"):
         load_task(chest_as_pneumonia, 28, ["normal", "pneumonia"], dataset="pneumoniamnist")
     pneumonia_as_chest = tmp_path / "b"

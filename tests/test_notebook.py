@@ -33,7 +33,7 @@ def test_the_committed_notebook_has_no_outputs():
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
 
 
-def test_the_notebook_runs_top_to_bottom_on_phantom_data(phantom_root, learned_run, tmp_path):
+def test_the_notebook_runs_top_to_bottom_on_phantom_data(learned_run, tmp_path):
     """Every cell runs. The study folder starts with the suite's shared EfficientNet-B0 run in it (its options are the
     notebook's here), so compare reuses it, as it reuses any finished run, instead of training it again; the export
     files are removed first, so the notebook's own export makes them."""
@@ -43,7 +43,7 @@ def test_the_notebook_runs_top_to_bottom_on_phantom_data(phantom_root, learned_r
     (study_run / "config.yaml").write_text(yaml.safe_dump({**config, "out": str(study_run)}, sort_keys=False))
     options = {k: config[k] for k in ("batch_size", "lr", "n_bootstrap", "device", "threshold", "select_metric", "aug_rotation", "aug_translate", "aug_hflip",
                                       "aug_brightness", "aug_contrast", "aug_blur")}
-    nb = run(with_parameters(DATA_ROOT=str(phantom_root), DOWNLOAD=False, MODELS=["efficientnet_b0"], SEEDS=[0], EPOCHS=config["epochs"],
+    nb = run(with_parameters(DATA_ROOT=config["data_root"], DOWNLOAD=False, MODELS=["efficientnet_b0"], SEEDS=[0], EPOCHS=config["epochs"],
                              TTA=2, QUANTIZE=False, OPTIONS=options), tmp_path)
     text = "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "running on the CPU" in text and "PHANTOM" in text and "reusing finished run" in text

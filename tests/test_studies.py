@@ -12,8 +12,10 @@ from cxrlab.cli import main
 from cxrlab.config import load_config
 from cxrlab.errors import RunDirError
 from cxrlab.report.study import check_compatible
+from cxrlab.core.checkpoint import load_state
 from cxrlab.core.runs import RunDir
 from cxrlab.training.loop import train
+from tests.conftest import BINARY
 
 FAST = ["--epochs", "1", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu", "--no-progress"]
 SEARCH_FAST = ["--epochs", "1", "--n-bootstrap", "50", "--device", "cpu"]  # search chooses the batch size itself
@@ -92,16 +94,16 @@ def test_more_seeds_from_the_saved_config_train_only_what_is_missing_and_reprodu
 
 def test_runs_side_by_side_give_the_results_of_a_run_alone_and_a_recipe_applies_to_its_model(phantom_root, tmp_path, capfd):
     """--workers 2 trains two runs at once in spawned processes: the history and metrics a run trained alone gets.
-    The recipe gives the model options of its own (here MedMNIST v2's multistep schedule, shortened)."""
+    The recipe gives the model options of its own (here MedMNIST v2's multistep schedule, its milestone at epoch 1)."""
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("epochs: 2\nbatch_size: 64\nlr_schedule: multistep\nlr_milestones: [1]\n")
+    recipe.write_text("batch_size: 64\nlr_schedule: multistep\nlr_milestones: [1]\n")
 
     def run(out, workers):
         return main(["compare", "--data-root", str(phantom_root), "--models", "mobilenet_v3_large", "--seeds", "0", "1", "--ensemble", "off",
                      "--threads", "1", "--workers", str(workers), "--recipe", f"mobilenet_v3_large={recipe}", "--out", str(tmp_path / out), *FAST])
 
     assert run("two", 2) == 0
-    assert "[mobilenet_v3_large-seed1] epoch   2/2" in capfd.readouterr().out  # workers print one prefixed line per epoch and run
+    assert "[mobilenet_v3_large-seed1] epoch   1/1" in capfd.readouterr().out  # workers print one prefixed line per epoch and run
     side_by_side = RunDir(tmp_path / "two" / "runs" / "mobilenet_v3_large-seed1")
     cfg = load_config(side_by_side.config)
     alone = train(replace(cfg, out=str(tmp_path / "alone"), threads=1), progress=False, echo=lambda _: None)
@@ -109,8 +111,9 @@ def test_runs_side_by_side_give_the_results_of_a_run_alone_and_a_recipe_applies_
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in histories[0]] == [{k: v for k, v in r.items() if k != "seconds"} for r in histories[1]]
     for split in ("val", "test"):
         assert json.loads(side_by_side.metrics(split).read_text()) == json.loads(alone.metrics(split).read_text())
-    assert (cfg.epochs, cfg.batch_size, cfg.lr_schedule) == (2, 64, "multistep")
-    assert [float(r["lr"]) for r in histories[0]] == pytest.approx([2e-3, 2e-4])  # x0.1 after epoch 1
+    assert (cfg.batch_size, cfg.lr_schedule, cfg.lr_milestones) == (64, "multistep", [1])
+    assert float(histories[0][0]["lr"]) == pytest.approx(2e-3)  # the model's own rate in epoch 1,
+    assert load_state(side_by_side.last_checkpoint)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-4)  # x0.1 after it
     assert "recipe of their own" in (tmp_path / "two" / "report.md").read_text()
     assert run("bad", 0) == 2 and "workers must be at least 1, got 0" in capfd.readouterr().err
 
@@ -170,7 +173,7 @@ def test_cross_validation_reports_folds_and_their_ensemble(phantom_root, tmp_pat
         cfg = load_config(out / f"fold{k}" / "config.yaml")
         assert (cfg.cv_folds, cfg.cv_fold) == (2, k)
     fold_data = json.loads((out / "fold0" / "data.json").read_text())["counts"]
-    assert sum(fold_data["train"].values()) + sum(fold_data["val"].values()) == 600  # the folds split train, not val
+    assert sum(fold_data["train"].values()) + sum(fold_data["val"].values()) == BINARY["train"]  # the folds split train, not val
     assert "mean ± sd" in (out / "cv.md").read_text() and "PHANTOM" in (out / "cv.html").read_text()
 
 

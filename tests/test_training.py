@@ -16,6 +16,7 @@ from cxrlab.evaluation.evaluate import evaluate_run
 from cxrlab.core.runs import RunDir
 from cxrlab.core.checkpoint import load_state
 from cxrlab.training.loop import resume_training, train
+from tests.conftest import BINARY
 
 NO_AUG = dict(aug_rotation=0.0, aug_translate=0.0, aug_hflip=0.0, aug_brightness=0.0, aug_contrast=0.0, aug_blur=False)
 
@@ -79,7 +80,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(quick_
 
     real = F.binary_cross_entropy_with_logits
     calls = {"train": 0}
-    batches_per_epoch = 600 // quick_config.batch_size + 1
+    batches_per_epoch = -(-BINARY["train"] // quick_config.batch_size)
 
     def poisoned(logits, target, **kwargs):
         if "pos_weight" in kwargs:  # the training step; validation calls it without pos_weight
@@ -161,8 +162,9 @@ def test_bf16_autocast_computes_in_bf16_and_trains_with_finite_losses(tmp_path):
         assert model(torch.randn(2, 1, 28, 28)).dtype == torch.bfloat16
 
 
-def test_label_smoothing_and_mixup_still_learn(quick_config):
-    cfg = replace(quick_config, model="efficientnet_b0", epochs=3, lr=1e-3, label_smoothing=0.1, mixup=0.4, select_metric="roc_auc", **NO_AUG)
+def test_label_smoothing_and_mixup_still_learn(quick_config, learning_root):
+    # On the larger phantom: on SMALL's, val ROC-AUC was 0.85-0.94 for seeds 0-2 but 0.74 on a phantom drawn with seed 1
+    cfg = replace(quick_config, data_root=str(learning_root), model="efficientnet_b0", epochs=3, lr=1e-3, label_smoothing=0.1, mixup=0.4, select_metric="roc_auc", **NO_AUG)
     run = train(cfg, progress=False, echo=quiet)
     rows = history(run)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
