@@ -12,7 +12,8 @@ torch.set_num_threads(2)
 
 SMALL = {"train": 800, "val": 200, "test": 200}
 BINARY = {split: rows // 2 for split, rows in SMALL.items()}  # the binary task's images, half of the rows: 400 / 100 / 100
-# For the runs that must have learnt in 4 epochs (learned_run, the torchrun run): 600 / 150 / 150 images. On SMALL,
+# For the EfficientNet-B0 runs that must have learnt in a few epochs (learned_run, the torchrun run, label smoothing):
+# 600 / 150 / 150 images (benchmarks/README.md, "The test suite's time"). On SMALL,
 # EfficientNet-B0's val ROC-AUC after 4 epochs was still 0.91 alone but its outputs barely varied (std 2e-4, too
 # flat to check an export on), and two processes of 200 images each had not learnt (0.52).
 LEARNING = {"train": 1200, "val": 300, "test": 300}
