@@ -146,8 +146,8 @@ def check_digest(run_path: Path) -> str:
 
 def shrunk_precision(centred: np.ndarray) -> np.ndarray:
     """(N, D) centred features -> (D, D) inverse of their Ledoit-Wolf covariance. The shrunk covariance is positive
-    definite unless every feature is constant, so a Cholesky solve inverts it (5x faster at D = 960 than the
-    eigendecomposition sklearn's estimator uses); the pseudo-inverse covers the constant case."""
+    definite unless every feature is constant, so a Cholesky solve inverts it, several times faster than the
+    eigendecomposition sklearn's estimator uses (benchmarks/README.md); the pseudo-inverse covers the constant case."""
     from scipy.linalg import LinAlgError, cho_factor, cho_solve, pinvh
     from sklearn.covariance import ledoit_wolf
 
