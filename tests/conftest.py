@@ -10,8 +10,14 @@ from cxrlab.data.phantom import write_phantom
 
 torch.set_num_threads(2)
 
+
+def binary_images(split_sizes: dict) -> dict:
+    """The binary task's images per split of a phantom written with ``split_sizes`` rows: half of the rows."""
+    return {split: rows // 2 for split, rows in split_sizes.items()}
+
+
 SMALL = {"train": 800, "val": 200, "test": 200}
-BINARY = {split: rows // 2 for split, rows in SMALL.items()}  # the binary task's images, half of the rows: 400 / 100 / 100
+BINARY = binary_images(SMALL)  # 400 / 100 / 100
 # For the EfficientNet-B0 runs that must have learnt in a few epochs (learned_run, the torchrun run, label smoothing):
 # 600 / 150 / 150 images (benchmarks/README.md, "The test suite's time"). On SMALL,
 # EfficientNet-B0's val ROC-AUC after 4 epochs was still 0.91 alone but its outputs barely varied (std 2e-4, too

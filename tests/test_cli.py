@@ -11,6 +11,7 @@ from PIL import Image
 from cxrlab.cli import COMMANDS, main
 from tests.conftest import BINARY
 
+
 @pytest.fixture(scope="module")
 def trained_run(one_epoch_run):
     return one_epoch_run.path  # `cxrlab train` of conftest's one-epoch run

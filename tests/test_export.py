@@ -16,7 +16,7 @@ from cxrlab.evaluation.inference import load_trained
 from cxrlab.export.onnx import export_onnx
 from cxrlab.export.runtime import served
 from cxrlab.models.registry import create_model
-from tests.conftest import LEARNING
+from tests.conftest import LEARNING, binary_images
 
 
 def val_images(run_path, n=64):
@@ -27,7 +27,7 @@ def val_images(run_path, n=64):
 
 def test_onnx_export_matches_pytorch_and_serves_predict(exported_run):
     check = json.loads((exported_run / "export.json").read_text())
-    assert check["images"] == LEARNING["val"] // 2 and check["max_abs_diff"] < 1e-3 and check["logit_std"] > 1e-3
+    assert check["images"] == binary_images(LEARNING)["val"] and check["max_abs_diff"] < 1e-3 and check["logit_std"] > 1e-3
     trained, images = val_images(exported_run)
     reference = trained.probs(images)
     exported = served(trained)
