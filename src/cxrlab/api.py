@@ -67,13 +67,13 @@ def resume(path, progress: bool | None = None, echo=print) -> Run:
 
 
 def compare(cfg: Config | None = None, models: list[str] | None = None, seeds: list[int] | None = None, ensemble="equal", tta: int = 4,
-            out: str = "runs/compare", recipes: dict | None = None, workers: int | None = None, progress: bool | None = None,
+            out: str = "runs/compare", recipes: dict | None = None, holdout: int = 0, workers: int | None = None, progress: bool | None = None,
             echo=print, **options) -> Report:
     """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report."""
     from cxrlab.report.compare import compare as compare_study
     from cxrlab.report.study import study_from
 
-    given = {"models": models, "seeds": seeds, "ensemble": ensemble, "tta": tta, "out": out, "recipes": recipes}
+    given = {"models": models, "seeds": seeds, "ensemble": ensemble, "tta": tta, "out": out, "recipes": recipes, "holdout": holdout}
     study = study_from(None, {k: v for k, v in given.items() if v is not None}, source="cxrlab.compare")
     compare_study(config(cfg, **options), study, progress=progress, workers=workers, echo=echo)
     return Report(Path(study.out))

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'equal' (the default), 'fit' (weights fitted on val), 'off', or one weight per model in --models order")
     p.add_argument("--tta", type=int, default=argparse.SUPPRESS, metavar="N", help="test-time augmentation with N views, shown beside each model (default: 4; 0: off)")
     p.add_argument("--out", dest="compare_out", default=argparse.SUPPRESS, help="folder for the runs and the report (default: runs/compare)")
+    p.add_argument("--holdout", type=int, default=argparse.SUPPRESS, metavar="K",
+                   help="each seed's run trains on K-1 folds of train and holds out fold (seed mod K) for its best epoch and "
+                   "operating point, beside val (default: 0, train on all of train)")
     p.add_argument("--recipe", action="append", default=argparse.SUPPRESS, metavar="MODEL=FILE",
                    help="training options of one model's own, over the shared ones (e.g. resnet18=configs/medmnist_v2.yaml); repeatable")
     _workers_option(p, "runs")
@@ -340,7 +343,7 @@ def cmd_compare(args) -> int:
         raise CxrlabError("compare trains one model after another in one process; run 'torchrun ... -m cxrlab train' per model instead")
 
     values = load_yaml(args.config) if args.config else {}
-    flags = {"models": "models", "seeds": "seeds", "ensemble": "ensemble", "tta": "tta", "compare_out": "out"}
+    flags = {"models": "models", "seeds": "seeds", "ensemble": "ensemble", "tta": "tta", "compare_out": "out", "holdout": "holdout"}
     overrides = {key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)}
     if hasattr(args, "recipe"):
         pairs = [item.partition("=") for item in args.recipe]
@@ -349,7 +352,7 @@ def cmd_compare(args) -> int:
         overrides["recipes"] = {model: path for model, _, path in pairs}
     study = study_from(values.pop("compare", None), overrides, source=args.config or "options")
     api.compare(config_from_args(args, values), study.models, study.seeds, study.ensemble, study.tta, study.out, study.recipes,
-                workers=args.workers, progress=args.progress)
+                holdout=study.holdout, workers=args.workers, progress=args.progress)
     return 0
 
 

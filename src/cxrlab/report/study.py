@@ -23,7 +23,7 @@ from cxrlab.training.runner import run_all
 
 
 
-STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out", "recipes")
+STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out", "recipes", "holdout")
 
 
 ENSEMBLE_RULES = ("equal", "fit", "off")
@@ -42,6 +42,9 @@ class Study:
     out: str = "runs/compare"
     # model -> training options of its own over the shared ones (a mapping, or a YAML file such as configs/medmnist_v2.yaml)
     recipes: dict = field(default_factory=dict)
+    # K > 1: each seed's run trains on the other folds of a stratified K-fold split of train and holds out fold
+    # (seed mod K) for choosing its best epoch and operating point, beside val; 0: train on all of train
+    holdout: int = 0
 
     def validate(self) -> "Study":
         unknown = [m for m in self.models if m not in MODEL_NAMES]
@@ -63,6 +66,8 @@ class Study:
             check_weights(self.ensemble, self.models)
             if len(self.models) < 2:
                 raise ConfigError("an ensemble needs at least two models")
+        if self.holdout == 1 or self.holdout < 0:
+            raise ConfigError(f"holdout must be 0 (off) or a number of folds of at least 2, got {self.holdout}")
         if self.tta < 0:
             raise ConfigError(f"tta must be 0 (off) or a number of views, got {self.tta}")
         if not isinstance(self.recipes, dict) or set(self.recipes) - set(self.models):
@@ -78,6 +83,8 @@ class Study:
         """The resolved config of one run: shared options, the model's recipe on top, then model, seed and run folder."""
         values = {**base.to_dict(), **self.recipes.get(model, {}), "model": model, "seed": seed,
                   "out": str(Path(self.out) / "runs" / f"{model}-seed{seed}")}
+        if self.holdout:
+            values.update(cv_folds=self.holdout, cv_fold=seed % self.holdout)
         return resolve(from_dict(values, source=f"recipe for {model}"))
 
     @property
@@ -182,6 +189,8 @@ def save_study(out: Path, base: Config, study: Study) -> Path:
     for key in ("model", "out", "seed"):
         values.pop(key)
     study_values = {"models": study.models, "seeds": study.seeds, "ensemble": study.ensemble, "tta": study.tta, "out": str(out)}
+    if study.holdout:
+        study_values["holdout"] = study.holdout
     if study.recipes:
         study_values["recipes"] = study.recipes
     path = out / "compare.yaml"
