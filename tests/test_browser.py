@@ -94,7 +94,7 @@ def test_the_page_shows_each_state_as_such(server, exported_run, tmp_path):
         page.set_input_files("#file", str(noise))
         page.wait_for_selector("#flagged:not([hidden])", timeout=60_000)
         assert "does not look like the images the model was trained on" in page.inner_text("#flagged")
-        assert "No class is given" in page.inner_text("#flagged") and not visible(page, "#result")
+        assert "Refer: no class is given" in page.inner_text("#flagged") and not visible(page, "#result")
         page.screenshot(path=str(shots / "page_flagged.png"), full_page=True)
         # 4. a refused file: the server's message, nothing else
         page.set_input_files("#file", str(bad))

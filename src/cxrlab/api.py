@@ -79,6 +79,15 @@ def compare(cfg: Config | None = None, models: list[str] | None = None, seeds: l
     return Report(Path(study.out))
 
 
+def operating_point(path, echo=print, **options):
+    """Choose a finished run's operating point again on its own evidence (never test): ``threshold``,
+    ``rule_out_sensitivity``, ``rule_in_specificity``, ``bound_level``, ``decision``, ``prevalence``. Returns the
+    OperatingPoint; refuses a target the evidence cannot show, naming the best reachable value."""
+    from cxrlab.evaluation.evaluate import refit_operating_point
+
+    return refit_operating_point(path, options, echo)
+
+
 def load_run(path) -> Run:
     """A finished run directory (train, compare, cv or search wrote it), ready to inspect and use."""
     run = RunDir(path)
@@ -134,16 +143,20 @@ class Run:
             self._trained = served(load_trained(self.path, device))
         return self._trained
 
-    def predict(self, images, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
-        """Class and probability for each image: file paths (PNG, JPEG, DICOM, ...; prepared as the data set was
-        made) or arrays already at the run's size (uint8 (N, S, S) or one (S, S))."""
+    def predict(self, images, max_pixels: int = DEFAULT_MAX_PIXELS, decision: str | None = None) -> list[Prediction]:
+        """The answer for each image: a class, or 'refer' (``Prediction.answer``) for an image the out-of-distribution
+        check flags or whose probability lies in the refer band; file paths (PNG, JPEG, DICOM, ...; prepared as the
+        data set was made) or arrays already at the run's size (uint8 (N, S, S) or one (S, S)). ``decision``
+        'single' answers every in-distribution image at the single threshold (default: the run's config)."""
         trained = self.trained()
+        if decision not in (None, "refer", "single"):
+            raise ValueError(f"decision must be 'refer' or 'single', got {decision!r}")
         if isinstance(images, (np.ndarray, torch.Tensor)):
             batch = _as_batch(images, trained.cfg.size)
-            return predict_images(trained, batch, [f"array[{i}]" for i in range(len(batch))])
+            return predict_images(trained, batch, [f"array[{i}]" for i in range(len(batch))], decision)
         if isinstance(images, (str, Path)):
             images = [images]
-        return predict_files(trained, [str(p) for p in images], max_pixels)
+        return predict_files(trained, [str(p) for p in images], max_pixels, decision)
 
     def explainer(self):
         """Grad-CAM for this run's model (cached; on the CPU, where Grad-CAM's hooks run)."""
@@ -274,4 +287,4 @@ def _as_batch(images, size: int) -> np.ndarray:
     return arrays
 
 
-__all__ = ["Config", "Report", "Run", "Table", "compare", "config", "load_data", "load_run", "resume", "train"]
+__all__ = ["Config", "Report", "Run", "Table", "compare", "config", "load_data", "load_run", "operating_point", "resume", "train"]

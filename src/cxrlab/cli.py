@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 from cxrlab import __version__
-from cxrlab.config import MODEL_NAMES, Config, config_fields, from_dict, load_yaml
+from cxrlab.config import MODEL_NAMES, POINT_OPTIONS, Config, config_fields, from_dict, load_yaml
 from cxrlab.core.runs import RunDir
 from cxrlab.errors import CxrlabError
 
@@ -45,6 +45,10 @@ EXAMPLES = {
     "ood": """
         cxrlab ood runs/mnv3                     # fit the out-of-distribution check of a run trained before it existed
         cxrlab ood runs/compare/runs/*-seed*     # every run of a study, without retraining""",
+    "operating-point": """
+        cxrlab operating-point runs/mnv3                          # a run trained before operating points: choose its refer band
+        cxrlab operating-point runs/mnv3 --rule-out-sensitivity 0.99 --rule-in-specificity 0.95
+        cxrlab operating-point runs/compare/runs/*-seed* --decision single   # answer every image at the single threshold""",
     "status": """
         cxrlab status runs/compare               # a compare study: runs finished / running / left, time left
         cxrlab status runs/cv                    # a cross-validation's fold runs
@@ -102,7 +106,7 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
             kwargs.update(choices=f.metadata["choices"], type=str if default is None else type(default))
         elif default is not None and not isinstance(default, str):
             kwargs["type"] = type(default)
-        elif f.name in ("lr",):
+        elif f.name in ("lr", "prevalence"):
             kwargs["type"] = float
         elif f.name in ("threads",):
             kwargs["type"] = int
@@ -158,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--device", default=None, help="device (default: the run's)")
+    p.add_argument("--decision", choices=("refer", "single"), default=None,
+                   help="refer: answer a class only outside the run's refer band; single: the single threshold for every image "
+                   "(default: the run's)")
     _max_image_option(p)
 
     p = _subparser(sub, "compare", "Train the models for several seeds under one protocol; write report.md and report.html.")
@@ -180,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(sub, "ood", "Fit a finished run's out-of-distribution check (images unlike the training images get no class).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+
+    p = _subparser(sub, "operating-point", "Choose a finished run's single threshold and refer band again, on its own evidence "
+                   "(its selection split; with a held-out fold, that fold and val), never on test.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    add_config_options(p, only=POINT_OPTIONS)
 
     p = _subparser(sub, "status", "Where a compare or cv study stands: runs finished, running and left, epochs, time left.")
     p.add_argument("study", metavar="OUT", help="the study's folder (compare's or cv's --out)")
@@ -319,18 +331,21 @@ def cmd_predict(args) -> int:
     if trained.ood is None and trained.cfg.task == "binary":
         print(f"note: this run has no out-of-distribution check, so images unlike its training images are classified too; "
               f"fit one with: cxrlab ood {args.run}", file=sys.stderr)
+    if trained.point is not None:
+        print(f"operating point: {trained.point.describe()}; answering by {args.decision or trained.cfg.decision}", file=sys.stderr)
     failed = 0
-    for result in run.predict(args.images, _max_pixels(args)):
+    for result in run.predict(args.images, _max_pixels(args), decision=args.decision):
         if result.error:
             failed += 1
             print(f"error: {result.error}", file=sys.stderr)
         elif result.in_distribution is False:
-            print(f"{result.path}\tnot classified\t{result.message} (score {result.ood_score:.2f} > threshold {result.ood_threshold:.2f})")
+            print(f"{result.path}\trefer\t{result.reason} (score {result.ood_score:.2f} > threshold {result.ood_threshold:.2f})")
         elif trained.cfg.task == "multilabel":
             top = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[:3]
             print(f"{result.path}\t{result.label}\t" + "  ".join(f"P({k})={v:.4f}" for k, v in top))
         else:
-            print(f"{result.path}\t{result.label}\tP({trained.cfg.positive})={result.probability:.4f}\tthreshold={trained.threshold:.4f}")
+            why = f"\t{result.reason}" if result.referred else ""
+            print(f"{result.path}\t{result.answer}\tP({trained.cfg.positive})={result.probability:.4f}{why}")
     return 1 if failed else 0
 
 
@@ -371,6 +386,15 @@ def cmd_ood(args) -> int:
     return 0
 
 
+def cmd_operating_point(args) -> int:
+    from cxrlab import api
+
+    options = {k: getattr(args, k) for k in POINT_OPTIONS if hasattr(args, k)}
+    for run in args.runs:
+        api.operating_point(run, **options)
+    return 0
+
+
 def cmd_status(args) -> int:
     from cxrlab.training.progress import read_status
 
@@ -408,8 +432,11 @@ def cmd_explain(args) -> int:
         if result.error:
             failed += 1
             print(f"error: {result.error}", file=sys.stderr)
+        elif result.overlay is None:
+            print(f"{result.path}\trefer\t{result.reason}")
         else:
-            print(f"{result.path}\t{result.label}\tP({explainer.trained.cfg.positive})={result.probability:.4f}\t{result.overlay}")
+            shows = f"\t(evidence for {result.explained}; {result.reason})" if result.referred else ""
+            print(f"{result.path}\t{result.answer}\tP({explainer.trained.cfg.positive})={result.probability:.4f}\t{result.overlay}{shows}")
     if args.val_grid:
         print(f"wrote {run.explain_val(Path(args.out) / 'gradcam_val_grid.png')}")
     return 1 if failed else 0
@@ -452,7 +479,8 @@ def cmd_serve(args) -> int:
 RUN_COMMANDS = ("evaluate", "predict", "explain", "export", "bench", "serve")  # the commands that take one finished run
 
 
-COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare, "status": cmd_status, "ood": cmd_ood}
+COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare, "status": cmd_status, "ood": cmd_ood,
+            "operating-point": cmd_operating_point}
 
 
 def main(argv: list[str] | None = None) -> int:

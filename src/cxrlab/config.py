@@ -26,6 +26,10 @@ THRESHOLD_RULES = ("0.5", "youden", "sensitivity")
 FINETUNE_PARTS = ("head", "last", "all")
 TASKS = ("binary", "multilabel")
 PRECISIONS = ("fp32", "auto", "bf16", "fp16")
+DECISIONS = ("refer", "single")
+# The options that choose how a finished run answers (its operating point), not what it learns: changing them
+# reuses the run (`cxrlab operating-point RUN` applies them).
+POINT_OPTIONS = ("threshold", "target_sensitivity", "decision", "rule_out_sensitivity", "rule_in_specificity", "bound_level", "prevalence")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -73,6 +77,16 @@ class Config:
     threshold: str | None = _opt(None, "decision threshold (default: youden for the binary task, 0.5 per label for multilabel): '0.5', 'youden' (Youden's J on val) or 'sensitivity' (the highest val threshold "
                           "reaching --target-sensitivity); always applied unchanged to test", choices=THRESHOLD_RULES)
     target_sensitivity: float = _opt(0.9, "val sensitivity the 'sensitivity' threshold rule must reach")
+    decision: str = _opt("refer", "how a prediction is answered: refer (the negative class below the rule-out threshold, the "
+                         "positive class from the rule-in threshold, refer between them and for images the out-of-distribution "
+                         "check flags) or single (the single threshold, every in-distribution image answered)", choices=DECISIONS)
+    rule_out_sensitivity: float = _opt(0.98, "rule-out threshold: the highest whose sensitivity on the evidence reaches this by "
+                                       "the lower confidence bound")
+    rule_in_specificity: float = _opt(0.98, "rule-in threshold: the lowest whose specificity on the evidence reaches this by "
+                                      "the lower confidence bound")
+    bound_level: float = _opt(0.95, "one-sided confidence level of those lower bounds (Clopper-Pearson)")
+    prevalence: float | None = _opt(None, "share of the positive class where the model is used (label shift): PPV and NPV are "
+                                    "reported at it (default: the evidence's own share)")
     label_smoothing: float = _opt(0.0, "BCE label smoothing: targets become y(1-e) + e/2 (0: off)")
     mixup: float = _opt(0.0, "mixup alpha: mix each batch with a shuffled copy, lambda ~ Beta(alpha, alpha) (0: off)")
     finetune: str = _opt("", "progressive fine-tuning stages 'PART:EPOCHS:LR,...' with PART head, last or all, e.g. "
@@ -184,6 +198,15 @@ class Config:
             raise ConfigError(f"threshold must be one of {', '.join(THRESHOLD_RULES)}, got {self.threshold!r}")
         if not 0 < self.target_sensitivity < 1:
             raise ConfigError(f"target_sensitivity must be between 0 and 1, got {self.target_sensitivity}")
+        if self.decision not in DECISIONS:
+            raise ConfigError(f"decision must be one of {', '.join(DECISIONS)}, got {self.decision!r}")
+        for name in ("rule_out_sensitivity", "rule_in_specificity"):  # 1 is refused by the evidence, naming the best reachable bound
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 < self.bound_level < 1:
+            raise ConfigError(f"bound_level must be between 0 and 1 (exclusive), got {self.bound_level}")
+        if self.prevalence is not None and not 0 < self.prevalence < 1:
+            raise ConfigError(f"prevalence must be a share of positives strictly between 0 and 1, got {self.prevalence}")
         if self.threshold_rule == "sensitivity" and self.task != "binary":
             raise ConfigError("threshold 'sensitivity' is for the binary task")
         if not 0 <= self.label_smoothing < 1:
@@ -267,7 +290,7 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     kind = type(default)
     try:
         if default is None:  # optional options: keep numbers numeric, paths as strings
-            return float(value) if name in ("lr", "bn_momentum") else int(value) if name == "threads" else str(value)
+            return float(value) if name in ("lr", "bn_momentum", "prevalence") else int(value) if name == "threads" else str(value)
         if kind is bool:
             if isinstance(value, bool):
                 return value

@@ -6,6 +6,7 @@
     checkpoints/last.pt resumable training state (written every epoch)
     model.safetensors   best weights (by the val metric)
     summary.json        best epoch, decision threshold, classes, parameter count, timings
+    operating_point.json the single threshold and the refer band, and the evidence they were chosen on
     metrics.json        test metrics (the reported numbers); metrics_val.json for val
     plots/*.png         curves, confusion matrix, ROC, prediction grid
 """
@@ -29,6 +30,7 @@ class RunDir:
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
     weights = property(lambda self: self.path / "model.safetensors")
     summary = property(lambda self: self.path / "summary.json")
+    operating_point = property(lambda self: self.path / "operating_point.json")
     plots = property(lambda self: self.path / "plots")
 
     def metrics(self, split: str) -> Path:

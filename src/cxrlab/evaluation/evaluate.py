@@ -10,13 +10,14 @@ import numpy as np
 import torch
 
 import cxrlab
-from cxrlab.config import Config
+from cxrlab.config import POINT_OPTIONS, Config
 from cxrlab.data.task import TaskData, data_label, fold_view, task_data
-from cxrlab.errors import RunDirError
+from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import load_trained, predict_probs
-from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature, evaluate_probs, fit_temperature
-from cxrlab.evaluation.scoring import choose_threshold, positive_view
+from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature
+from cxrlab.evaluation.operating_point import OperatingPoint
+from cxrlab.evaluation.scoring import choose_on_evidence, positive_view, score_probs
 from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
 from cxrlab.models.registry import count_parameters, model_from_config
@@ -44,15 +45,25 @@ def metrics_table(columns: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def split_metrics(data: TaskData, split: str, cfg: Config, probs: np.ndarray, threshold: float, temperature: float = 1.0) -> tuple[dict, np.ndarray, np.ndarray]:
+def split_metrics(data: TaskData, split: str, cfg: Config, probs: np.ndarray, point: OperatingPoint | None, temperature: float = 1.0) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of one split from the model's probabilities (N, outputs); returns (metrics, targets, probs) as scored.
-    Binary metrics include calibration (ECE, Brier) before and after scaling by ``temperature``."""
+    Binary metrics (``point``: the run's operating point) include calibration before and after scaling by
+    ``temperature``, the metrics at 0.5 and the refer band's."""
     targets = data.splits[split].targets.numpy()
     if data.task == "multilabel":
         return multilabel_metrics(targets, probs, data.provenance["file"], data.size, split, data.classes,
                                   data.provenance.get("dataset", "chestmnist")), targets, probs
     targets, positive_probs = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
-    return evaluate_probs(targets, positive_probs, threshold, cfg.n_bootstrap, cfg.seed, temperature), targets, positive_probs
+    return score_probs(targets, positive_probs, point, temperature, cfg.n_bootstrap, cfg.seed, cfg.prevalence), targets, positive_probs
+
+
+def evidence_of(data: TaskData, cfg: Config, probs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(targets, P(positive), name) of the images a run chooses its operating point on: its selection split, and with
+    a held-out fold of train the official val as well. ``probs``: split -> the model's probabilities (N, outputs)."""
+    names = ["val"] if "official_val" not in data.splits else ["val", "official_val"]
+    pairs = [positive_view(data.splits[s].targets.numpy(), probs[s][:, 0], data.classes, cfg.positive) for s in names]
+    name = "val" if len(names) == 1 else f"held-out fold {cfg.cv_fold} of {cfg.cv_folds} of train + val"
+    return np.concatenate([t for t, _ in pairs]), np.concatenate([p for _, p in pairs]), name
 
 
 def write_split_outputs(run: RunDir, split: str, metrics: dict, targets, probs, cfg: Config, data: TaskData) -> None:
@@ -81,16 +92,16 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: Traini
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    val_probs = predict_probs(model, data.splits["val"].images, cfg, device)
-    threshold, temperature = 0.5, 1.0
+    scored = ("val",) if search_trial else ("val", "test")
+    probs = {s: predict_probs(model, data.splits[s].images, cfg, device) for s in (*scored, "official_val") if s in data.splits}
+    point, threshold, temperature = None, 0.5, 1.0
     if data.task == "binary":
-        val_targets, val_positive = positive_view(data.splits["val"].targets.numpy(), val_probs[:, 0], data.classes, cfg.positive)
-        threshold = choose_threshold(cfg, val_targets, val_positive)
-        temperature = fit_temperature(val_targets, val_positive)
-    probs = {"val": val_probs}
-    if not search_trial:
-        probs["test"] = predict_probs(model, data.splits["test"].images, cfg, device)
-    results = {split: split_metrics(data, split, cfg, split_probs, threshold, temperature) for split, split_probs in probs.items()}
+        targets, positive, evidence = evidence_of(data, cfg, probs)
+        point, temperature = choose_on_evidence(cfg, targets, positive, evidence, keep_going=True)
+        threshold = point.threshold
+        atomic_write_json(run.operating_point, point.to_dict())
+    probs = {s: probs[s] for s in scored}
+    results = {split: split_metrics(data, split, cfg, split_probs, point, temperature) for split, split_probs in probs.items()}
     for split, (metrics, targets, split_probs) in results.items():
         if search_trial:
             atomic_write_json(run.metrics(split), metrics)
@@ -152,6 +163,13 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: Traini
     return summary
 
 
+def check_same_data(run: RunDir, data: TaskData) -> None:
+    recorded = run.read_json(run.data)["md5"]
+    if recorded != data.provenance["md5"]:
+        raise RunDirError(f"the data file {data.provenance['file']} is not the one {run.path} was trained on "
+                          f"(MD5 {data.provenance['md5']}, run recorded {recorded})")
+
+
 def evaluate_run(run_path, split: str = "test", device: str | None = None, echo: Callable[[str], None] = print) -> dict:
     """Recompute a finished run's metrics on one split with its saved threshold; writes metrics and plots."""
     trained = load_trained(run_path, device)
@@ -160,15 +178,10 @@ def evaluate_run(run_path, split: str = "test", device: str | None = None, echo:
     data = task_data(cfg, splits=("train", split) if folds else (split,))
     if folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
-    recorded = run.read_json(run.data)
-    if recorded["md5"] != data.provenance["md5"]:
-        raise RunDirError(
-            f"the data file {data.provenance['file']} is not the one {run.path} was trained on "
-            f"(MD5 {data.provenance['md5']}, run recorded {recorded['md5']})"
-        )
-    metrics, targets, probs = split_metrics(data, split, cfg, trained.probs(data.splits[split].images), trained.threshold, trained.temperature)
+    check_same_data(run, data)
+    metrics, targets, probs = split_metrics(data, split, cfg, trained.probs(data.splits[split].images), trained.point, trained.temperature)
     write_split_outputs(run, split, metrics, targets, probs, cfg, data)
-    what = f"positive class {cfg.positive}; threshold {trained.threshold:.4g}" if data.task == "binary" else "multilabel"
+    what = f"positive class {cfg.positive}; {trained.point.describe()}" if data.task == "binary" else "multilabel"
     echo(f"{cfg.model} on {split}; {what}; {data_label(data.provenance)}")
     echo(results_table(data, {split: metrics}))
     return metrics
@@ -186,10 +199,40 @@ def fit_ood(run_path, echo: Callable[[str], None] = print) -> dict:
     data = task_data(cfg)
     if cfg.cv_folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
-    if run.read_json(run.data)["md5"] != data.provenance["md5"]:
-        raise RunDirError(f"the data file {data.provenance['file']} is not the one {run.path} was trained on")
+    check_same_data(run, data)
     report = fit_run_check(trained.model, cfg, data, trained.device, run.path, echo)
     summary = run.read_json(run.summary)
     summary["ood"] = report
     atomic_write_json(run.summary, summary)
     return report
+
+
+def refit_operating_point(run_path, options: dict | None = None, echo: Callable[[str], None] = print) -> OperatingPoint:
+    """Choose a finished run's operating point again, on its own evidence, with ``options`` (POINT_OPTIONS) over its
+    config: for a run trained before operating points, or other targets. Writes operating_point.json, and the config
+    and summary with the new rule; metrics files keep their numbers until ``cxrlab evaluate`` recomputes them. A
+    target the evidence cannot show is refused, naming the best reachable value."""
+    from dataclasses import replace
+
+    unknown = sorted(set(options or {}) - set(POINT_OPTIONS))
+    if unknown:
+        raise ConfigError(f"an operating point takes {', '.join(POINT_OPTIONS)}; not {', '.join(unknown)}")
+    trained = load_trained(run_path, "cpu")
+    run = trained.run
+    if trained.cfg.task != "binary":
+        raise RunDirError("operating points are for binary-task runs; multilabel runs use 0.5 per label")
+    cfg = replace(trained.cfg, **(options or {})).validate()
+    data = task_data(cfg, splits=("train", "val") if cfg.cv_folds else ("val",))
+    if cfg.cv_folds:
+        data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
+    check_same_data(run, data)
+    probs = {s: trained.probs(data.splits[s].images) for s in ("val", "official_val") if s in data.splits}
+    targets, positive, evidence = evidence_of(data, cfg, probs)
+    point, temperature = choose_on_evidence(cfg, targets, positive, evidence)
+    atomic_write_json(run.operating_point, point.to_dict())
+    summary = run.read_json(run.summary)
+    summary.update(threshold=point.threshold, threshold_rule=cfg.threshold_rule, temperature=temperature)
+    atomic_write_json(run.summary, summary)
+    cfg.save(run.config)
+    echo(f"{run.path}: {point.describe()}")
+    return point

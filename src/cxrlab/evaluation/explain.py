@@ -28,6 +28,8 @@ from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError, ImageFileError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import TrainedModel, plain_copy
+from cxrlab.evaluation.operating_point import REFER
+from cxrlab.evaluation.predict import predict_images
 from cxrlab.evaluation.scoring import positive_probability, predicted_class
 from cxrlab.files import atomic_write_bytes
 from cxrlab.models.registry import feature_blocks
@@ -67,16 +69,17 @@ class Explainer:
         self.cam = GradCAM(model=self.model, target_layers=[layer])
         self._lock = threading.Lock()
 
-    def heatmaps(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """uint8 (N, S, S) -> (Grad-CAM maps (N, S, S) in [0, 1], P(positive class), predicted class names).
-        Each map explains the class the run's threshold predicts: evidence for it is hot."""
+    def heatmaps(self, images: torch.Tensor, explained: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """uint8 (N, S, S) -> (Grad-CAM maps (N, S, S) in [0, 1], P(positive class), the classes explained).
+        Each map explains ``explained`` (default: the class at the run's single threshold): evidence for it is hot."""
         cfg, trained = self.trained.cfg, self.trained
         x = eval_batch(images, cfg.norm_mean, cfg.norm_std, trained.device)
         with self._lock:
             with torch.no_grad():
                 p1 = torch.sigmoid(self.model(x)[:, 0]).cpu().numpy()
             p_positive = positive_probability(p1, trained.classes, cfg.positive)
-            predicted = [trained.classes.index(predicted_class(p, trained.threshold, trained.classes, cfg.positive)) for p in p_positive]
+            names = explained or [predicted_class(p, trained.threshold, trained.classes, cfg.positive) for p in p_positive]
+            predicted = [trained.classes.index(name) for name in names]
             # the target scores the logit (class 1) or its negative (class 0)
             maps = self.cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(c) for c in predicted])
         return maps, p_positive, [trained.classes[c] for c in predicted]
@@ -115,10 +118,17 @@ def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0) ->
 @dataclass
 class Explanation:
     path: str
-    label: str | None = None  # the predicted class the overlay explains
+    label: str | None = None  # the class answered, as predict answers it (None: referred)
     probability: float | None = None  # P(positive class)
     overlay: Path | None = None  # the written PNG
     error: str | None = None
+    referred: bool = False  # no class: flagged by the out-of-distribution check (no overlay) or inside the refer band
+    reason: str | None = None
+    explained: str | None = None  # the class whose evidence the overlay shows (a referred image: the positive class)
+
+    @property
+    def answer(self) -> str | None:
+        return REFER if self.referred else self.label
 
 
 def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Explanation]:
@@ -130,14 +140,14 @@ def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels:
         except ImageFileError as exc:
             results.append(Explanation(str(path), error=str(exc)))
             continue
-        scores = explainer.trained.ood_scores(torch.from_numpy(gray[None]))
-        if scores is not None and scores[0] > explainer.trained.ood.threshold:
-            from cxrlab.evaluation.ood import MESSAGE
-
-            results.append(Explanation(str(path), error=f"{path}: not explained: {MESSAGE}"))
+        answer = predict_images(explainer.trained, gray[None], [str(path)])[0]  # the answer predict gives, by the same route
+        if answer.in_distribution is False:
+            results.append(Explanation(str(path), referred=True, reason=f"not explained: {answer.reason}"))
             continue
-        maps, probs, classes = explainer.heatmaps(torch.from_numpy(gray[None]))
+        explained = answer.label or explainer.trained.cfg.positive
+        maps, _, _ = explainer.heatmaps(torch.from_numpy(gray[None]), [explained])
         target = Path(out) / f"{Path(path).stem}_gradcam.png"
         atomic_write_bytes(target, png_bytes(overlay(gray, maps[0])))
-        results.append(Explanation(str(path), classes[0], float(probs[0]), target))
+        results.append(Explanation(str(path), answer.label, answer.probability, target, referred=answer.referred, reason=answer.reason,
+                                   explained=explained))
     return results

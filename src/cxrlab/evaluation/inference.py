@@ -16,6 +16,7 @@ from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from cxrlab.data.task import is_phantom
 from cxrlab.evaluation.ood import OODCheck, probe_outputs
+from cxrlab.evaluation.operating_point import OperatingPoint
 from cxrlab.models.registry import model_from_config
 from cxrlab.models.probe import FeatureProbe
 from cxrlab.core.runs import RunDir
@@ -87,6 +88,7 @@ class TrainedModel:
     # The model and its feature blocks in one pass, for the check. Built once at load: tracing switches the model
     # between train and eval mode, which must not happen while another thread predicts.
     probe: FeatureProbe | None = None
+    point: OperatingPoint | None = None  # binary task: the single threshold and the refer band (operating_point.json)
 
     def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (N, S, S) -> (probabilities (N, outputs), the check's scores (N,), flagged above ``ood.threshold``,
@@ -134,4 +136,15 @@ def load_trained(run_path, device: str | None = None) -> TrainedModel:
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format).eval()
     ood = OODCheck.load(run.path)
     return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], is_phantom(run.read_json(run.data)),
-                        float(summary.get("temperature", 1.0)), ood=ood, probe=FeatureProbe(model) if ood is not None else None)
+                        float(summary.get("temperature", 1.0)), ood=ood, probe=FeatureProbe(model) if ood is not None else None,
+                        point=load_operating_point(run, summary) if cfg.task == "binary" else None)
+
+
+LEGACY_POINT = "trained before operating points: its single threshold only (cxrlab operating-point RUN chooses a refer band)"
+
+
+def load_operating_point(run: RunDir, summary: dict) -> OperatingPoint:
+    """The run's operating point; for a run finished before they existed, its single threshold, saying so."""
+    if run.operating_point.is_file():
+        return OperatingPoint.from_dict(run.read_json(run.operating_point))
+    return OperatingPoint(float(summary["threshold"]), summary.get("threshold_rule", "0.5"), evidence="val", band_error=LEGACY_POINT)

@@ -104,19 +104,24 @@ def _ranking_metrics(targets: np.ndarray, probs: np.ndarray, idx: np.ndarray, ch
     return auc, ap
 
 
-def bootstrap_ci(targets: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
-    """Percentile bootstrap: resample cases with replacement, recompute every metric, take the 2.5/97.5 percentiles.
-
-    Keys are ``<metric>_ci_low`` / ``<metric>_ci_high``. Resamples where a metric is undefined are skipped.
-    """
+def resampled_metrics(targets: np.ndarray, probs: np.ndarray, threshold: float, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Every POINT_KEYS metric of each resample ``idx`` (B, N) of the cases: (B,) arrays, NaN where undefined."""
     targets, probs = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(targets), (n_boot, len(targets)))
     y, pred = targets[idx], (probs >= threshold)[idx]
     tp, fp = (y & pred).sum(1), ((1 - y) & pred).sum(1)
     fn, tn = (y & ~pred).sum(1), ((1 - y) & ~pred).sum(1)
     samples = _count_metrics(tn, fp, fn, tp)
     samples["roc_auc"], samples["pr_auc"] = _ranking_metrics(targets, probs, idx)
+    return samples
+
+
+def bootstrap_ci(targets: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Percentile bootstrap: resample cases with replacement, recompute every metric, take the 2.5/97.5 percentiles.
+
+    Keys are ``<metric>_ci_low`` / ``<metric>_ci_high``. Resamples where a metric is undefined are skipped.
+    """
+    idx = np.random.default_rng(seed).integers(0, len(targets), (n_boot, len(targets)))
+    samples = resampled_metrics(targets, probs, threshold, idx)
     alpha = (1 - level) / 2
     out = {}
     for k in POINT_KEYS:
@@ -170,13 +175,13 @@ def expected_calibration_error(targets: np.ndarray, probs: np.ndarray, bins: int
     return float(total)
 
 
-def _logit(probs: np.ndarray) -> np.ndarray:
+def logit(probs: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(probs, dtype=float), 1e-7, 1 - 1e-7)
     return np.log(p / (1 - p))
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    return 1 / (1 + np.exp(-_logit(probs) / temperature))
+    return 1 / (1 + np.exp(-logit(probs) / temperature))
 
 
 def fit_temperature(targets: np.ndarray, probs: np.ndarray) -> float:

@@ -197,3 +197,25 @@ def gradcam_grid(images: np.ndarray, overlays: list[np.ndarray], truth: list[str
         axes[1, k].imshow(overlays[k])
     _title(fig, title, data_label, layout=False)
     return _save(fig, path)
+
+
+def risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str, data_label: str,
+                  bands: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Error among the answered images against the share answered, referring the least certain first (nearest the
+    threshold); ``curves``: name -> (targets, P(positive), threshold); ``bands``: name -> (share answered, error)
+    of a refer band, marked."""
+    from cxrlab.evaluation.operating_point import risk_coverage as curve
+
+    fig, ax = _subplots(figsize=(5.4, 4.6))
+    for name, (targets, probs, threshold) in curves.items():
+        coverage, risk = curve(targets, probs, threshold)
+        line, = ax.plot(100 * coverage, 100 * risk, label=name)
+        if bands and name in bands:
+            ax.plot(100 * bands[name][0], 100 * bands[name][1], "o", color=line.get_color())
+    ax.set_xlim(50, 100)
+    ax.set_xlabel("images answered (%): the rest referred")
+    ax.set_ylabel("error among the answered (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    _title(fig, title, data_label)
+    return _save(fig, path)

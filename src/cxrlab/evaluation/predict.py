@@ -9,28 +9,36 @@ import torch
 
 from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.errors import ImageFileError
-from cxrlab.evaluation.scoring import positive_probability, predicted_class
+from cxrlab.evaluation.scoring import negative_class, positive_probability
 from cxrlab.evaluation.inference import TrainedModel
 from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
+from cxrlab.evaluation.operating_point import POSITIVE, REFER, REFERRED
 
 
 @dataclass
 class Prediction:
     path: str
-    label: str | None = None  # binary: the predicted class; multilabel: the labels at or over 0.5, or "no finding"
+    label: str | None = None  # binary: the class answered (None when referred); multilabel: the labels at or over 0.5, or "no finding"
     probability: float | None = None  # binary: P(positive class); multilabel: the highest label probability
     probabilities: dict[str, float] = field(default_factory=dict)  # per class (binary: the positive one only)
     error: str | None = None
     in_distribution: bool | None = None  # False: flagged by the run's check, no class given; None: the run has no check
     ood_score: float | None = None
     ood_threshold: float | None = None
+    referred: bool = False  # no class: the image is for a reader to judge (flagged by the check, or inside the refer band)
+    reason: str | None = None  # why it was referred
+
+    @property
+    def answer(self) -> str | None:
+        """The class, or 'refer'; None for a file that could not be read."""
+        return REFER if self.referred else self.label
 
     @property
     def message(self) -> str | None:
-        return OOD_MESSAGE if self.in_distribution is False else None
+        return self.reason
 
 
-def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, decision: str | None = None) -> list[Prediction]:
     """One Prediction per path, in order; unreadable or oversized files get an error and do not stop the others."""
     results = [Prediction(str(p)) for p in paths]
     images, ok = [], []
@@ -41,13 +49,14 @@ def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEF
         except ImageFileError as exc:
             results[i].error = str(exc)
     if images:
-        for i, result in zip(ok, predict_images(trained, np.stack(images), [str(paths[i]) for i in ok])):
+        for i, result in zip(ok, predict_images(trained, np.stack(images), [str(paths[i]) for i in ok], decision)):
             results[i] = result
     return results
 
 
-def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str]) -> list[Prediction]:
-    """One Prediction per uint8 (S, S) image already at the run's size."""
+def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str], decision: str | None = None) -> list[Prediction]:
+    """One Prediction per uint8 (S, S) image already at the run's size. ``decision``: 'refer' or 'single' (default:
+    the run's config); a run without a refer band answers at its single threshold."""
     cfg = trained.cfg
     batch = torch.from_numpy(images)
     probs, scores = trained.predict(batch)
@@ -58,6 +67,7 @@ def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str]) 
             result.ood_score, result.ood_threshold = float(scores[i]), trained.ood.threshold
             result.in_distribution = bool(scores[i] <= trained.ood.threshold)
             if not result.in_distribution:  # not like the training images: no class, no probability to misread
+                result.referred, result.reason = True, OOD_MESSAGE
                 results.append(result)
                 continue
         if cfg.task == "multilabel":
@@ -68,6 +78,18 @@ def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str]) 
         else:
             result.probability = float(positive_probability(p[0], trained.classes, cfg.positive))
             result.probabilities = {cfg.positive: result.probability}
-            result.label = predicted_class(result.probability, trained.threshold, trained.classes, cfg.positive)
+            answer(result, trained, decision or cfg.decision)
         results.append(result)
     return results
+
+
+def answer(result: Prediction, trained: TrainedModel, decision: str) -> None:
+    """The class for P(positive) by the run's operating point, or refer inside the band, saying why."""
+    point, positive = trained.point, trained.cfg.positive
+    kind = int(point.answers(np.array([result.probability]), decision)[0])
+    if kind == REFERRED:
+        result.referred = True
+        result.reason = (f"P({positive}) {result.probability:.3f} lies between the rule-out threshold {point.rule_out:.3f} and the "
+                         f"rule-in threshold {point.rule_in:.3f}: too uncertain to answer; refer to a reader")
+        return
+    result.label = positive if kind == POSITIVE else negative_class(trained.classes, positive)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from cxrlab.config import Config
-from cxrlab.evaluation.metrics import sensitivity_threshold, youden_threshold
+from cxrlab.evaluation.metrics import evaluate_probs, fit_temperature, point_metrics, sensitivity_threshold, youden_threshold
+from cxrlab.evaluation.operating_point import OperatingPoint, answered_metrics, choose_operating_point, predictive_values
+
+AT_05_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")  # also reported at 0.5, the published convention
 
 
 def positive_view(targets: np.ndarray, probs_class1: np.ndarray, classes: list[str], positive: str) -> tuple[np.ndarray, np.ndarray]:
@@ -35,3 +38,29 @@ def choose_threshold(cfg: Config, val_targets: np.ndarray, val_probs: np.ndarray
     if cfg.threshold_rule == "sensitivity":
         return sensitivity_threshold(val_targets, val_probs, cfg.target_sensitivity)
     return 0.5
+
+
+def choose_on_evidence(cfg: Config, targets: np.ndarray, probs: np.ndarray, evidence: str = "val",
+                       keep_going: bool = False) -> tuple[OperatingPoint, float]:
+    """The scoring protocol, written once: the operating point (single threshold by cfg's rule, refer band by its
+    targets) and the temperature, both chosen on the evidence only (val, or a held-out fold of train with val) and
+    applied unchanged to every other split."""
+    point = choose_operating_point(targets, probs, choose_threshold(cfg, targets, probs), cfg.threshold_rule, cfg.rule_out_sensitivity,
+                                   cfg.rule_in_specificity, cfg.bound_level, evidence, keep_going)
+    return point, fit_temperature(targets, probs)
+
+
+def score_probs(targets: np.ndarray, probs: np.ndarray, point: OperatingPoint, temperature: float, n_boot: int, seed: int,
+                prevalence: float | None = None) -> dict:
+    """Every metric of one split (the layout of metrics.json): at the single threshold with bootstrap CIs and
+    calibration; at 0.5 (``<metric>_05``); the refer band's share referred and accuracy among the answered; and, at
+    a deployment ``prevalence``, the PPV and NPV the single threshold's sensitivity and specificity give there."""
+    out = evaluate_probs(targets, probs, point.threshold, n_boot, seed, temperature)
+    at_05 = point_metrics(targets, probs, 0.5)
+    out.update({f"{k}_05": at_05[k] for k in AT_05_KEYS})
+    if point.has_band:
+        out.update(answered_metrics(targets, probs, point))
+    if prevalence is not None:
+        out["prevalence"] = prevalence
+        out["ppv_at_prevalence"], out["npv_at_prevalence"] = predictive_values(out["sensitivity"], out["specificity"], prevalence)
+    return out

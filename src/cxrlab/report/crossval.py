@@ -58,7 +58,7 @@ def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | N
             scored[f"{split}_targets"] = targets
         results.append({"run": str(run.path), "val": scored["val"], "test": scored["test"]})
     curves = {split: (scored[f"{split}_targets"], np.mean(fold_probs[split], axis=0)) for split in ("val", "test")}
-    ens_val, ens_test = score(base, curves)
+    ens_val, ens_test, _ = score(base, curves)
     ensemble = {"val": ens_val, "test": ens_test, "runs": [r["run"] for r in results]}
     write_cv_report(out, base, results, ensemble, data_label(data.provenance), data.is_phantom)
     for split in ("val", "test"):

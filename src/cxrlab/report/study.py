@@ -7,6 +7,7 @@ import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from cxrlab.config import Config, from_dict, load_yaml
@@ -14,8 +15,8 @@ from cxrlab.models.architectures import MODEL_NAMES, STUDY_MODELS
 from cxrlab.data.datafile import locate, provenance
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation.ensemble import check_weights
-from cxrlab.evaluation.scoring import choose_threshold
-from cxrlab.evaluation.metrics import evaluate_probs, fit_temperature
+from cxrlab.evaluation.metrics import roc_auc
+from cxrlab.evaluation.scoring import choose_on_evidence, score_probs
 from cxrlab.files import atomic_write_text
 from cxrlab.core.runs import RunDir
 from cxrlab.config import resolve
@@ -154,14 +155,26 @@ def train_runs(base: Config, study: Study, echo, progress, workers: int | None =
     return runs
 
 
-def score(cfg: Config, curves: dict) -> tuple[dict, dict]:
-    """Val and test metrics of probabilities that no run scored (TTA, ensembles), by the runs' own rules:
-    threshold and temperature chosen on val, applied unchanged to test."""
-    (val_t, val_p), (test_t, test_p) = curves["val"], curves["test"]
-    threshold = choose_threshold(cfg, val_t, val_p)
-    temperature = fit_temperature(val_t, val_p)
-    return tuple(evaluate_probs(targets, probs, threshold, cfg.n_bootstrap, cfg.seed, temperature)
-                 for targets, probs in ((val_t, val_p), (test_t, test_p)))
+def score(cfg: Config, curves: dict) -> tuple[dict, dict, dict]:
+    """Val and test metrics of an entry's probabilities (``curves``: split -> (targets, P(positive)); 'fold': the
+    seed's held-out fold of train, when the study holds one out), by the scoring protocol: operating point and
+    temperature chosen on the evidence (the fold and val, or val alone), applied unchanged to val and test.
+    The third dict holds the operating point and, with a fold, the check: the point chosen on the fold alone and
+    what it gave on val, which it never saw."""
+    evidence = [curves[s] for s in ("fold", "val") if s in curves]
+    targets, probs = np.concatenate([t for t, _ in evidence]), np.concatenate([p for _, p in evidence])
+    point, temperature = choose_on_evidence(cfg, targets, probs, "held-out fold + val" if "fold" in curves else "val", keep_going=True)
+    val, test = (score_probs(t, p, point, temperature, cfg.n_bootstrap, cfg.seed, cfg.prevalence) for t, p in (curves["val"], curves["test"]))
+    extra = {"point": point.to_dict(), "evidence_roc_auc": roc_auc(targets, probs)}
+    if "fold" in curves:
+        alone, _ = choose_on_evidence(cfg, *curves["fold"], "held-out fold", keep_going=True)
+        realised = score_probs(*curves["val"], alone, 1.0, 0, cfg.seed)
+        extra["check"] = {"threshold": alone.threshold, "rule_out": alone.rule_out, "rule_in": alone.rule_in,
+                          **{f"val_{k}": realised.get(k) for k in CHECK_KEYS}}
+    return val, test, extra
+
+
+CHECK_KEYS = ("sensitivity", "specificity", "referred", "answered_accuracy", "answered_sensitivity", "answered_specificity")
 
 
 def train_accuracy_at_best(run: RunDir, best_epoch: int) -> float:

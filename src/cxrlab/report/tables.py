@@ -18,12 +18,18 @@ METRIC_COLUMNS = (  # (key, title, source): source 'test', 'val' or 'info'
     ("train_accuracy", "train acc", "info"),
     ("accuracy", "val acc", "val"),
     ("accuracy", "test acc", "test"),
+    ("accuracy_05", "test acc at 0.5", "test"),
     ("balanced_accuracy", "bal acc", "test"),
     ("sensitivity", "sensitivity", "test"),
     ("specificity", "specificity", "test"),
+    ("precision", "PPV", "test"),
+    ("npv", "NPV", "test"),
     ("f1", "F1", "test"),
     ("roc_auc", "ROC-AUC", "test"),
+    ("referred", "referred", "test"),
+    ("answered_accuracy", "answered acc", "test"),
 )
+INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc")  # resampled on test
 
 
 def values(entries: list[Entry], key: str, source: str) -> np.ndarray:
@@ -45,13 +51,6 @@ def grouped(entries: list[Entry]) -> dict[str, list[Entry]]:
     return groups
 
 
-def single_run_ci(entry: Entry, key: str, source: str) -> str:
-    """' [low, high]': the bootstrap 95% CI of one run (the first seed's), where the metric has one."""
-    metrics = entry.info if source == "info" else getattr(entry, source)
-    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-    return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
-
-
 def sharing_note(singles: list[Entry]) -> str:
     """How the training timings were taken: s/epoch of runs that shared the machine is not one run's speed alone."""
     ways = sorted({(e.info.get("side_by_side"), e.info.get("threads")) for e in singles}, key=str)
@@ -68,7 +67,9 @@ def speed_note(singles: list[Entry]) -> str:
             "INT8 only where `cxrlab export` shipped an INT8 model")
 
 
-def comparison_rows(groups: dict[str, list[Entry]]) -> tuple[list[str], list[list[str]]]:
+def comparison_rows(groups: dict[str, list[Entry]], intervals: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
+    """One row per entry: mean ± sd over seeds, and for test metrics in ``intervals`` (entry -> key -> Interval)
+    the 95% interval over seeds and test resampling in brackets."""
     int8 = any("int8_ms_per_image" in e.info for g in groups.values() for e in g)
     header = ["entry", "seeds", "params", "size MB"] + [t for _, t, _ in METRIC_COLUMNS] + [
         "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (ORT fp32, batch 1)", "images/s (ORT fp32, batched)"] + (
@@ -78,7 +79,7 @@ def comparison_rows(groups: dict[str, list[Entry]]) -> tuple[list[str], list[lis
         first = group[0]
         params = first.info["parameters"]
         row = [name, str(len(group)), f"{params / 1e6:.2f}M", f"{first.info['model_size_mb']:.1f}"]
-        row += [mean_sd(values(group, key, source)) + single_run_ci(first, key, source) for key, _, source in METRIC_COLUMNS]
+        row += [_cell(group, key, source, (intervals or {}).get(name, {})) for key, _, source in METRIC_COLUMNS]
         row.append(mean_sd(values(group, "best_epoch", "info"), 1))
         row.append(mean_sd(values(group, "seconds_per_epoch", "info"), 1))
         row.append(mean_sd(values(group, "train_seconds", "info"), 0))
@@ -90,14 +91,16 @@ def comparison_rows(groups: dict[str, list[Entry]]) -> tuple[list[str], list[lis
     return header, rows
 
 
+def _cell(group: list[Entry], key: str, source: str, intervals: dict) -> str:
+    if key == "referred":
+        return mean_sd(100 * values(group, key, source), 1) + " %" if key in group[0].test else "—"
+    text = mean_sd(values(group, key, source))
+    shown = source == "test" and key in intervals and not np.isnan(intervals[key].low)
+    return text + (f" [{intervals[key].low:.3f}, {intervals[key].high:.3f}]" if shown else "")
+
+
+# Criteria that need no test resampling to rank; differences in test metrics are judged by the paired comparisons.
 WINNER_CRITERIA = (  # (title, key, source, higher is better)
-    ("test accuracy", "accuracy", "test", True),
-    ("balanced accuracy", "balanced_accuracy", "test", True),
-    ("sensitivity", "sensitivity", "test", True),
-    ("specificity", "specificity", "test", True),
-    ("F1", "f1", "test", True),
-    ("ROC-AUC", "roc_auc", "test", True),
-    ("calibration (ECE after temperature scaling)", "ece_calibrated", "test", False),
     ("fewest parameters", "parameters", "info", False),
     ("fastest inference (onnxruntime fp32 ms/image, batch 1)", "ms_per_image", "info", False),
     ("shortest training (s)", "train_seconds", "info", False),
@@ -144,18 +147,21 @@ def ood_rows(singles: list[Entry]) -> tuple[list[str], list[list[str]]] | None:
 SPEED_KEYS = ("ms_per_image", "images_per_s", "int8_ms_per_image", "int8_images_per_s")  # onnxruntime fp32, then the shipped INT8 model
 
 
-CSV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high",
-            "pr_auc", "ece", "ece_calibrated", "brier", "brier_calibrated", "temperature", "threshold")
+CSV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "roc_auc_ci_low",
+            "roc_auc_ci_high", "pr_auc", "ece", "ece_calibrated", "brier", "brier_calibrated", "temperature", "threshold",
+            "accuracy_05", "balanced_accuracy_05", "sensitivity_05", "specificity_05",
+            "rule_out", "rule_in", "referred", "answered_accuracy", "answered_sensitivity", "answered_specificity")
 
 
 def write_csv(path: Path, entries: list[Entry]) -> None:
     buffer = io.StringIO()
-    fields = ["entry", "kind", "seed", "val_accuracy", "val_roc_auc", *CSV_KEYS, "parameters", "train_seconds", *SPEED_KEYS, "weights", "runs"]
+    fields = ["entry", "kind", "seed", "val_accuracy", "val_roc_auc", "evidence_roc_auc", *CSV_KEYS, "parameters", "train_seconds", *SPEED_KEYS, "weights", "runs"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for e in entries:
         writer.writerow({
             "entry": e.name, "kind": e.kind, "seed": e.seed, "val_accuracy": e.val["accuracy"], "val_roc_auc": e.val["roc_auc"],
+            "evidence_roc_auc": e.info.get("evidence_roc_auc"),
             **{k: e.test.get(k) for k in CSV_KEYS}, **{k: e.info.get(k) for k in ("parameters", "train_seconds", *SPEED_KEYS)},
             "weights": " ".join(f"{k}={v:.2f}" for k, v in e.info.get("weights", {}).items()), "runs": " ".join(e.info["runs"]),
         })

@@ -102,13 +102,18 @@ class Service:
         training images, no class (``in_distribution`` false, the score and threshold, and why)."""
         t = self.trained
         result = predict_images(t, gray[None], [name])[0]
+        point = t.point
         answer = {
             "filename": name,
+            "answer": result.answer,  # a class, or "refer": for a reader to judge (flagged, or inside the refer band)
             "in_distribution": result.in_distribution,  # null: this run has no check (fit one with cxrlab ood RUN)
-            "class": result.label,
+            "class": result.label,  # null when referred
             "probability": result.probability,
             "probability_of": t.cfg.positive,
             "threshold": t.threshold,
+            "decision": t.cfg.decision if point.has_band else "single",
+            "rule_out": point.rule_out,
+            "rule_in": point.rule_in,
             "model": t.cfg.model,
             "model_version": self.version,
             "backend": self.backend,
@@ -151,6 +156,8 @@ class Service:
             "classes": self.trained.classes,
             "positive_class": cfg.positive,
             "threshold": self.trained.threshold,
+            "operating_point": self.trained.point.to_dict(),
+            "decision": self.trained.cfg.decision,
             "trained_on_phantom": self.trained.is_phantom,
             "ood_check": run.read_json(run.summary).get("ood"),  # null: the run has none (cxrlab ood RUN fits one)
             "data": {k: data[k] for k in PUBLIC_DATA if k in data},

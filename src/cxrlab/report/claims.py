@@ -1,0 +1,108 @@
+"""What a study's report may claim, computed from its entries: the entry the headline names (by a rule fixed before
+test is read), intervals over seeds and test resampling, paired differences on the shared test images, the operating
+points' evidence, risk against coverage, and the published anchors beside cxrlab's figures at their convention."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxrlab.evaluation.comparison import Interval, Scored, paired_difference, seeds_and_resamples
+from cxrlab.evaluation.operating_point import risk_coverage
+from cxrlab.report.study import CHECK_KEYS, Entry
+from cxrlab.report.tables import mean_sd, values
+
+HEADLINE_RULE = ("the entry with the highest mean ROC-AUC over seeds on the evidence its operating point was chosen on "
+                 "(the held-out fold and val, or val); ties: fewer parameters")
+HEADLINE_KEYS = (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("precision", "PPV"), ("npv", "NPV"),
+                 ("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("roc_auc", "ROC-AUC"))
+PAIRED_KEYS = (("roc_auc", "ROC-AUC"), ("balanced_accuracy", "balanced acc."), ("specificity", "specificity"), ("sensitivity", "sensitivity"))
+COVERAGES = (1.0, 0.95, 0.9, 0.85, 0.8)
+
+
+def evidence_curve(entry: Entry) -> tuple[np.ndarray, np.ndarray]:
+    parts = [entry.curves[s] for s in ("fold", "val") if s in entry.curves]
+    return np.concatenate([t for t, _ in parts]), np.concatenate([p for _, p in parts])
+
+
+def headline(groups: dict[str, list[Entry]]) -> tuple[str, dict[str, float]]:
+    """The entry the report names, and every entry's mean evidence ROC-AUC (the rule's numbers)."""
+    scores = {name: float(np.mean([e.info["evidence_roc_auc"] for e in g])) for name, g in groups.items()}
+    best = max(scores.values())
+    tied = [name for name, v in scores.items() if v == best]
+    return min(tied, key=lambda name: groups[name][0].info.get("parameters", 0)), scores
+
+
+def scored_runs(group: list[Entry], split: str = "test") -> list[Scored]:
+    return [(e.curves[split][0], e.curves[split][1], e.test["threshold"]) for e in group]
+
+
+def test_intervals(group: list[Entry], keys: tuple[str, ...], n_boot: int, seed: int) -> dict[str, Interval]:
+    return seeds_and_resamples(scored_runs(group), keys, n_boot, seed)
+
+
+def headline_rows(group: list[Entry], n_boot: int, seed: int) -> list[list[str]]:
+    """The named entry on test: each figure's mean over seeds [interval over seeds and test resampling]."""
+    intervals = test_intervals(group, tuple(k for k, _ in HEADLINE_KEYS), n_boot, seed)
+    rows = [[title, intervals[k].text()] for k, title in HEADLINE_KEYS]
+    rows.append(["accuracy at 0.5 (the published convention)", mean_sd(values(group, "accuracy_05", "test"))])
+    if "referred" in group[0].test:
+        rows.append(["referred (refer band)", mean_sd(100 * values(group, "referred", "test"), 1) + " %"])
+        rows.append(["accuracy among the answered", mean_sd(values(group, "answered_accuracy", "test"))])
+    return rows
+
+
+def paired_rows(groups: dict[str, list[Entry]], named: str, n_boot: int, seed: int) -> list[list[str]]:
+    """Every other entry against the named one on the same test images: difference [95% paired interval]."""
+    rows = []
+    for name, group in groups.items():
+        if name == named:
+            continue
+        diffs = paired_difference(scored_runs(groups[named]), scored_runs(group), tuple(k for k, _ in PAIRED_KEYS), n_boot, seed)
+        cells = [diffs[k].text(signed=True) + (" **" if diffs[k].excludes_zero else "") for k, _ in PAIRED_KEYS]
+        rows.append([f"{named} − {name}", *cells])
+    return rows
+
+
+def operating_point_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
+    """Per entry: the thresholds over seeds (min–max) and, where a fold was held out, the point chosen on the fold
+    alone against what it gave on val, which it never saw."""
+    rows = []
+    for name, group in groups.items():
+        points = [e.info["point"] for e in group]
+        spread = lambda key: "—" if points[0].get(key) is None else f"{min(p[key] for p in points):.3f}–{max(p[key] for p in points):.3f}"  # noqa: E731
+        checks = [e.info.get("check") for e in group]
+        check = (["—"] * 5 if None in checks else
+                 [mean_sd(np.array([c[f"val_{k}"] if c[f"val_{k}"] is not None else np.nan for c in checks], dtype=float)) for k in CHECK_KEYS[:2]]
+                 + [mean_sd(100 * np.array([c["val_referred"] if c["val_referred"] is not None else np.nan for c in checks], dtype=float), 1) + " %"]
+                 + [mean_sd(np.array([c[f"val_{k}"] if c[f"val_{k}"] is not None else np.nan for c in checks], dtype=float)) for k in CHECK_KEYS[4:]])
+        rows.append([name, spread("threshold"), spread("rule_out"), spread("rule_in"), *check])
+    return rows
+
+
+OPERATING_POINT_HEADER = ["entry", "threshold (seeds)", "rule-out (seeds)", "rule-in (seeds)", "val sensitivity", "val specificity",
+                          "val referred", "val answered sensitivity", "val answered specificity"]
+
+
+def coverage_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
+    """Error among the answered images when the least certain ones (nearest the single threshold) are referred, at
+    fixed shares answered, on the evidence and on test (mean over seeds)."""
+    rows = []
+    for name, group in groups.items():
+        for label, curve in (("evidence", evidence_curve), ("test", lambda e: e.curves["test"])):
+            risks = []
+            for e in group:
+                coverage, risk = risk_coverage(*curve(e), e.test["threshold"])
+                risks.append([risk[np.searchsorted(-coverage, -c, side="right") - 1] for c in COVERAGES])
+            rows.append([name, label, *(f"{100 * np.mean(r):.1f} %" for r in np.array(risks).T)])
+    return rows
+
+
+COVERAGE_HEADER = ["entry", "images", *(f"error at {c:.0%} answered" for c in COVERAGES)]
+
+
+def anchor_rows(published: tuple, groups: dict[str, list[Entry]]) -> list[list[str]]:
+    """Published figures on the split with their convention, then cxrlab's at the same convention (ACC at 0.5)."""
+    rows = [[m, f"{auc:.3f}", f"{acc:.3f}", "published; ACC at 0.5"] for m, auc, acc in sorted(published, key=lambda r: -r[1])]
+    rows += [[f"cxrlab {name} (mean of {len(g)} seeds)", mean_sd(values(g, "roc_auc", "test")), mean_sd(values(g, "accuracy_05", "test")),
+              "measured here; ACC at 0.5"] for name, g in groups.items()]
+    return rows
