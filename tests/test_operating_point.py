@@ -89,3 +89,13 @@ def test_risk_coverage_starts_at_the_error_of_answering_everything_and_falls():
     coverage, risk = risk_coverage(targets, probs, 0.5)
     assert coverage[0] == 1 and risk[0] == pytest.approx(((probs >= 0.5) != targets).mean())
     assert risk[np.searchsorted(-coverage, -0.5)] < risk[0] / 2  # referring the least certain half removes most errors
+
+
+def test_the_bayes_threshold_moves_with_the_prevalence_as_the_posterior_does():
+    from cxrlab.evaluation.metrics import apply_temperature
+    from cxrlab.evaluation.operating_point import bayes_threshold
+
+    assert bayes_threshold(1.7, 0.74) == 0.5  # at the evidence's own prevalence: calibration alone does not move 0.5
+    t = bayes_threshold(1.7, 0.74, 0.3)
+    assert t > 0.5 and at_prevalence(apply_temperature(np.array([t]), 1.7), 0.3, 0.74)[0] == pytest.approx(0.5)
+    assert bayes_threshold(1.7, 0.74, 0.9) < 0.5

@@ -5,6 +5,7 @@ import json
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -24,7 +25,8 @@ MODELS = ["mobilenet_v3_large", "efficientnet_b0"]
 
 def compare_args(root, out, *extra):
     return ["compare", "--data-root", str(root), "--models", *MODELS, "--out", str(out), "--tta", "3",
-            "--threshold", "sensitivity", "--target-sensitivity", "0.8", *FAST, *extra]
+            "--threshold", "sensitivity", "--target-sensitivity", "0.8", "--rule-out-sensitivity", "0.9", "--rule-in-specificity", "0.9",
+            *FAST, *extra]
 
 
 def read_csv(path):
@@ -42,8 +44,21 @@ def study(phantom_root, tmp_path_factory):
 def test_compare_writes_the_complete_report(study):
     md = (study / "report.md").read_text()
     assert md.splitlines()[2].startswith("> **PHANTOM")  # phantom reports say so at the top
-    for section in ("## Data", "## Protocol", "## Machine", "## Comparison", "## Winner per criterion", "## Calibration", "## Reproduce"):
+    for section in ("## Headline: ", "## Data", "## Protocol", "## Machine", "## Comparison", "## Paired comparisons on test",
+                    "## Operating points: chosen without test", "## Risk against coverage", "## Winner per criterion", "## Calibration",
+                    "## Reproduce"):
         assert section in md
+    # the headline's entry is named by the evidence rule, with sensitivity, specificity, PPV and NPV on its first screen
+    rows = read_csv(study / "comparison.csv")
+    evidence = {name: np.mean([float(r["evidence_roc_auc"]) for r in rows if r["entry"] == name]) for name in {r["entry"] for r in rows}}
+    named = md.split("## Headline: ")[1].splitlines()[0]
+    assert evidence[named] == max(evidence.values())
+    headline = md.split("## Headline: ")[1].split("## Data")[0]
+    assert all(f"| {k} |" in headline for k in ("sensitivity", "specificity", "PPV", "NPV")) and "interval over seeds and test resampling" in headline
+    assert "accuracy at 0.5 (the published convention)" in headline and all(r["accuracy_05"] for r in rows)
+    assert "Label shift, estimated without labels" in md and "looks at the test images and chooses nothing" in md
+    # the refer band (targets 0.9, reachable with the phantom's val): shown in the headline and recorded in every row
+    assert "| referred (refer band) |" in headline and all(r["referred"] and r["rule_out"] for r in rows)
     for entry in ("| mobilenet_v3_large |", "| efficientnet_b0 |", "| efficientnet_b0 + TTA×3 |", "| ensemble |"):
         assert entry in md
     assert "Ensemble weights: seed 0:" in md and "target sensitivity 0.8" in md
@@ -52,7 +67,7 @@ def test_compare_writes_the_complete_report(study):
     assert "training timings (s/epoch, train s) were measured with" in md and "at a time" in md
     figures = {p.name for p in (study / "figures").iterdir()}
     assert {"roc_test.png", "pr_test.png", "reliability_test.png", "curves_efficientnet_b0.png", "confusion_ensemble.png",
-            "grid_mobilenet_v3_large.png", "gradcam_efficientnet_b0.png"} <= figures
+            "grid_mobilenet_v3_large.png", "gradcam_efficientnet_b0.png", "risk_coverage_evidence.png", "risk_coverage_test.png"} <= figures
     html = (study / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= len(figures) and 'src="figures' not in html  # self-contained
     assert "PHANTOM" in html

@@ -17,7 +17,8 @@ EXAMPLES = {
         cxrlab data --data-root data/phantom          # a phantom file
         cxrlab data --classes effusion pneumothorax --size 64 --download
         cxrlab data --task multilabel                 # all 14 labels
-        cxrlab data --dataset pneumoniamnist --download   # PneumoniaMNIST: normal vs pneumonia""",
+        cxrlab data --dataset pneumoniamnist --download   # PneumoniaMNIST: normal vs pneumonia
+        cxrlab data --dataset pneumoniamnist --duplicates --duplicates-csv pairs.csv   # near-duplicates within and across splits""",
     "phantom": """
         cxrlab phantom --out data/phantom                      # small file: 2000/400/600 rows
         cxrlab phantom --out data/phantom --official-counts    # the official split sizes and binary counts
@@ -137,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(sub, "data", "Show the data file, its provenance and the binary task's counts per split and class.")
     add_config_options(p, only=("dataset", "task", "data_root", "size", "classes", "download"))
+    p.add_argument("--duplicates", action="store_true", help="also count near-duplicate images within and across splits")
+    p.add_argument("--duplicate-threshold", type=float, default=0.99, metavar="R",
+                   help="pixel correlation (after centring each image) above which two images count as near-duplicates (default: 0.99)")
+    p.add_argument("--duplicates-csv", metavar="FILE", help="write every near-duplicate pair (split, row, split, row, correlation) to FILE")
 
     p = _subparser(sub, "phantom", "Write a phantom data file (synthetic, official npz layout) for tests and demos.")
     p.add_argument("--out", required=True, help="folder to write DATASET[_SIZE].npz into")
@@ -286,6 +291,15 @@ def cmd_data(args) -> int:
     print(f"{'split':<8}{data.classes[0]:>16}{data.classes[1]:>16}{'total':>10}")
     for split, (a, b) in counts.items():
         print(f"{split:<8}{a:>16,}{b:>16,}{a + b:>10,}")
+    if args.duplicates or args.duplicates_csv:
+        from cxrlab.data.duplicates import near_duplicates, summary_lines, write_pairs
+
+        images = {split: arrays for split, (arrays, _) in data.splits.items()}
+        pairs = near_duplicates(images, args.duplicate_threshold)
+        print("\n" + "\n".join(summary_lines(pairs, images, args.duplicate_threshold)))
+        if args.duplicates_csv:
+            write_pairs(pairs, args.duplicates_csv)
+            print(f"wrote {len(pairs):,} pairs (rows within each split's task images) to {args.duplicates_csv}")
     return 0
 
 

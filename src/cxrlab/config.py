@@ -22,7 +22,7 @@ from cxrlab.models.architectures import DEFAULT_LR, MODEL_NAMES
 
 LR_SCHEDULES = ("plateau", "multistep")
 SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
-THRESHOLD_RULES = ("0.5", "youden", "sensitivity")
+THRESHOLD_RULES = ("0.5", "youden", "sensitivity", "bayes")
 FINETUNE_PARTS = ("head", "last", "all")
 TASKS = ("binary", "multilabel")
 PRECISIONS = ("fp32", "auto", "bf16", "fp16")
@@ -74,8 +74,11 @@ class Config:
     plateau_patience: int = _opt(5, "ReduceLROnPlateau patience in epochs")
     early_stopping: int = _opt(10, "stop after this many epochs without val improvement (0: never)")
     select_metric: str = _opt("loss", "val metric that picks the best checkpoint and drives early stopping", choices=SELECT_METRICS)
-    threshold: str | None = _opt(None, "decision threshold (default: youden for the binary task, 0.5 per label for multilabel): '0.5', 'youden' (Youden's J on val) or 'sensitivity' (the highest val threshold "
-                          "reaching --target-sensitivity); always applied unchanged to test", choices=THRESHOLD_RULES)
+    threshold: str | None = _opt(None, "single decision threshold (default: youden for the binary task, 0.5 per label for multilabel): "
+                                 "'0.5', 'youden' (Youden's J on the evidence), 'sensitivity' (the highest threshold reaching "
+                                 "--target-sensitivity on the evidence) or 'bayes' (fewest expected errors at --prevalence: the "
+                                 "temperature-calibrated probability moved to that prevalence, at 0.5); chosen on the evidence "
+                                 "(val, or a held-out fold and val), applied unchanged to test", choices=THRESHOLD_RULES)
     target_sensitivity: float = _opt(0.9, "val sensitivity the 'sensitivity' threshold rule must reach")
     decision: str = _opt("refer", "how a prediction is answered: refer (the negative class below the rule-out threshold, the "
                          "positive class from the rule-in threshold, refer between them and for images the out-of-distribution "
@@ -86,7 +89,8 @@ class Config:
                                       "the lower confidence bound")
     bound_level: float = _opt(0.95, "one-sided confidence level of those lower bounds (Clopper-Pearson)")
     prevalence: float | None = _opt(None, "share of the positive class where the model is used (label shift): PPV and NPV are "
-                                    "reported at it (default: the evidence's own share)")
+                                    "reported at it and the 'bayes' threshold moves to it; sensitivity- and specificity-based "
+                                    "thresholds do not depend on it (default: the evidence's own share)")
     label_smoothing: float = _opt(0.0, "BCE label smoothing: targets become y(1-e) + e/2 (0: off)")
     mixup: float = _opt(0.0, "mixup alpha: mix each batch with a shuffled copy, lambda ~ Beta(alpha, alpha) (0: off)")
     finetune: str = _opt("", "progressive fine-tuning stages 'PART:EPOCHS:LR,...' with PART head, last or all, e.g. "

@@ -30,18 +30,19 @@ GRID_IMAGES = 10
 def metrics_table(columns: dict[str, dict]) -> str:
     """A readable table: one row per metric, one column per split, 'value [95% CI]'."""
     names = list(columns)
-    lines = [f"{'metric':<18}" + "".join(f"{n:>26}" for n in names)]
+    lines = [f"{'metric':<22}" + "".join(f"{n:>26}" for n in names)]
     for key in POINT_KEYS:
         cells = []
         for m in columns.values():
             ci = f" [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]" if f"{key}_ci_low" in m else ""
             cells.append(f"{m[key]:.3f}{ci}")
-        lines.append(f"{key:<18}" + "".join(f"{c:>26}" for c in cells))
-    for key in ("ece", "ece_calibrated", "brier", "brier_calibrated"):
+        lines.append(f"{key:<22}" + "".join(f"{c:>26}" for c in cells))
+    for key in ("ece", "ece_calibrated", "brier", "brier_calibrated", "accuracy_05", "sensitivity_05", "specificity_05",
+                "referred", "answered_accuracy", "answered_sensitivity", "answered_specificity"):
         if all(key in m for m in columns.values()):
-            lines.append(f"{key:<18}" + "".join(f"{m[key]:>26.3f}" for m in columns.values()))
+            lines.append(f"{key:<22}" + "".join(f"{m[key]:>26.3f}" for m in columns.values()))
     for key in ("tn", "fp", "fn", "tp", "n", "threshold"):
-        lines.append(f"{key:<18}" + "".join(f"{m[key]:>26.4g}" if key == "threshold" else f"{m[key]:>26d}" for m in columns.values()))
+        lines.append(f"{key:<22}" + "".join(f"{m[key]:>26.4g}" if key == "threshold" else f"{m[key]:>26d}" for m in columns.values()))
     return "\n".join(lines)
 
 

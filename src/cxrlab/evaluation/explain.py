@@ -84,11 +84,6 @@ class Explainer:
             maps = self.cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(c) for c in predicted])
         return maps, p_positive, [trained.classes[c] for c in predicted]
 
-    def overlays(self, images: torch.Tensor) -> list[np.ndarray]:
-        """RGB uint8 (DISPLAY, DISPLAY, 3) overlays of each image and its Grad-CAM."""
-        maps, _, _ = self.heatmaps(images)
-        return [overlay(image, heat) for image, heat in zip(images.numpy(), maps)]
-
 
 def overlay(image: np.ndarray, heat: np.ndarray, side: int = DISPLAY) -> np.ndarray:
     gray = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), dtype=np.float32) / 255

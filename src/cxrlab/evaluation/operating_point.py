@@ -175,6 +175,15 @@ def at_prevalence(probs: np.ndarray, prevalence: float, evidence_prevalence: flo
     return _sigmoid(logit(np.asarray(probs, dtype=float)) + shift)
 
 
+def bayes_threshold(temperature: float, evidence_prevalence: float, prevalence: float | None = None) -> float:
+    """The raw P(positive) at which the temperature-calibrated probability, moved to ``prevalence`` (default: the
+    evidence's), is 0.5: the fewest expected errors there."""
+    shift = 0.0 if prevalence is None else float(logit(np.array(prevalence)) - logit(np.array(evidence_prevalence)))
+    if prevalence is not None:
+        check_prevalence(prevalence)
+    return float(_sigmoid(-temperature * shift))
+
+
 def predictive_values(sensitivity: float, specificity: float, prevalence: float) -> tuple[float, float]:
     """(PPV, NPV) of a test with this sensitivity and specificity at ``prevalence``."""
     check_prevalence(prevalence)

@@ -7,7 +7,7 @@ import numpy as np
 
 from cxrlab.config import Config
 from cxrlab.evaluation.metrics import evaluate_probs, fit_temperature, point_metrics, sensitivity_threshold, youden_threshold
-from cxrlab.evaluation.operating_point import OperatingPoint, answered_metrics, choose_operating_point, predictive_values
+from cxrlab.evaluation.operating_point import OperatingPoint, answered_metrics, bayes_threshold, choose_operating_point, predictive_values
 
 AT_05_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")  # also reported at 0.5, the published convention
 
@@ -31,12 +31,14 @@ def predicted_class(p_positive: float, threshold: float, classes: list[str], pos
     return positive if p_positive >= threshold else negative_class(classes, positive)
 
 
-def choose_threshold(cfg: Config, val_targets: np.ndarray, val_probs: np.ndarray) -> float:
-    """The decision threshold by cfg's rule, from val only."""
+def choose_threshold(cfg: Config, val_targets: np.ndarray, val_probs: np.ndarray, temperature: float = 1.0) -> float:
+    """The decision threshold by cfg's rule, from the evidence only (``temperature``: fitted on it, for 'bayes')."""
     if cfg.threshold_rule == "youden":
         return youden_threshold(val_targets, val_probs)
     if cfg.threshold_rule == "sensitivity":
         return sensitivity_threshold(val_targets, val_probs, cfg.target_sensitivity)
+    if cfg.threshold_rule == "bayes":
+        return bayes_threshold(temperature, float(np.mean(val_targets)), cfg.prevalence)
     return 0.5
 
 
@@ -45,9 +47,10 @@ def choose_on_evidence(cfg: Config, targets: np.ndarray, probs: np.ndarray, evid
     """The scoring protocol, written once: the operating point (single threshold by cfg's rule, refer band by its
     targets) and the temperature, both chosen on the evidence only (val, or a held-out fold of train with val) and
     applied unchanged to every other split."""
-    point = choose_operating_point(targets, probs, choose_threshold(cfg, targets, probs), cfg.threshold_rule, cfg.rule_out_sensitivity,
-                                   cfg.rule_in_specificity, cfg.bound_level, evidence, keep_going)
-    return point, fit_temperature(targets, probs)
+    temperature = fit_temperature(targets, probs)
+    point = choose_operating_point(targets, probs, choose_threshold(cfg, targets, probs, temperature), cfg.threshold_rule,
+                                   cfg.rule_out_sensitivity, cfg.rule_in_specificity, cfg.bound_level, evidence, keep_going)
+    return point, temperature
 
 
 def score_probs(targets: np.ndarray, probs: np.ndarray, point: OperatingPoint, temperature: float, n_boot: int, seed: int,

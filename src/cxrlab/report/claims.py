@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from cxrlab.evaluation.comparison import Interval, Scored, paired_difference, seeds_and_resamples
-from cxrlab.evaluation.operating_point import risk_coverage
+from cxrlab.evaluation.metrics import apply_temperature
+from cxrlab.evaluation.operating_point import estimate_prevalence, risk_coverage
 from cxrlab.report.study import CHECK_KEYS, Entry
 from cxrlab.report.tables import mean_sd, values
 
@@ -106,3 +107,15 @@ def anchor_rows(published: tuple, groups: dict[str, list[Entry]]) -> list[list[s
     rows += [[f"cxrlab {name} (mean of {len(g)} seeds)", mean_sd(values(g, "roc_auc", "test")), mean_sd(values(g, "accuracy_05", "test")),
               "measured here; ACC at 0.5"] for name, g in groups.items()]
     return rows
+
+
+def prevalence_note(group: list[Entry], positive: str) -> str:
+    """Label shift seen without labels: the test share of ``positive`` estimated by EM from the entry's calibrated
+    probabilities on the unlabelled test images, beside the true share. It looks at the test images, so it is
+    reported apart and chooses nothing."""
+    estimates = [estimate_prevalence(apply_temperature(e.curves["test"][1], e.test["temperature"]), e.info["point"]["prevalence"]) for e in group]
+    truth = float(np.mean(group[0].curves["test"][0]))
+    evidence = float(np.mean([e.info["point"]["prevalence"] for e in group]))
+    return (f"Label shift, estimated without labels (a separate row: it looks at the test images and chooses nothing): the share of "
+            f"{positive} on test by EM over {group[0].name}'s calibrated probabilities (Saerens et al. 2002) is "
+            f"{mean_sd(np.array(estimates))} over seeds; the labels give {truth:.3f}, the evidence {evidence:.3f}.")

@@ -36,7 +36,7 @@ from cxrlab.report.document import Document
 
 from cxrlab.report.study import Entry, recipe_differences, save_study, score, Study, train_accuracy_at_best, train_runs
 from cxrlab.report.claims import (COVERAGE_HEADER, HEADLINE_RULE, OPERATING_POINT_HEADER, PAIRED_KEYS, anchor_rows, coverage_rows, evidence_curve,
-                                  headline, headline_rows, operating_point_rows, paired_rows, test_intervals)
+                                  headline, headline_rows, operating_point_rows, paired_rows, prevalence_note, test_intervals)
 from cxrlab.report.tables import (INTERVAL_KEYS, calibration_rows, comparison_rows, grouped, ood_rows, sharing_note, speed_note, winners,
                                   write_csv)
 from cxrlab.report.compare_multilabel import compare_multilabel
@@ -221,6 +221,7 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
              + ("The val columns check the rule: the operating point chosen on the held-out fold alone, applied to val, which it never "
                 "saw (targets: sensitivity, and specificity, at least the targets above among answered images)." if held_out else
                 "Val columns need a held-out fold (`--holdout K`): without one, val is the evidence itself."))
+    doc.text(prevalence_note(groups[named], base.positive))
     doc.heading("Risk against coverage")
     doc.table(COVERAGE_HEADER, coverage_rows(groups))
     doc.figures(figs["coverage"], f"error among answered images against the share answered (the least certain referred first), on {evidence} "

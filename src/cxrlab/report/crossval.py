@@ -20,9 +20,8 @@ import numpy as np
 from cxrlab.config import Config
 from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError
-from cxrlab.evaluation.scoring import positive_view
+from cxrlab.evaluation.scoring import positive_view, score_probs
 from cxrlab.evaluation.inference import load_trained
-from cxrlab.evaluation.metrics import evaluate_probs
 from cxrlab.files import atomic_write_text
 from cxrlab.report.study import check_compatible, check_data_once, score
 from cxrlab.report.tables import mean_sd
@@ -54,7 +53,7 @@ def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | N
         for split in ("val", "test"):
             targets, probs = positive_view(data.splits[split].targets.numpy(), trained.probs(data.splits[split].images)[:, 0], data.classes, trained.cfg.positive)
             fold_probs[split].append(probs)
-            scored[split] = evaluate_probs(targets, probs, trained.threshold, base.n_bootstrap, base.seed, trained.temperature)
+            scored[split] = score_probs(targets, probs, trained.point, trained.temperature, base.n_bootstrap, base.seed)
             scored[f"{split}_targets"] = targets
         results.append({"run": str(run.path), "val": scored["val"], "test": scored["test"]})
     curves = {split: (scored[f"{split}_targets"], np.mean(fold_probs[split], axis=0)) for split in ("val", "test")}

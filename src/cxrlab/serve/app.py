@@ -36,7 +36,7 @@ import cxrlab
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_full, prepare
 from cxrlab.errors import BlankImage, ConfigError, DamagedImage, ImageFileError, ImageTooLarge, UnsupportedImage
-from cxrlab.evaluation.explain import Explainer, png_bytes
+from cxrlab.evaluation.explain import Explainer, overlay, png_bytes
 from cxrlab.evaluation.inference import TrainedModel, load_trained
 from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
 from cxrlab.evaluation.predict import predict_images
@@ -127,10 +127,13 @@ class Service:
         return answer
 
     def explain(self, name: str, gray: np.ndarray) -> bytes:
-        scores = self.trained.ood_scores(torch.from_numpy(gray[None]))
-        if scores is not None and scores[0] > self.trained.ood.threshold:
+        """The overlay of the class /predict answers (decided by the same route); for an image in the refer band, the
+        evidence for the positive class."""
+        answer = predict_images(self.trained, gray[None], [name])[0]
+        if answer.in_distribution is False:
             raise OutOfDistribution(f"{name}: not explained: {OOD_MESSAGE}")
-        return png_bytes(self.explainer.overlays(torch.from_numpy(gray[None]))[0])
+        maps, _, _ = self.explainer.heatmaps(torch.from_numpy(gray[None]), [answer.label or self.trained.cfg.positive])
+        return png_bytes(overlay(gray, maps[0]))
 
     def task_line(self) -> str:
         """What the model tells apart and how an upload is prepared, in the run's own words."""
