@@ -131,3 +131,40 @@ def test_a_locked_page_asks_for_the_token_and_shows_a_wrong_one_as_such(exported
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_an_image_in_the_refer_band_shows_refer_not_a_class(exported_run, tmp_path):
+    """A copy of the run whose refer band is set around its probability for one val image: the page says refer,
+    why, and the band's two thresholds; the class line holds no class name."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    import cxrlab
+
+    run = tmp_path / "banded"
+    shutil.copytree(exported_run, run)
+    cfg = RunDir(run).load_config()
+    upload = tmp_path / "chest.png"
+    Image.fromarray(load_task(cfg.data_root, 28, cfg.classes, splits=("val",)).splits["val"].images[0].numpy()).save(upload)
+    p = cxrlab.load_run(run).predict(upload)[0].probability
+    point = json.loads(RunDir(run).operating_point.read_text())
+    point.update(rule_out=max(p - 0.02, 1e-4), rule_in=min(p + 0.02, 1 - 1e-4), sensitivity_target=0.9, specificity_target=0.9, level=0.95,
+                 band_error=None)
+    RunDir(run).operating_point.write_text(json.dumps(point))
+    process, url = start_server(run)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(url)
+            page.set_input_files("#file", str(upload))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            assert page.inner_text("#class").startswith("Refer") and not any(c in page.inner_text("#class") for c in cfg.classes)
+            rule = page.inner_text("#rule")
+            assert "too uncertain to answer" in rule and f"{point['rule_out']:.3f}" in rule and f"{point['rule_in']:.3f}" in rule
+            page.screenshot(path=str(Path(os.environ.get("CXRLAB_SCREENSHOTS", tmp_path)) / "page_refer.png"), full_page=True)
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

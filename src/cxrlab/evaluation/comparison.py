@@ -38,6 +38,12 @@ def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, (n_boot, n))
 
 
+def _mean(values: np.ndarray) -> float:
+    """The mean of the defined values (NaN, without a warning, where none is: e.g. NPV with no negative answer)."""
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
 def _interval(value: float, samples: np.ndarray, level: float) -> Interval:
     samples = samples[~np.isnan(samples)]
     alpha = (1 - level) / 2
@@ -51,7 +57,7 @@ def seeds_and_resamples(runs: list[Scored], keys: tuple[str, ...], n_boot: int =
     pooled: what one more run of the recipe, scored on another test set like this one, would give."""
     whole = _samples(runs, np.arange(len(runs[0][0]))[None])
     pooled = _samples(runs, _resamples(len(runs[0][0]), n_boot, seed))
-    return {k: _interval(float(np.nanmean(whole[k])), pooled[k].ravel(), level) for k in keys}
+    return {k: _interval(_mean(whole[k]), pooled[k].ravel(), level) for k in keys}
 
 
 def paired_difference(a: list[Scored], b: list[Scored], keys: tuple[str, ...], n_boot: int = 1000, seed: int = 0,

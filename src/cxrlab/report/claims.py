@@ -9,7 +9,7 @@ import numpy as np
 from cxrlab.evaluation.comparison import Interval, Scored, paired_difference, seeds_and_resamples
 from cxrlab.evaluation.metrics import apply_temperature
 from cxrlab.evaluation.operating_point import estimate_prevalence, risk_coverage
-from cxrlab.report.study import CHECK_KEYS, Entry
+from cxrlab.report.study import Entry
 from cxrlab.report.tables import mean_sd, values
 
 HEADLINE_RULE = ("the entry with the highest mean ROC-AUC over seeds on the evidence its operating point was chosen on "
@@ -70,16 +70,18 @@ def operating_point_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
     rows = []
     for name, group in groups.items():
         points = [e.info["point"] for e in group]
-        spread = lambda key: "—" if points[0].get(key) is None else f"{min(p[key] for p in points):.3f}–{max(p[key] for p in points):.3f}"  # noqa: E731
+        spreads = ["—" if points[0].get(k) is None else f"{min(p[k] for p in points):.3f}–{max(p[k] for p in points):.3f}"
+                   for k in ("threshold", "rule_out", "rule_in")]
         checks = [e.info.get("check") for e in group]
-        check = (["—"] * 5 if None in checks else
-                 [mean_sd(np.array([c[f"val_{k}"] if c[f"val_{k}"] is not None else np.nan for c in checks], dtype=float)) for k in CHECK_KEYS[:2]]
-                 + [mean_sd(100 * np.array([c["val_referred"] if c["val_referred"] is not None else np.nan for c in checks], dtype=float), 1) + " %"]
-                 + [mean_sd(np.array([c[f"val_{k}"] if c[f"val_{k}"] is not None else np.nan for c in checks], dtype=float)) for k in CHECK_KEYS[4:]])
-        rows.append([name, spread("threshold"), spread("rule_out"), spread("rule_in"), *check])
+        if None in checks:
+            rows.append([name, *spreads, *["—"] * len(CHECKED)])
+            continue
+        column = lambda key: np.array([np.nan if c[f"val_{key}"] is None else c[f"val_{key}"] for c in checks], dtype=float)  # noqa: E731
+        rows.append([name, *spreads, *(mean_sd(100 * column(k), 1) + " %" if k == "referred" else mean_sd(column(k)) for k in CHECKED)])
     return rows
 
 
+CHECKED = ("sensitivity", "specificity", "referred", "answered_sensitivity", "answered_specificity")
 OPERATING_POINT_HEADER = ["entry", "threshold (seeds)", "rule-out (seeds)", "rule-in (seeds)", "val sensitivity", "val specificity",
                           "val referred", "val answered sensitivity", "val answered specificity"]
 

@@ -110,6 +110,7 @@ class Service:
             "class": result.label,  # null when referred
             "probability": result.probability,
             "probability_of": t.cfg.positive,
+            "other_class": negative_class(t.classes, t.cfg.positive),
             "threshold": t.threshold,
             "decision": t.cfg.decision if point.has_band else "single",
             "rule_out": point.rule_out,
