@@ -25,8 +25,8 @@ from cxrlab.evaluation.operating_point import choose_operating_point, answered_m
 from cxrlab.evaluation.scoring import choose_threshold, positive_view
 from cxrlab.evaluation.metrics import fit_temperature
 
-SINGLE_RULES = {"youden": {}, "0.5": {}, "bayes": {}, "sensitivity 0.95": {"target_sensitivity": 0.95},
-                "sensitivity 0.97": {"target_sensitivity": 0.97}}
+SINGLE_RULES = {"youden": {}, "0.5": {}, "sensitivity 0.95": {"target_sensitivity": 0.95},
+                "sensitivity 0.96": {"target_sensitivity": 0.96}, "sensitivity-bound 0.95": {"target_sensitivity": 0.95}}
 BANDS = ((0.95, 0.95), (0.97, 0.95), (0.97, 0.97), (0.98, 0.95), (0.98, 0.98), (0.99, 0.95), (0.99, 0.98))
 TTA = 4
 
@@ -106,12 +106,13 @@ def main():
     rng = np.random.default_rng(0)
     for name in entries:
         targets, probs = scored[(name, 0)]["fold"]
-        draws = {"youden": [], "sensitivity 0.95": [], "rule-out 0.98": [], "rule-in 0.98": []}
+        draws = {"youden": [], "sensitivity 0.95": [], "sensitivity-bound 0.95": [], "rule-out 0.98": [], "rule-in 0.98": []}
         for _ in range(200):
             pick = rng.integers(0, len(targets), len(targets))
             t, p = targets[pick], probs[pick]
             draws["youden"].append(choose_threshold(replace(cfg, threshold="youden"), t, p))
             draws["sensitivity 0.95"].append(choose_threshold(replace(cfg, threshold="sensitivity", target_sensitivity=0.95), t, p))
+            draws["sensitivity-bound 0.95"].append(choose_threshold(replace(cfg, threshold="sensitivity-bound", target_sensitivity=0.95), t, p))
             point = choose_operating_point(t, p, 0.5, "0.5", 0.98, 0.98, 0.95, "resample", keep_going=True)
             draws["rule-out 0.98"].append(point.rule_out if point.has_band else np.nan)
             draws["rule-in 0.98"].append(point.rule_in if point.has_band else np.nan)

@@ -107,3 +107,17 @@ def real_pneumonia_root():
     if root is None:
         pytest.skip("the real pneumoniamnist.npz is not here (set CXRLAB_DATA to its folder)")
     return root
+
+
+def band_around(run, probability: float, width: float = 0.02) -> dict:
+    """Set a run's refer band (operating_point.json) to +-width around ``probability``, so that an image with that
+    probability is referred: tests of where the refer answer is shown. Returns the point written."""
+    import json
+
+    from cxrlab.core.runs import RunDir
+
+    point = json.loads(RunDir(run).operating_point.read_text())
+    point.update(rule_out=max(probability - width, 1e-4), rule_in=min(probability + width, 1 - 1e-4), sensitivity_target=0.9,
+                 specificity_target=0.9, level=0.95, band_error=None)
+    RunDir(run).operating_point.write_text(json.dumps(point))
+    return point

@@ -136,22 +136,17 @@ def test_a_locked_page_asks_for_the_token_and_shows_a_wrong_one_as_such(exported
 def test_an_image_in_the_refer_band_shows_refer_not_a_class(exported_run, tmp_path):
     """A copy of the run whose refer band is set around its probability for one val image: the page says refer,
     why, and the band's two thresholds; the class line holds no class name."""
-    import json
-
     from playwright.sync_api import sync_playwright
 
     import cxrlab
+    from tests.conftest import band_around
 
     run = tmp_path / "banded"
     shutil.copytree(exported_run, run)
     cfg = RunDir(run).load_config()
     upload = tmp_path / "chest.png"
     Image.fromarray(load_task(cfg.data_root, 28, cfg.classes, splits=("val",)).splits["val"].images[0].numpy()).save(upload)
-    p = cxrlab.load_run(run).predict(upload)[0].probability
-    point = json.loads(RunDir(run).operating_point.read_text())
-    point.update(rule_out=max(p - 0.02, 1e-4), rule_in=min(p + 0.02, 1 - 1e-4), sensitivity_target=0.9, specificity_target=0.9, level=0.95,
-                 band_error=None)
-    RunDir(run).operating_point.write_text(json.dumps(point))
+    point = band_around(run, cxrlab.load_run(run).predict(upload)[0].probability)
     process, url = start_server(run)
     try:
         with sync_playwright() as pw:

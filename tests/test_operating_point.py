@@ -99,3 +99,16 @@ def test_the_bayes_threshold_moves_with_the_prevalence_as_the_posterior_does():
     t = bayes_threshold(1.7, 0.74, 0.3)
     assert t > 0.5 and at_prevalence(apply_temperature(np.array([t]), 1.7), 0.3, 0.74)[0] == pytest.approx(0.5)
     assert bayes_threshold(1.7, 0.74, 0.9) < 0.5
+
+
+def test_the_single_threshold_rules_chosen_on_the_evidence():
+    from cxrlab.config import Config
+    from cxrlab.evaluation.scoring import choose_on_evidence
+
+    targets, probs = scores(1)
+    cfg = Config(dataset="pneumoniamnist", threshold="sensitivity-bound", target_sensitivity=0.95, rule_out_sensitivity=0.97,
+                 rule_in_specificity=0.97).validate()
+    point, temperature = choose_on_evidence(cfg, targets, probs, "held-out fold + val")
+    assert point.threshold == rule_out_threshold(targets, probs, 0.95, 0.95) and point.rule == "sensitivity-bound"
+    assert point.rule_out == rule_out_threshold(targets, probs, 0.97) and point.rule_in == rule_in_threshold(targets, probs, 0.97)
+    assert point.evidence == "held-out fold + val" and point.negatives == 400 and point.positives == 1100 and temperature > 0

@@ -16,6 +16,7 @@ from cxrlab.cli import main
 from cxrlab.core.runs import RunDir
 from cxrlab.data.task import load_task
 from cxrlab.serve.app import create_app
+from tests.conftest import band_around
 
 
 def png(array: np.ndarray) -> bytes:
@@ -34,10 +35,7 @@ def banded(exported_run, tmp_path_factory):
     path = run.parent / "xray.png"
     path.write_bytes(png(image))
     p = cxrlab.load_run(run).predict(path)[0].probability
-    point = json.loads(RunDir(run).operating_point.read_text())
-    point.update(rule_out=max(p - 0.02, 1e-4), rule_in=min(p + 0.02, 1 - 1e-4), sensitivity_target=0.9, specificity_target=0.9,
-                 level=0.95, band_error=None)
-    RunDir(run).operating_point.write_text(json.dumps(point))
+    band_around(run, p)
     return run, path, p
 
 

@@ -22,7 +22,7 @@ from cxrlab.models.architectures import DEFAULT_LR, MODEL_NAMES
 
 LR_SCHEDULES = ("plateau", "multistep")
 SELECT_METRICS = ("roc_auc", "loss", "accuracy", "balanced_accuracy")
-THRESHOLD_RULES = ("0.5", "youden", "sensitivity", "bayes")
+THRESHOLD_RULES = ("0.5", "youden", "sensitivity", "sensitivity-bound", "bayes")
 FINETUNE_PARTS = ("head", "last", "all")
 TASKS = ("binary", "multilabel")
 PRECISIONS = ("fp32", "auto", "bf16", "fp16")
@@ -76,7 +76,8 @@ class Config:
     select_metric: str = _opt("loss", "val metric that picks the best checkpoint and drives early stopping", choices=SELECT_METRICS)
     threshold: str | None = _opt(None, "single decision threshold (default: youden for the binary task, 0.5 per label for multilabel): "
                                  "'0.5', 'youden' (Youden's J on the evidence), 'sensitivity' (the highest threshold reaching "
-                                 "--target-sensitivity on the evidence) or 'bayes' (fewest expected errors at --prevalence: the "
+                                 "--target-sensitivity on the evidence), 'sensitivity-bound' (the same, by the lower confidence "
+                                 "bound at --bound-level: the rule-out rule) or 'bayes' (fewest expected errors at --prevalence: the "
                                  "temperature-calibrated probability moved to that prevalence, at 0.5); chosen on the evidence "
                                  "(val, or a held-out fold and val), applied unchanged to test", choices=THRESHOLD_RULES)
     target_sensitivity: float = _opt(0.9, "val sensitivity the 'sensitivity' threshold rule must reach")
@@ -211,8 +212,8 @@ class Config:
             raise ConfigError(f"bound_level must be between 0 and 1 (exclusive), got {self.bound_level}")
         if self.prevalence is not None and not 0 < self.prevalence < 1:
             raise ConfigError(f"prevalence must be a share of positives strictly between 0 and 1, got {self.prevalence}")
-        if self.threshold_rule == "sensitivity" and self.task != "binary":
-            raise ConfigError("threshold 'sensitivity' is for the binary task")
+        if self.threshold_rule in ("sensitivity", "sensitivity-bound", "bayes") and self.task != "binary":
+            raise ConfigError(f"threshold {self.threshold_rule!r} is for the binary task")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.mixup < 0:

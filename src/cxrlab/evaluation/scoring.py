@@ -7,7 +7,8 @@ import numpy as np
 
 from cxrlab.config import Config
 from cxrlab.evaluation.metrics import evaluate_probs, fit_temperature, point_metrics, sensitivity_threshold, youden_threshold
-from cxrlab.evaluation.operating_point import OperatingPoint, answered_metrics, bayes_threshold, choose_operating_point, predictive_values
+from cxrlab.evaluation.operating_point import (OperatingPoint, answered_metrics, bayes_threshold, choose_operating_point, predictive_values,
+                                               rule_out_threshold)
 
 AT_05_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")  # also reported at 0.5, the published convention
 
@@ -37,6 +38,8 @@ def choose_threshold(cfg: Config, val_targets: np.ndarray, val_probs: np.ndarray
         return youden_threshold(val_targets, val_probs)
     if cfg.threshold_rule == "sensitivity":
         return sensitivity_threshold(val_targets, val_probs, cfg.target_sensitivity)
+    if cfg.threshold_rule == "sensitivity-bound":
+        return rule_out_threshold(val_targets, val_probs, cfg.target_sensitivity, cfg.bound_level)
     if cfg.threshold_rule == "bayes":
         return bayes_threshold(temperature, float(np.mean(val_targets)), cfg.prevalence)
     return 0.5
