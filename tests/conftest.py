@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 import torch
 
@@ -121,3 +127,28 @@ def band_around(run, probability: float, width: float = 0.02) -> dict:
                  specificity_target=0.9, level=0.95, band_error=None)
     RunDir(run).operating_point.write_text(json.dumps(point))
     return point
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run, *extra, env=None):
+    """`cxrlab serve RUN` in a subprocess on a free port, its output piped: (process, url) once /health answers."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "cxrlab", "serve", str(run), "--port", str(port), *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            return process, url
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail("cxrlab serve exited: " + process.stdout.read())
+            time.sleep(0.3)
+    process.kill()
+    pytest.fail("cxrlab serve did not answer /health within 120 s")

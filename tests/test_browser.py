@@ -3,11 +3,6 @@ class, the probability and the Grad-CAM overlay. `make test` installs chromium w
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,35 +11,12 @@ from PIL import Image
 
 from cxrlab.data.task import load_task
 from cxrlab.core.runs import RunDir
+from tests.conftest import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without these, Chromium tries to reach Google's services at start-up, which a closed network refuses.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(run, *extra, env=None):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cxrlab", "serve", str(run), "--port", str(port), *extra],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            return process, url
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail("cxrlab serve exited: " + process.stdout.read())
-            time.sleep(0.3)
-    process.kill()
-    pytest.fail("cxrlab serve did not answer /health within 120 s")
 
 
 @pytest.fixture

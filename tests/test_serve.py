@@ -157,3 +157,24 @@ def test_concurrent_requests_do_not_mix_results_and_explanations_never_starve_pr
             else:
                 assert result["filename"] == f"{i}.png" and result["probability"] == pytest.approx(alone[i % 20], abs=1e-6)
     assert 200 in explained
+
+
+def test_the_access_token_reaches_no_log(exported_run):
+    """The page's ?token= link, a Bearer request and a wrong token: the server's whole console output holds none of them."""
+    import os
+    import urllib.request
+
+    from tests.conftest import start_server
+
+    token, wrong = "s3cret-token-abcdefghijkl", "wrong-token-zyxwvutsrqpo"
+    process, url = start_server(exported_run, env={**os.environ, "CXRLAB_TOKEN": token})
+    try:
+        assert urllib.request.urlopen(f"{url}/?token={token}", timeout=30).status == 200
+        request = urllib.request.Request(f"{url}/model", headers={"Authorization": f"Bearer {token}"})
+        assert urllib.request.urlopen(request, timeout=30).status == 200
+        assert "trained on" not in urllib.request.urlopen(f"{url}/?token={wrong}&x=1", timeout=30).read().decode()  # locked page
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert '"GET /?token=[hidden] HTTP/1.1" 200' in output and "token=[hidden]&x=1" in output  # the requests were logged, masked
+    assert token not in output and wrong not in output

@@ -112,7 +112,7 @@ class Run:
         return json.loads(RunDir(self.path).summary.read_text())
 
     def metrics(self, split: str = "test") -> dict:
-        """Every metric of ``split`` ('val' or 'test') at the threshold chosen on val."""
+        """Every metric of ``split`` ('val' or 'test') at the run's operating point, chosen on its evidence (never test)."""
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         return json.loads(RunDir(self.path).metrics(split).read_text())
@@ -213,7 +213,7 @@ class Run:
         colour = "black" if is_real(s["data_label"]) else "crimson"
         return (f"<div><b>{html.escape(s['model'])}</b> — <code>{html.escape(str(self.path))}</code><br>"
                 f"<span style='color:{colour}'>{html.escape(s['data_label'])}</span><br>best epoch {s['best_epoch']} of {s['epochs_run']} "
-                f"(val {s['select_metric']} {s['best_val_score']:.4f}), threshold {s['threshold']:.3f} chosen on val"
+                f"(val {s['select_metric']} {s['best_val_score']:.4f}), threshold {s['threshold']:.3f} chosen on held-out data, never on test"
                 f"<table><tr><th>metric</th><th>val</th><th>test</th></tr>{rows}</table></div>")
 
 

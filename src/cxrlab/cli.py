@@ -32,7 +32,7 @@ EXAMPLES = {
         cxrlab train --config configs/medmnist_v2.yaml --dataset pneumoniamnist   # MedMNIST v2's ResNet-18 recipe
         cxrlab train --resume runs/mnv3                        # continue an interrupted run""",
     "evaluate": """
-        cxrlab evaluate runs/mnv3                  # test split, with the threshold chosen on val
+        cxrlab evaluate runs/mnv3                  # test split, at the operating point chosen without test
         cxrlab evaluate runs/mnv3 --split val""",
     "predict": """
         cxrlab predict runs/mnv3 xray1.png xray2.jpg""",

@@ -1,4 +1,5 @@
-"""Evaluating a run's best checkpoint: threshold chosen on val, applied unchanged to test; metrics, plots, summary."""
+"""Evaluating a run's best checkpoint: operating point and temperature chosen on its evidence (val, or a held-out
+fold and val), applied unchanged to test; metrics, plots, summary."""
 
 from __future__ import annotations
 

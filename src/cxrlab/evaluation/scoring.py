@@ -1,5 +1,5 @@
 """The binary task's class arithmetic, written once: the model's output is P(class 1); which class is positive,
-its probability, the other class, and the decision threshold chosen on val."""
+its probability, the other class, and the scoring protocol: operating point and temperature chosen on the evidence."""
 
 from __future__ import annotations
 

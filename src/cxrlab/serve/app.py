@@ -20,7 +20,9 @@ Retry-After when busy, so explanations never starve predictions. Uploads stay in
 from __future__ import annotations
 
 import hmac
+import logging
 import math
+import re
 import threading
 from html import escape
 from importlib import resources
@@ -340,10 +342,38 @@ def serve(run_path, host: str = "127.0.0.1", port: int = 8000, backend: str = "a
     app = create_app(run_path, backend, max_upload_mb, max_image_mp=max_image_mp, token=token, max_files=max_files, max_request_mp=max_request_mp)
     service = app.state.service
     print(f"serving {service.trained.cfg.model} ({service.backend}) on http://{host}:{port}  (docs: /docs)")
-    if token is not None:
-        print(f"open the page with its token (keep this link private): http://{host}:{port}/?token={token}")
+    if token is not None:  # the token itself is never printed or logged: whoever started the server has it
+        print(f"open http://{host}:{port}/ and enter the access token (from --token-file or CXRLAB_TOKEN), or open "
+              f"http://{host}:{port}/?token=TOKEN with it")
     else:
         print("no access token: every client that reaches this address can use the service")
     if service.trained.is_phantom:
         print(f"note: {PHANTOM_NOTE}")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config())
+
+
+class MaskToken(logging.Filter):
+    """Uvicorn's access log writes every request's path with its query string, so the page's ``?token=`` link would put
+    the token into whatever collects the console: mask it there, as Jupyter Server does."""
+
+    PATTERN = re.compile(r"(?i)(\btoken=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1[hidden]", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1[hidden]", record.msg)
+        return True
+
+
+def log_config() -> dict:
+    """Uvicorn's own logging configuration, with the token masked in both of its handlers."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"mask_token": {"()": MaskToken}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["mask_token"]
+    return config
