@@ -102,3 +102,22 @@ def test_gradcam_maps_vary_and_explain_writes_overlays(exported_run, tmp_path, c
     overlay = Image.open(out / "xray_gradcam.png")
     assert overlay.size == (224, 224) and overlay.mode == "RGB"
     assert (out / "gradcam_val_grid.png").stat().st_size > 10_000
+
+
+def test_loading_a_run_trained_on_one_thread_leaves_inference_threads_to_the_caller(exported_run, tmp_path):
+    """A run trained side by side saves threads: 1; loading it for inference changed torch's process-wide thread count
+    and gave onnxruntime one thread. Now torch keeps the caller's count and the sessions use one thread per core."""
+    import yaml
+
+    from cxrlab.evaluation.inference import load_trained
+    from cxrlab.export.runtime import served
+
+    run = tmp_path / "side-by-side"
+    shutil.copytree(exported_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "threads": 1}, sort_keys=False))
+    torch.set_num_threads(2)
+    trained = served(load_trained(run))
+    assert torch.get_num_threads() == 2
+    assert trained.runtime.session.get_session_options().intra_op_num_threads == 0  # onnxruntime's default: one per core
+    assert served(load_trained(run, threads=1)).runtime.session.get_session_options().intra_op_num_threads == 1

@@ -89,6 +89,7 @@ class TrainedModel:
     # between train and eval mode, which must not happen while another thread predicts.
     probe: FeatureProbe | None = None
     point: OperatingPoint | None = None  # binary task: the single threshold and the refer band (operating_point.json)
+    threads: int | None = None  # onnxruntime sessions' threads: the caller's choice (None: one per core)
 
     def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (N, S, S) -> (probabilities (N, outputs), the check's scores (N,), flagged above ``ood.threshold``,
@@ -126,18 +127,21 @@ class TrainedModel:
         return load_image(path, self.cfg.size, self.preprocess, max_pixels)
 
 
-def load_trained(run_path, device: str | None = None) -> TrainedModel:
+def load_trained(run_path, device: str | None = None, threads: int | None = None) -> TrainedModel:
+    """A finished run ready for inference. ``threads``: for its onnxruntime sessions (default: onnxruntime's, one per
+    core); the training's thread count (a run trained side by side saves 1) is not inherited, and torch's
+    process-wide thread count is left as the caller set it."""
     run = RunDir(run_path)
     summary = run.require_finished()
     cfg = run.load_config()
-    dev = setup_device(device or cfg.device, cfg.threads)
+    dev = setup_device(device or cfg.device)
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format).eval()
     ood = OODCheck.load(run.path)
     return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], is_phantom(run.read_json(run.data)),
                         float(summary.get("temperature", 1.0)), ood=ood, probe=FeatureProbe(model) if ood is not None else None,
-                        point=load_operating_point(run, summary) if cfg.task == "binary" else None)
+                        point=load_operating_point(run, summary) if cfg.task == "binary" else None, threads=threads)
 
 
 LEGACY_POINT = "trained before operating points: its single threshold only (cxrlab operating-point RUN chooses a refer band)"

@@ -49,7 +49,7 @@ def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
         variants[name] = (lambda x, c=c, m=model: predict_logits(m, torch.as_tensor(x), c, cpu))
     for file, name in ((FP32_FILE, "onnxruntime fp32"), (INT8_FILE, "onnxruntime INT8 (shipped)")):
         if (trained.run.path / file).is_file():
-            session = OnnxModel(trained.run.path / file, cfg.norm_mean, cfg.norm_std, cfg.threads)
+            session = OnnxModel(trained.run.path / file, cfg.norm_mean, cfg.norm_std, trained.threads)
             variants[name] = (lambda x, s=session: s.logits(x, batch))
     rows = []
     for name, fn in variants.items():
@@ -91,7 +91,7 @@ def deployed_speed(trained: TrainedModel, images: torch.Tensor) -> dict:
             write_onnx(plain_copy(trained.model, torch.device("cpu")), cfg.size, fp32)
         for prefix, path in (("", fp32), ("int8_", trained.run.path / INT8_FILE)):
             if path.is_file():
-                session = OnnxModel(path, cfg.norm_mean, cfg.norm_std, cfg.threads)
+                session = OnnxModel(path, cfg.norm_mean, cfg.norm_std, trained.threads)
                 speed[f"{prefix}ms_per_image"] = latency_ms(session.logits, arrays)[0]
                 speed[f"{prefix}images_per_s"] = throughput(lambda x, s=session: s.logits(x, cfg.eval_batch_size), arrays)
     return speed

@@ -101,7 +101,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     cfg, run = trained.cfg, trained.run
     val = task_data(cfg, splits=("val",)).splits["val"]
     images, targets = val.images.numpy(), val.targets.numpy()
-    fp32 = OnnxModel(run.path / FP32_FILE, cfg.norm_mean, cfg.norm_std, cfg.threads)
+    fp32 = OnnxModel(run.path / FP32_FILE, cfg.norm_mean, cfg.norm_std, trained.threads)
     base_acc = accuracy(trained, fp32.logits(images), targets)
     base_p50, base_p95 = latency_ms(fp32.logits, images)
     check_images = with_ood_sets(images, cfg.size, trained.preprocess, cfg.seed) if fp32.has_check else None
@@ -126,7 +126,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
                         nodes_to_exclude=check_nodes(run.path / FP32_FILE))
         shippable = []
         for name, path in files.items():
-            model = OnnxModel(path, cfg.norm_mean, cfg.norm_std, cfg.threads)
+            model = OnnxModel(path, cfg.norm_mean, cfg.norm_std, trained.threads)
             acc = accuracy(trained, model.logits(images), targets)
             p50, p95 = latency_ms(model.logits, images)
             faster, close = base_p50 / p50 >= MIN_SPEEDUP, round((base_acc - acc) * 100, 9) <= MAX_ACCURACY_DROP

@@ -75,7 +75,7 @@ def served(trained: TrainedModel, prefer: str = "auto") -> TrainedModel:
     for name, backend in ((INT8_FILE, "onnxruntime-int8"), (FP32_FILE, "onnxruntime")):
         path = trained.run.path / name
         if path.is_file():
-            model = OnnxModel(path, trained.cfg.norm_mean, trained.cfg.norm_std, trained.cfg.threads)
+            model = OnnxModel(path, trained.cfg.norm_mean, trained.cfg.norm_std, trained.threads)
             if model.has_check and (trained.ood is None or model.metadata.get("ood_digest") != check_digest(trained.run.path)):
                 raise ExportError(f"{path} holds an out-of-distribution check other than {trained.run.path}'s ood.npz "
                                   f"(fitted again or removed since the export); run: cxrlab export {trained.run.path}")
