@@ -121,3 +121,17 @@ def test_loading_a_run_trained_on_one_thread_leaves_inference_threads_to_the_cal
     assert torch.get_num_threads() == 2
     assert trained.runtime.session.get_session_options().intra_op_num_threads == 0  # onnxruntime's default: one per core
     assert served(load_trained(run, threads=1)).runtime.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_quantisation_drops_only_onnxruntimes_advice_and_leaves_the_root_logger_alone(caplog):
+    import logging
+
+    from cxrlab.export.quantize import quiet_quantizer_advice
+
+    root = logging.getLogger()
+    level = root.level
+    with caplog.at_level(logging.WARNING), quiet_quantizer_advice():
+        assert root.level == logging.WARNING  # unchanged by the helper (caplog set it)
+        root.handle(root.makeRecord("root", logging.WARNING, "/x/site-packages/onnxruntime/quantization/q.py", 1, "advice", (), None))
+        root.handle(root.makeRecord("root", logging.WARNING, "/x/app.py", 1, "another thread's warning", (), None))
+    assert [r.getMessage() for r in caplog.records] == ["another thread's warning"] and not root.filters and root.level == level

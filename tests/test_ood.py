@@ -105,3 +105,22 @@ def test_the_checks_precision_is_scikit_learns_ledoit_wolf_precision_also_for_co
         centred = features - features.mean(0)
         expected = LedoitWolf(assume_centered=True).fit(centred).precision_
         assert np.allclose(shrunk_precision(centred), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_building_the_ct_mr_set_leaves_pydicoms_logger_as_it_was_even_when_it_fails(monkeypatch):
+    import logging
+
+    import pydicom  # noqa: F401 - importing pydicom sets its logger's level: before the test sets it
+
+    import cxrlab.data.images
+    from cxrlab.evaluation import ood_sets
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk gone")
+
+    logger = logging.getLogger("pydicom")
+    logger.setLevel(logging.INFO)
+    monkeypatch.setattr(cxrlab.data.images, "decode_full", broken)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        ood_sets._ct_mr()
+    assert logger.level == logging.INFO

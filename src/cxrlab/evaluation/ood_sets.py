@@ -80,14 +80,16 @@ def _ct_mr() -> list[np.ndarray]:
     quiet = logging.getLogger("pydicom")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # the test files are deliberately odd; pydicom logs and warns about each
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for path in sorted(glob.glob(os.path.join(folder, "**", "*.dcm"), recursive=True)):
-            try:
-                images.append(decode_full(open(path, "rb").read(), os.path.basename(path)))
-            except ImageFileError:
-                continue  # those that cannot be decoded never reach the model either
-    quiet.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for path in sorted(glob.glob(os.path.join(folder, "**", "*.dcm"), recursive=True)):
+                try:
+                    images.append(decode_full(open(path, "rb").read(), os.path.basename(path)))
+                except ImageFileError:
+                    continue  # those that cannot be decoded never reach the model either
+    finally:  # pydicom's logger as it was, also when an exception escapes
+        quiet.setLevel(level)
     return images
 
 

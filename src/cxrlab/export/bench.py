@@ -20,6 +20,7 @@ from PIL import Image
 from cxrlab.data.images import decode_image
 from cxrlab.data.task import task_data
 from cxrlab.evaluation.inference import TrainedModel, load_trained, plain_copy, predict_logits
+from cxrlab.evaluation.predict import predict_images
 from cxrlab.export.onnx import write_onnx
 from cxrlab.export.quantize import latency_ms
 from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel, served
@@ -98,7 +99,7 @@ def deployed_speed(trained: TrainedModel, images: torch.Tensor) -> dict:
 
 
 def end_to_end(trained: TrainedModel, arrays: np.ndarray) -> dict:
-    """What `predict` does for one image: decode PNG bytes, resize, run the served backend, threshold."""
+    """What `predict` does for one image: decode PNG bytes, resize, run the served backend, answer."""
     trained = served(trained)
     pngs = []
     for image in arrays[:200]:
@@ -107,9 +108,8 @@ def end_to_end(trained: TrainedModel, arrays: np.ndarray) -> dict:
         pngs.append(buffer.getvalue())
     size = trained.cfg.size
 
-    def one(i):
-        gray = decode_image(pngs[i], "bench.png", size)
-        return trained.probs(torch.from_numpy(gray[None]))[0, 0] >= trained.threshold
+    def one(i):  # predict's own route: the class (of the positive class's probability) or refer
+        return predict_images(trained, decode_image(pngs[i], "bench.png", size)[None], ["bench.png"])[0].answer
 
     for i in range(5):
         one(i)

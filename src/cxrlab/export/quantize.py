@@ -82,16 +82,24 @@ def torch_dynamic(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(cpu, {nn.Linear}, dtype=torch.qint8)
 
 
+class _QuantizerAdvice(logging.Filter):
+    """Drops onnxruntime.quantization's advice (below ERROR), which it logs through the root logger; lets every
+    other record through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+
 @contextlib.contextmanager
-def quiet_root_logger():
-    """onnxruntime.quantization logs advice through the root logger at WARNING; keep the console for results."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def quiet_quantizer_advice():
+    """Keep the console for results while quantising: the root logger's level is left alone (another thread's
+    messages still show); only onnxruntime's advice is dropped, and the filter is removed afterwards."""
+    root, advice = logging.getLogger(), _QuantizerAdvice()
+    root.addFilter(advice)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(advice)
 
 
 def quantize_run(trained: TrainedModel, echo=print) -> dict:
@@ -116,7 +124,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     results.append({"name": "torch dynamic INT8 (Linear layers)", "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "shipped": False,
                     "why": "PyTorch model, not an ONNX file: measured only"})
 
-    with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
+    with tempfile.TemporaryDirectory() as tmp, quiet_quantizer_advice():
         files = {"onnxruntime dynamic INT8": Path(tmp) / "dynamic.onnx", "onnxruntime static INT8 (QDQ, calibrated on val)": Path(tmp) / "static.onnx"}
         quantize_dynamic(str(run.path / FP32_FILE), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8,
                          nodes_to_exclude=check_nodes(run.path / FP32_FILE))
