@@ -117,3 +117,17 @@ def test_one_epoch_on_real_xrays_reaches_a_val_auc_no_broken_pipeline_can(real_p
     val = json.loads(run.metrics("val").read_text())
     assert val["roc_auc"] > 0.9, val
     assert "PneumoniaMNIST (official file, MD5 verified)" == json.loads(run.summary.read_text())["data_label"]
+
+
+def test_without_medmnist_importing_the_config_names_the_package_and_its_install_command(tmp_path):
+    """A python that cannot find medmnist (a stand-in package path hides it): the message, not an AttributeError."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text("import importlib.util, sys\n_find = importlib.util.find_spec\n"
+                       "importlib.util.find_spec = lambda name, *a: None if name == 'medmnist' else _find(name, *a)\n")
+    run = subprocess.run([sys.executable, "-c", "import cxrlab.config"], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 1 and "ModuleNotFoundError" in run.stderr and "pip install 'medmnist==3.0.2'" in run.stderr
+    assert "AttributeError" not in run.stderr

@@ -22,10 +22,15 @@ def _medmnist_info():
     reach a table of names and numbers, and the CLI, the config and every study worker need only the table."""
     if "medmnist.info" in sys.modules:
         return sys.modules["medmnist.info"]
-    location = importlib.util.find_spec("medmnist").submodule_search_locations[0]  # finds the package, runs none of it
-    spec = importlib.util.spec_from_file_location("cxrlab._medmnist_info", Path(location) / "info.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    spec = importlib.util.find_spec("medmnist")  # finds the package, runs none of it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("cxrlab reads MedMNIST's file names, URLs and MD5s from the medmnist package, which is not "
+                                  "installed here: pip install 'medmnist==3.0.2' (or pip install -e . in the cxrlab checkout)",
+                                  name="medmnist")
+    location = spec.submodule_search_locations[0]
+    info = importlib.util.spec_from_file_location("cxrlab._medmnist_info", Path(location) / "info.py")
+    module = importlib.util.module_from_spec(info)
+    info.loader.exec_module(module)
     return module
 
 

@@ -47,16 +47,17 @@ def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | N
     check_compatible(runs)
     data = task_data(base, task="binary")
     results, fold_probs = [], {"val": [], "test": []}
+    targets = {split: positive_view(data.splits[split].targets.numpy(), np.zeros(len(data.splits[split])), data.classes, base.positive)[0]
+               for split in ("val", "test")}  # the same for every fold model
     for run in runs:
         trained = load_trained(run.path)
         scored = {}
         for split in ("val", "test"):
-            targets, probs = positive_view(data.splits[split].targets.numpy(), trained.probs(data.splits[split].images)[:, 0], data.classes, trained.cfg.positive)
+            probs = positive_view(data.splits[split].targets.numpy(), trained.probs(data.splits[split].images)[:, 0], data.classes, trained.cfg.positive)[1]
             fold_probs[split].append(probs)
-            scored[split] = score_probs(targets, probs, trained.point, trained.temperature, base.n_bootstrap, base.seed)
-            scored[f"{split}_targets"] = targets
+            scored[split] = score_probs(targets[split], probs, trained.point, trained.temperature, base.n_bootstrap, base.seed)
         results.append({"run": str(run.path), "val": scored["val"], "test": scored["test"]})
-    curves = {split: (scored[f"{split}_targets"], np.mean(fold_probs[split], axis=0)) for split in ("val", "test")}
+    curves = {split: (targets[split], np.mean(fold_probs[split], axis=0)) for split in ("val", "test")}
     ens_val, ens_test, _ = score(base, curves)
     ensemble = {"val": ens_val, "test": ens_test, "runs": [r["run"] for r in results]}
     write_cv_report(out, base, results, ensemble, data_label(data.provenance), data.is_phantom)
