@@ -135,3 +135,21 @@ def test_quantisation_drops_only_onnxruntimes_advice_and_leaves_the_root_logger_
         root.handle(root.makeRecord("root", logging.WARNING, "/x/site-packages/onnxruntime/quantization/q.py", 1, "advice", (), None))
         root.handle(root.makeRecord("root", logging.WARNING, "/x/app.py", 1, "another thread's warning", (), None))
     assert [r.getMessage() for r in caplog.records] == ["another thread's warning"] and not root.filters and root.level == level
+
+
+def test_explain_answers_what_predict_answers_through_the_served_backend(exported_run, tmp_path):
+    """After export, predict answers from onnxruntime; explain decides its class (and the out-of-distribution check) by
+    the same route, so the two never name different classes for one image, also near the threshold."""
+    import cxrlab
+
+    trained, images = val_images(exported_run, 12)
+    paths = []
+    for i, image in enumerate(images.numpy()):
+        paths.append(tmp_path / f"x{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    run = cxrlab.load_run(exported_run)
+    assert run.trained().backend.startswith("onnxruntime")
+    predicted = [(p.answer, p.probability) for p in run.predict(paths)]
+    explained = [(e.answer, e.probability) for e in run.explain(paths, out=tmp_path / "cam")]
+    assert [a for a, _ in explained] == [a for a, _ in predicted]
+    assert [p for _, p in explained] == [p for _, p in predicted]
