@@ -112,3 +112,15 @@ def test_the_single_threshold_rules_chosen_on_the_evidence():
     assert point.threshold == rule_out_threshold(targets, probs, 0.95, 0.95) and point.rule == "sensitivity-bound"
     assert point.rule_out == rule_out_threshold(targets, probs, 0.97) and point.rule_in == rule_in_threshold(targets, probs, 0.97)
     assert point.evidence == "held-out fold + val" and point.negatives == 400 and point.positives == 1100 and temperature > 0
+
+
+def test_a_finishing_run_with_too_few_positives_for_its_sensitivity_bound_keeps_every_positive_and_says_so():
+    from cxrlab.config import Config
+    from cxrlab.evaluation.scoring import choose_on_evidence
+
+    targets, probs = scores(2, negatives=40, positives=40)
+    cfg = Config(dataset="pneumoniamnist", threshold="sensitivity-bound", target_sensitivity=0.95).validate()
+    with pytest.raises(ConfigError, match="40 positives"):
+        choose_on_evidence(cfg, targets, probs)
+    point, _ = choose_on_evidence(cfg, targets, probs, keep_going=True)
+    assert point.threshold == probs[targets == 1].min() and "keeps every positive" in point.threshold_error

@@ -77,6 +77,7 @@ class OperatingPoint:
     positives: int = 0
     prevalence: float | None = None  # share of positives in the evidence
     band_error: str | None = None  # why the targets gave no band on this evidence (then: the single threshold)
+    threshold_error: str | None = None  # why the single threshold's rule could not be met on this evidence, and what was done
 
     @property
     def has_band(self) -> bool:
@@ -92,7 +93,7 @@ class OperatingPoint:
 
     def describe(self) -> str:
         if not self.has_band:
-            why = f"; no refer band: {self.band_error}" if self.band_error else ""
+            why = (f"; {self.threshold_error}" if self.threshold_error else "") + (f"; no refer band: {self.band_error}" if self.band_error else "")
             return f"single threshold {self.threshold:.4g} ({self.rule}, chosen on {self.evidence}){why}"
         return (f"rule-out below {self.rule_out:.4g} (sensitivity >= {self.sensitivity_target:g}), rule-in from {self.rule_in:.4g} "
                 f"(specificity >= {self.specificity_target:g}), {self.level:.0%} lower bounds on {self.evidence} "

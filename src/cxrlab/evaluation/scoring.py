@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from cxrlab.config import Config
+from cxrlab.errors import ConfigError
 from cxrlab.evaluation.metrics import evaluate_probs, fit_temperature, point_metrics, sensitivity_threshold, youden_threshold
 from cxrlab.evaluation.operating_point import (OperatingPoint, answered_metrics, bayes_threshold, choose_operating_point, predictive_values,
                                                rule_out_threshold)
@@ -51,8 +52,16 @@ def choose_on_evidence(cfg: Config, targets: np.ndarray, probs: np.ndarray, evid
     targets) and the temperature, both chosen on the evidence only (val, or a held-out fold of train with val) and
     applied unchanged to every other split."""
     temperature = fit_temperature(targets, probs)
-    point = choose_operating_point(targets, probs, choose_threshold(cfg, targets, probs, temperature), cfg.threshold_rule,
-                                   cfg.rule_out_sensitivity, cfg.rule_in_specificity, cfg.bound_level, evidence, keep_going)
+    try:
+        threshold, why = choose_threshold(cfg, targets, probs, temperature), None
+    except ConfigError as exc:  # 'sensitivity-bound' with too few positives to show the target
+        if not keep_going:
+            raise
+        threshold = float(np.min(np.asarray(probs)[np.asarray(targets) == 1]))
+        why = f"{exc}; the threshold keeps every positive of the evidence instead"
+    point = choose_operating_point(targets, probs, threshold, cfg.threshold_rule, cfg.rule_out_sensitivity, cfg.rule_in_specificity,
+                                   cfg.bound_level, evidence, keep_going)
+    point.threshold_error = why
     return point, temperature
 
 
