@@ -2,6 +2,7 @@
 and without the data file: the CLI's message, not a traceback. The committed notebook carries no outputs."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def test_the_notebook_runs_top_to_bottom_on_phantom_data(learned_run, tmp_path):
     assert (tmp_path / "runs" / "notebook" / "report.html").is_file()
     assert (study_run / "model.onnx").is_file() and (study_run / "export.json").is_file()
     last = nb.cells[-1].outputs[0]["text"]
-    assert "test0_" in last and "threshold" in last  # the prediction of an image file
+    # the answer for an image file: a class or "refer" (with its reason), and the probability
+    assert re.search(r"test0_\w+\.png: (pneumothorax|cardiomegaly|refer), P\(pneumothorax\) = [01]\.\d{3}", last), last
 
 
 def test_without_the_data_file_the_notebook_shows_the_message_not_a_traceback(tmp_path):
