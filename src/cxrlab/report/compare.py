@@ -172,7 +172,7 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
     doc.bullets([
         f"{fold}; operating point and temperature chosen on {evidence}; reported on test, once",
         f"positive class: **{base.positive}**; single threshold rule: `{base.threshold_rule}`"
-        + (f" (target sensitivity {base.target_sensitivity})" if base.threshold_rule == "sensitivity" else "")
+        + (f" (target sensitivity {base.target_sensitivity})" if base.threshold_rule in ("sensitivity", "sensitivity-bound") else "")
         + f"; refer band: rule-out where sensitivity ≥ {base.rule_out_sensitivity:g} and rule-in where specificity ≥ "
         f"{base.rule_in_specificity:g}, each by a one-sided {base.bound_level:.0%} Clopper-Pearson lower bound on {evidence}; "
         f"best epoch by `{base.select_metric}`",
