@@ -94,6 +94,19 @@ def test_the_exported_model_carries_the_check_and_one_fitted_again_since_is_refu
         served(load_trained(changed))
 
 
+def test_fitting_the_check_again_in_python_exports_again_so_predict_keeps_working(exported_run, val_image, tmp_path):
+    """The rule lives in the API, not in the CLI: a notebook's fit_ood on an exported run leaves a servable run."""
+    import cxrlab
+
+    run_path = tmp_path / "refit"
+    shutil.copytree(exported_run, run_path)
+    before = (run_path / "model.onnx").stat().st_ino
+    cxrlab.fit_ood(run_path, echo=lambda _: None)
+    assert (run_path / "model.onnx").stat().st_ino != before  # written again (atomically: a new file) with the check
+    prediction = cxrlab.load_run(run_path).predict(val_image)[0]
+    assert prediction.in_distribution is True and prediction.answer
+
+
 def test_the_checks_precision_is_scikit_learns_ledoit_wolf_precision_also_for_constant_features():
     from sklearn.covariance import LedoitWolf
 

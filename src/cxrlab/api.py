@@ -88,6 +88,19 @@ def operating_point(path, echo=print, **options):
     return refit_operating_point(path, options, echo)
 
 
+def fit_ood(path, echo=print) -> dict:
+    """Fit a finished run's out-of-distribution check (again), from its weights and data, no retraining. An exported
+    model carries the check in its graph, so a run already exported is exported again with the new one (and
+    quantised again where it had been), and predictions keep working. Returns the check's measurements."""
+    from cxrlab.evaluation.evaluate import fit_ood as fit
+
+    report = fit(path, echo)
+    run = RunDir(path)
+    if run.onnx.is_file():
+        load_run(path).export(quantize=run.quantization_report.is_file(), echo=echo)
+    return report
+
+
 def load_run(path) -> Run:
     """A finished run directory (train, compare, cv or search wrote it), ready to inspect and use."""
     run = RunDir(path)

@@ -7,9 +7,10 @@ import sys
 import textwrap
 
 from cxrlab import __version__
-from cxrlab.config import MODEL_NAMES, POINT_OPTIONS, Config, config_fields, from_dict, load_yaml
+from cxrlab.config import MODEL_NAMES, OPTION_TYPES, POINT_OPTIONS, Config, config_fields, from_dict, load_yaml
 from cxrlab.core.runs import RunDir
 from cxrlab.errors import CxrlabError
+from cxrlab.limits import LIMITS
 
 EXAMPLES = {
     "data": """
@@ -98,19 +99,15 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
         default = getattr(defaults, f.name)
         stated = default is None or "(default:" in f.metadata["help"]  # None, or a default the help words itself
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": (f.metadata["help"] + ("" if stated else f" (default: {default})")).replace("%", "%%")}
-        if isinstance(default, bool):
+        kind = OPTION_TYPES[f.name]
+        if kind.item is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, list):
-            kwargs.update(nargs=f.metadata.get("nargs", len(default)), type=f.metadata.get("type", type(default[0]) if default else str),
-                          metavar=f.name.split("_")[-1].upper())
-        elif f.metadata.get("choices"):
-            kwargs.update(choices=f.metadata["choices"], type=str if default is None else type(default))
-        elif default is not None and not isinstance(default, str):
-            kwargs["type"] = type(default)
-        elif f.name in ("lr", "prevalence"):
-            kwargs["type"] = float
-        elif f.name in ("threads",):
-            kwargs["type"] = int
+        else:
+            kwargs["type"] = kind.item
+        if kind.is_list:
+            kwargs.update(nargs=f.metadata.get("nargs", len(default)), metavar=f.name.split("_")[-1].upper())
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(flag, **kwargs)
 
 
@@ -146,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "phantom", "Write a phantom data file (synthetic, official npz layout) for tests and demos.")
     p.add_argument("--out", required=True, help="folder to write DATASET[_SIZE].npz into")
     add_config_options(p, only=("dataset",))
-    p.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size (default: 28)")
+    add_config_options(p, only=("size",))
     p.add_argument("--official-counts", action="store_true", help="the data set's official split sizes and binary-task counts")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     for split, n in (("train", 2000), ("val", 400), ("test", 600)):
@@ -240,9 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="auto: the exported ONNX model when present (default)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body in MB (default: 10)")
-    p.add_argument("--max-files", type=int, default=16, help="most files in one /predict request (default: 16)")
-    p.add_argument("--max-request-mp", type=float, default=100.0, metavar="MP", help="most decoded megapixels in one request, all files together (default: 100)")
+    for name in ("max_upload_mb", "max_files", "max_request_mp"):
+        _limit_option(p, name)
     p.add_argument("--token-file", metavar="PATH", help="file holding the access token clients send as 'Authorization: Bearer TOKEN' "
                    "(or set CXRLAB_TOKEN); needed to serve beyond this machine")
     p.add_argument("--no-auth", action="store_true", help="serve beyond this machine without a token (only behind a proxy that authenticates)")
@@ -250,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_option(p: argparse.ArgumentParser, name: str) -> None:
+    kind, default, metavar, help = LIMITS[name]
+    p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, metavar=metavar, help=f"{help} (default: {default:g})")
+
+
 def _max_image_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-image-mp", type=float, default=50.0, metavar="MP",
-                   help="refuse images that declare more megapixels (width x height x frames) than this, before decoding them (default: 50)")
+    _limit_option(p, "max_image_mp")
 
 
 def _max_pixels(args) -> int:
@@ -307,11 +307,12 @@ def cmd_phantom(args) -> int:
     from cxrlab.data.phantom import write_phantom
 
     sizes = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None}
-    dataset = getattr(args, "dataset", "chestmnist")
-    path = write_phantom(args.out, args.size, args.official_counts, args.seed, sizes or None, dataset)
+    defaults = Config()
+    dataset, size = getattr(args, "dataset", defaults.dataset), getattr(args, "size", defaults.size)
+    path = write_phantom(args.out, size, args.official_counts, args.seed, sizes or None, dataset)
     print(f"wrote PHANTOM data (synthetic; for tests and demos, never a result): {path}")
-    print(f"next: cxrlab data --data-root {args.out}" + (f" --size {args.size}" if args.size != 28 else "")
-          + (f" --dataset {dataset}" if dataset != "chestmnist" else ""))
+    print(f"next: cxrlab data --data-root {args.out}" + (f" --size {size}" if size != defaults.size else "")
+          + (f" --dataset {dataset}" if dataset != defaults.dataset else ""))
     return 0
 
 
@@ -386,17 +387,11 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ood(args) -> int:
-    from pathlib import Path
-
     from cxrlab import api
-    from cxrlab.evaluation.evaluate import fit_ood
-    from cxrlab.export.runtime import FP32_FILE
 
     for run in args.runs:
         print(f"{run}:")
-        fit_ood(run)
-        if (Path(run) / FP32_FILE).is_file():  # the exported model carries the check: export it again with this one
-            api.load_run(run).export(quantize=(Path(run) / "quantization.json").is_file())
+        api.fit_ood(run)
     return 0
 
 

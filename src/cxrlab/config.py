@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import time
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,73 +28,78 @@ FINETUNE_PARTS = ("head", "last", "all")
 TASKS = ("binary", "multilabel")
 PRECISIONS = ("fp32", "auto", "bf16", "fp16")
 DECISIONS = ("refer", "single")
-# The options that choose how a finished run answers (its operating point), not what it learns: changing them
-# reuses the run (`cxrlab operating-point RUN` applies them).
-POINT_OPTIONS = ("threshold", "target_sensitivity", "decision", "rule_out_sensitivity", "rule_in_specificity", "bound_level", "prevalence")
+# What an option changes, declared beside it (``_opt(..., group=...)``): "training" (the default) changes what a run
+# learns; "point" chooses how a finished run answers (its operating point: changing it reuses the run, and
+# `cxrlab operating-point RUN` applies it); "scoring" changes only how a finished run is scored or recorded.
+GROUPS = ("training", "point", "scoring")
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
+def _opt(default: Any, help: str, group: str = "training", public: bool = False, **extra: Any) -> Any:
+    """One option: its default, its help, its group, and whether the service may show it (``public``: not a path, not
+    a secret). Its type is the field's annotation; ``choices`` and ``nargs`` go to the command line."""
+    assert group in GROUPS, group
+    metadata = {"help": help, "group": group, "public": public, **extra}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class Config:
     # data
     dataset: str = _opt("chestmnist", "MedMNIST data set: chestmnist (NIH ChestX-ray14) or pneumoniamnist (pediatric, normal vs pneumonia)",
-                        choices=DATASET_NAMES)
+                        choices=DATASET_NAMES, public=True)
     task: str = _opt("binary", "binary (ChestMNIST: two labels, single-label images only; PneumoniaMNIST: every image); "
-                     "multilabel: all 14 ChestMNIST labels, all images", choices=TASKS)
+                     "multilabel: all 14 ChestMNIST labels, all images", choices=TASKS, public=True)
     data_root: str = _opt(os.path.join("~", ".medmnist"), "folder holding DATASET[_SIZE].npz (medmnist's root)")
-    size: int = _opt(28, "image size: 28, 64, 128 or 224", choices=SIZES)
-    classes: list = _opt([], "binary task: two labels, label 0 then label 1 (default: chestmnist cardiomegaly pneumothorax, "
-                         "pneumoniamnist normal pneumonia)", nargs=2)
-    positive_class: str | None = _opt(None, "class counted as positive in metrics (default: the second of --classes)")
+    size: int = _opt(28, "image size: 28, 64, 128 or 224", choices=SIZES, public=True)
+    classes: list[str] = _opt([], "binary task: two labels, label 0 then label 1 (default: chestmnist cardiomegaly pneumothorax, "
+                         "pneumoniamnist normal pneumonia)", nargs=2, public=True)
+    positive_class: str | None = _opt(None, "class counted as positive in metrics (default: the second of --classes)", public=True)
     download: bool = _opt(False, "download the data file from Zenodo when it is missing")
     # model
-    model: str = _opt("mobilenet_v3_large", "architecture", choices=MODEL_NAMES)
-    dropout: list = _opt([0.4, 0.3], "dropout of the two hidden layers of the head")
+    model: str = _opt("mobilenet_v3_large", "architecture", choices=MODEL_NAMES, public=True)
+    dropout: list[float] = _opt([0.4, 0.3], "dropout of the two hidden layers of the head")
     bn_momentum: float | None = _opt(0.1, "BatchNorm running-statistics momentum for every BatchNorm layer (null: torchvision's, "
                                      "0.01 in MobileNetV3, whose stale statistics made val swing)")
-    pretrained: bool = _opt(False, "start from torchvision ImageNet weights (stem folded to one channel)")
+    pretrained: bool = _opt(False, "start from torchvision ImageNet weights (stem folded to one channel)", public=True)
     weights_file: str | None = _opt(None, "ImageNet state dict file to use instead of downloading")
     segmentation: bool = _opt(False, "put the SegmentationPreprocessor in front of the model")
     seg_threshold: float = _opt(0.2, "SegmentationPreprocessor mask threshold on min-max normalised input")
     # optimisation
-    epochs: int = _opt(60, "maximum number of epochs")
-    batch_size: int = _opt(64, "training batch size (the experiment's 16: configs/seed.yaml)")
-    lr: float | None = _opt(None, "learning rate (default per model: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    epochs: int = _opt(60, "maximum number of epochs", public=True)
+    batch_size: int = _opt(64, "training batch size (the experiment's 16: configs/seed.yaml)", public=True)
+    lr: float | None = _opt(None, "learning rate (default per model: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")", public=True)
     weight_decay: float = _opt(0.0, "Adam weight decay")
     pos_weight: str = _opt("none", "BCE pos_weight: 'none', 'auto' (negatives/positives in train) or a number")
     lr_schedule: str = _opt("plateau", "plateau: ReduceLROnPlateau on val loss; multistep: lr x --lr-gamma at each of --lr-milestones",
-                            choices=LR_SCHEDULES)
-    lr_milestones: list = _opt([], "multistep: epochs after which the lr is multiplied by --lr-gamma (e.g. 50 75)", nargs="+", type=int)
+                            choices=LR_SCHEDULES, public=True)
+    lr_milestones: list[int] = _opt([], "multistep: epochs after which the lr is multiplied by --lr-gamma (e.g. 50 75)", nargs="+")
     lr_gamma: float = _opt(0.1, "multistep: factor at each milestone")
     plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor (on val loss)")
     plateau_patience: int = _opt(5, "ReduceLROnPlateau patience in epochs")
-    early_stopping: int = _opt(10, "stop after this many epochs without val improvement (0: never)")
-    select_metric: str = _opt("loss", "val metric that picks the best checkpoint and drives early stopping", choices=SELECT_METRICS)
+    early_stopping: int = _opt(10, "stop after this many epochs without val improvement (0: never)", public=True)
+    select_metric: str = _opt("loss", "val metric that picks the best checkpoint and drives early stopping", choices=SELECT_METRICS, public=True)
     threshold: str | None = _opt(None, "single decision threshold (default: sensitivity-bound for the binary task, 0.5 per label for multilabel): "
                                  "'0.5', 'youden' (Youden's J on the evidence), 'sensitivity' (the highest threshold reaching "
                                  "--target-sensitivity on the evidence), 'sensitivity-bound' (the same, by the lower confidence "
                                  "bound at --bound-level: the rule-out rule) or 'bayes' (fewest expected errors at --prevalence: the "
                                  "temperature-calibrated probability moved to that prevalence, at 0.5); chosen on the evidence "
-                                 "(val, or a held-out fold and val), applied unchanged to test", choices=THRESHOLD_RULES)
-    target_sensitivity: float = _opt(0.95, "sensitivity on the evidence the 'sensitivity' and 'sensitivity-bound' threshold rules must reach")
+                                 "(val, or a held-out fold and val), applied unchanged to test", choices=THRESHOLD_RULES, group="point", public=True)
+    target_sensitivity: float = _opt(0.95, "sensitivity on the evidence the 'sensitivity' and 'sensitivity-bound' threshold rules must reach", group="point", public=True)
     decision: str = _opt("refer", "how a prediction is answered: refer (the negative class below the rule-out threshold, the "
                          "positive class from the rule-in threshold, refer between them and for images the out-of-distribution "
-                         "check flags) or single (the single threshold, every in-distribution image answered)", choices=DECISIONS)
+                         "check flags) or single (the single threshold, every in-distribution image answered)", choices=DECISIONS, group="point")
     rule_out_sensitivity: float = _opt(0.98, "rule-out threshold: the highest whose sensitivity on the evidence reaches this by "
-                                       "the lower confidence bound")
+                                       "the lower confidence bound", group="point")
     rule_in_specificity: float = _opt(0.98, "rule-in threshold: the lowest whose specificity on the evidence reaches this by "
-                                      "the lower confidence bound")
-    bound_level: float = _opt(0.95, "one-sided confidence level of those lower bounds (Clopper-Pearson)")
+                                      "the lower confidence bound", group="point")
+    bound_level: float = _opt(0.95, "one-sided confidence level of those lower bounds (Clopper-Pearson)", group="point")
     prevalence: float | None = _opt(None, "share of the positive class where the model is used (label shift): PPV and NPV are "
                                     "reported at it and the 'bayes' threshold moves to it; sensitivity- and specificity-based "
-                                    "thresholds do not depend on it (default: the evidence's own share)")
-    label_smoothing: float = _opt(0.0, "BCE label smoothing: targets become y(1-e) + e/2 (0: off)")
-    mixup: float = _opt(0.0, "mixup alpha: mix each batch with a shuffled copy, lambda ~ Beta(alpha, alpha) (0: off)")
+                                    "thresholds do not depend on it (default: the evidence's own share)", group="point")
+    label_smoothing: float = _opt(0.0, "BCE label smoothing: targets become y(1-e) + e/2 (0: off)", public=True)
+    mixup: float = _opt(0.0, "mixup alpha: mix each batch with a shuffled copy, lambda ~ Beta(alpha, alpha) (0: off)", public=True)
     finetune: str = _opt("", "progressive fine-tuning stages 'PART:EPOCHS:LR,...' with PART head, last or all, e.g. "
                          "'head:3:1e-3,last:3:3e-4,all:20:1e-4' (replaces --epochs and --lr; needs --pretrained)")
     cv_folds: int = _opt(0, "k-fold cross-validation: train on the other folds of train, select on fold --cv-fold (0: off)")
@@ -105,25 +111,25 @@ class Config:
     aug_brightness: float = _opt(0.2, "brightness jitter, +/- fraction (0: off)")
     aug_contrast: float = _opt(0.2, "contrast jitter, +/- fraction (0: off)")
     aug_blur: bool = _opt(True, "Gaussian blur, kernel 3, sigma drawn from --aug-blur-sigma")
-    aug_blur_sigma: list = _opt([0.1, 0.5], "range of the blur sigma")
+    aug_blur_sigma: list[float] = _opt([0.1, 0.5], "range of the blur sigma")
     aug_erasing: float = _opt(0.0, "random erasing probability (0: off)")
     aug_perspective: float = _opt(0.0, "random perspective distortion scale, applied with p=0.5 (0: off)")
-    norm_mean: float = _opt(0.485, "normalisation mean (on [0,1] pixels)")
-    norm_std: float = _opt(0.229, "normalisation std")
+    norm_mean: float = _opt(0.485, "normalisation mean (on [0,1] pixels)", public=True)
+    norm_std: float = _opt(0.229, "normalisation std", public=True)
     # machine and bookkeeping
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", group="scoring")
     channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CPU)")
     precision: str = _opt("fp32", "fp32; auto (bf16 on GPUs that run it natively, fp16 with a gradient scaler on older GPUs, fp32 "
                           "on a CPU: the choice is saved); bf16 autocast (GPUs from compute capability 8.0; on CPUs with "
                           "AVX512-BF16 only DenseNet-121 gained, see benchmarks/README.md); fp16 autocast with a gradient scaler (CUDA)",
-                          choices=PRECISIONS)
-    eval_batch_size: int = _opt(512, "batch size for validation and test passes")
-    seed: int = _opt(0, "random seed; the same seed on the same CPU gives the same history")
-    n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals")
+                          choices=PRECISIONS, public=True)
+    eval_batch_size: int = _opt(512, "batch size for validation and test passes", group="scoring")
+    seed: int = _opt(0, "random seed; the same seed on the same CPU gives the same history", public=True)
+    n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals", group="scoring")
     out: str | None = _opt(None, "run directory (default runs/<timestamp>-<model>)")
-    track: bool = _opt(False, "log the finished run to MLflow (pip install 'cxrlab[tracking]'); the run directory stays the record")
-    tracking_uri: str | None = _opt(None, "MLflow tracking store: a server URL or database URI (default: sqlite:///mlflow.db in the working directory)")
+    track: bool = _opt(False, "log the finished run to MLflow (pip install 'cxrlab[tracking]'); the run directory stays the record", group="scoring")
+    tracking_uri: str | None = _opt(None, "MLflow tracking store: a server URL or database URI (default: sqlite:///mlflow.db in the working directory)", group="scoring")
 
     def __post_init__(self) -> None:
         if not self.classes and self.dataset in DATASET_NAMES:  # the data set's own pair, so that an unvalidated Config works too
@@ -280,38 +286,71 @@ def config_fields() -> list[dataclasses.Field]:
     return list(fields(Config))
 
 
+def options(group: str | None = None, public: bool | None = None) -> tuple[str, ...]:
+    """The names of the options in ``group`` (or every group), or of those the service may show."""
+    return tuple(f.name for f in fields(Config) if (group is None or f.metadata["group"] == group)
+                 and (public is None or f.metadata["public"] == public))
+
+
+POINT_OPTIONS = options("point")
+SCORING_OPTIONS = options("point") + options("scoring")  # a finished run is reused when only these differ
+PUBLIC_OPTIONS = options(public=True)
+
+
+@dataclass(frozen=True)
+class OptionType:
+    """An option's type read from its annotation: ``float | None`` is (float, optional), ``list[int]`` is (int, a list)."""
+
+    item: type
+    is_list: bool
+    optional: bool
+
+
+def _option_type(hint: Any) -> OptionType:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return OptionType(typing.get_args(hint)[0], True, optional)
+    return OptionType(hint, False, optional)
+
+
+OPTION_TYPES = {name: _option_type(hint) for name, hint in typing.get_type_hints(Config).items()}
+
+
 def from_dict(values: dict, source: str = "config") -> Config:
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; see 'cxrlab train --help'")
-    defaults = Config()
-    coerced = {k: _coerce(k, v, getattr(defaults, k), source) for k, v in values.items()}
-    return Config(**coerced).validate()
+    return Config(**{k: _coerce(k, v, source) for k, v in values.items()}).validate()
 
 
-def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
-    """Give a YAML value the type of the option's default, or name the option that does not fit."""
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Give a YAML or command-line value its option's type, or name the option it does not fit."""
+    kind = OPTION_TYPES[name]
     if value is None:
-        return None
-    kind = type(default)
+        if kind.optional:
+            return None
+        raise ConfigError(f"{source}: option {name} cannot be null")
     try:
-        if default is None:  # optional options: keep numbers numeric, paths as strings
-            return float(value) if name in ("lr", "bn_momentum", "prevalence") else int(value) if name == "threads" else str(value)
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if kind is list:
+        if kind.is_list:
             if not isinstance(value, (list, tuple)):
                 raise ValueError
-            item = type(default[0]) if default else int if name == "lr_milestones" else str
-            return [item(v) for v in value]
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return kind(value)
+            return [_scalar(kind.item, v) for v in value]
+        return _scalar(kind.item, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: option {name} = {value!r} is not a valid {kind.__name__ if default is not None else 'value'}") from None
+        what = f"list of {kind.item.__name__}" if kind.is_list else kind.item.__name__
+        raise ConfigError(f"{source}: option {name} = {value!r} is not a valid {what}") from None
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError
+    if kind is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    return kind(value)
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -1,15 +1,5 @@
-"""A run directory: everything one training run produced, enough to evaluate or predict later.
-
-    config.yaml         resolved config (every option)
-    data.json           data provenance: file, MD5, real/phantom, per-split class counts
-    history.csv         one row per epoch
-    checkpoints/last.pt resumable training state (written every epoch)
-    model.safetensors   best weights (by the val metric)
-    summary.json        best epoch, decision threshold, classes, parameter count, timings
-    operating_point.json the single threshold and the refer band, and the evidence they were chosen on
-    metrics.json        test metrics (the reported numbers); metrics_val.json for val
-    plots/*.png         curves, confusion matrix, ROC, prediction grid
-"""
+"""A run directory: everything one training run produced, enough to evaluate or predict later. Its files are
+named in one table, ``cxrlab.layout.RUN_FILES``."""
 
 from __future__ import annotations
 
@@ -18,23 +8,36 @@ from pathlib import Path
 
 from cxrlab.config import Config, load_config
 from cxrlab.errors import RunDirError
+from cxrlab.layout import RUN_FILES
+
+
+def _file(key: str) -> property:
+    return property(lambda self: self.path / RUN_FILES[key])
 
 
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
 
-    config = property(lambda self: self.path / "config.yaml")
-    data = property(lambda self: self.path / "data.json")
-    history = property(lambda self: self.path / "history.csv")
-    last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
-    weights = property(lambda self: self.path / "model.safetensors")
-    summary = property(lambda self: self.path / "summary.json")
-    operating_point = property(lambda self: self.path / "operating_point.json")
-    plots = property(lambda self: self.path / "plots")
+    config = _file("config")
+    data = _file("data")
+    history = _file("history")
+    last_checkpoint = _file("last_checkpoint")
+    weights = _file("weights")
+    summary = _file("summary")
+    operating_point = _file("operating_point")
+    plots = _file("plots")
+    ood_arrays = _file("ood_arrays")
+    ood_report = _file("ood_report")
+    onnx = _file("onnx")
+    int8_onnx = _file("int8_onnx")
+    export_report = _file("export_report")
+    quantization_report = _file("quantization_report")
+    bench_report = _file("bench_report")
+    worker = _file("worker")
 
     def metrics(self, split: str) -> Path:
-        return self.path / ("metrics.json" if split == "test" else f"metrics_{split}.json")
+        return self.path / (RUN_FILES["test_metrics"] if split == "test" else f"metrics_{split}.json")
 
     def load_config(self) -> Config:
         if not self.config.is_file():

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrlab.errors import BlankImage, DamagedImage, ImageFileError, ImageTooLarge, UnsupportedImage
+from cxrlab.limits import DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS = 50_000_000
 PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # the only Pillow decoders reachable from an upload
 PREPROCESSING = ("resize", "center-crop")
 

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrlab.core.runs import RunDir
 from cxrlab.errors import RunDirError
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 from cxrlab.models.probe import FeatureProbe
 
 VAL_ACCEPT = 0.99  # share of val images each threshold accepts
 METHOD = "mahalanobis over every feature block and the pixels, largest val-scaled distance"
-NPZ, JSON = "ood.npz", "ood.json"
 MESSAGE = "the image does not look like the images the model was trained on; it is not classified"
 
 
@@ -122,11 +122,11 @@ class OODCheck:
             arrays[f"mean{k}"], arrays[f"precision{k}"] = mean.astype(np.float32), precision.astype(np.float32)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(Path(run_path) / NPZ, buffer.getvalue())
+        atomic_write_bytes(RunDir(run_path).ood_arrays, buffer.getvalue())
 
     @classmethod
     def load(cls, run_path: Path) -> "OODCheck | None":
-        path = Path(run_path) / NPZ
+        path = RunDir(run_path).ood_arrays
         if not path.is_file():
             return None
         try:
@@ -141,7 +141,7 @@ class OODCheck:
 
 def check_digest(run_path: Path) -> str:
     """sha256 of RUN/ood.npz: an exported model names the check it holds, so a check fitted again is noticed."""
-    return hashlib.sha256((Path(run_path) / NPZ).read_bytes()).hexdigest()
+    return hashlib.sha256(RunDir(run_path).ood_arrays.read_bytes()).hexdigest()
 
 
 def shrunk_precision(centred: np.ndarray) -> np.ndarray:
@@ -202,7 +202,7 @@ def fit_run_check(model: nn.Module, cfg, data, device, run_path: Path, echo=prin
             report["flagged"][f"{group}: {name}"] = float((flagged | blank).mean())
             report.setdefault("images", {})[f"{group}: {name}"] = len(images)
     report["seconds"] = time.perf_counter() - started
-    atomic_write_json(Path(run_path) / JSON, report)
+    atomic_write_json(RunDir(run_path).ood_report, report)
     echo(f"out-of-distribution check (threshold {check.threshold:.2f} accepts {VAL_ACCEPT:.0%} of val): flagged "
          + "; ".join(f"{name} {share:.1%}" for name, share in report["flagged"].items()))
     return report

@@ -23,7 +23,7 @@ from cxrlab.evaluation.inference import TrainedModel, load_trained, plain_copy, 
 from cxrlab.evaluation.predict import predict_images
 from cxrlab.export.onnx import write_onnx
 from cxrlab.export.quantize import latency_ms
-from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel, served
+from cxrlab.export.runtime import OnnxModel, served
 from cxrlab.files import atomic_write_json
 
 
@@ -48,9 +48,9 @@ def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
         c = replace(cfg, channels_last=channels_last, precision="fp32", eval_batch_size=batch)
         model = plain_copy(trained.model, cpu, channels_last)
         variants[name] = (lambda x, c=c, m=model: predict_logits(m, torch.as_tensor(x), c, cpu))
-    for file, name in ((FP32_FILE, "onnxruntime fp32"), (INT8_FILE, "onnxruntime INT8 (shipped)")):
-        if (trained.run.path / file).is_file():
-            session = OnnxModel(trained.run.path / file, cfg.norm_mean, cfg.norm_std, trained.threads)
+    for path, name in ((trained.run.onnx, "onnxruntime fp32"), (trained.run.int8_onnx, "onnxruntime INT8 (shipped)")):
+        if path.is_file():
+            session = OnnxModel(path, cfg.norm_mean, cfg.norm_std, trained.threads)
             variants[name] = (lambda x, s=session: s.logits(x, batch))
     rows = []
     for name, fn in variants.items():
@@ -61,13 +61,13 @@ def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
     for r in rows:
         r["p50_vs_eager"] = eager["p50_ms"] / r["p50_ms"]
         r["throughput_vs_eager"] = (r["images_per_s"] / eager["images_per_s"]) if r["images_per_s"] else None
-    atomic_write_json(trained.run.path / "bench.json", {"images": len(arrays), "batch": batch, "threads": torch.get_num_threads(), "rows": rows})
+    atomic_write_json(trained.run.bench_report, {"images": len(arrays), "batch": batch, "threads": torch.get_num_threads(), "rows": rows})
     echo(f"{trained.cfg.model}, {cfg.size} px, {len(arrays)} val images, {torch.get_num_threads()} threads; ratios: eager p50 / variant p50")
     echo(f"{'variant':<44}{'p50 ms':>9}{'p95 ms':>9}{'images/s':>11}{'p50 speed-up':>14}")
     for r in rows:
         ips = f"{r['images_per_s']:>11.0f}" if r["images_per_s"] else f"{'—':>11}"
         echo(f"{r['variant']:<44}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{ips}{r['p50_vs_eager']:>13.2f}x")
-    quant = trained.run.path / "quantization.json"
+    quant = trained.run.quantization_report
     if quant.is_file():
         echo("quantisation (cxrlab export): " + "; ".join(f"{c['name']}: {'shipped' if c['shipped'] else c['why']}"
                                                        for c in trained.run.read_json(quant)["candidates"][1:]))
@@ -86,11 +86,11 @@ def deployed_speed(trained: TrainedModel, images: torch.Tensor) -> dict:
     arrays = images.numpy()
     speed = {"backend": f"onnxruntime {onnxruntime.__version__} (CPU)", "batch": cfg.eval_batch_size}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = trained.run.path / FP32_FILE
+        fp32 = trained.run.onnx
         if not fp32.is_file():
-            fp32 = Path(tmp) / FP32_FILE
+            fp32 = Path(tmp) / fp32.name
             write_onnx(plain_copy(trained.model, torch.device("cpu")), cfg.size, fp32)
-        for prefix, path in (("", fp32), ("int8_", trained.run.path / INT8_FILE)):
+        for prefix, path in (("", fp32), ("int8_", trained.run.int8_onnx)):
             if path.is_file():
                 session = OnnxModel(path, cfg.norm_mean, cfg.norm_std, trained.threads)
                 speed[f"{prefix}ms_per_image"] = latency_ms(session.logits, arrays)[0]

@@ -26,7 +26,7 @@ from cxrlab.data.task import task_data
 from cxrlab.errors import ExportError
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.evaluation.ood import ScoredModel, check_digest, layer_features
-from cxrlab.export.runtime import FP32_FILE, OnnxModel
+from cxrlab.export.runtime import OnnxModel
 from cxrlab.models.probe import FeatureProbe
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 
@@ -34,10 +34,6 @@ OPSET = 18
 RTOL, ATOL = 1e-3, 1e-4  # on logits; float32 kernels differ in summation order between the two runtimes
 SCORE_RTOL = 1e-3  # float32 scores may decide otherwise than float64 only this close to the threshold
 MIN_SPREAD = 1e-3  # logits' standard deviation across images below this: the check cannot tell a broken export
-
-
-def onnx_path(run_path) -> Path:
-    return Path(run_path) / FP32_FILE
 
 
 def write_onnx(model: nn.Module, size: int, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -80,17 +76,17 @@ def export_onnx(trained: TrainedModel, echo=print) -> Path:
         model, metadata = exportable(trained)
         write_onnx(model, cfg.size, tmp_path, metadata)
         check = verify(trained, tmp_path)
-        atomic_write_bytes(onnx_path(run.path), tmp_path.read_bytes())
+        atomic_write_bytes(run.onnx, tmp_path.read_bytes())
     import onnx
     import onnxruntime
 
-    atomic_write_json(run.path / "export.json", {**check, "opset": OPSET, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+    atomic_write_json(run.export_report, {**check, "opset": OPSET, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                                                  "torch": torch.__version__, "exported": time.strftime("%Y-%m-%d %H:%M:%S")})
-    echo(f"wrote {onnx_path(run.path)}: logits match PyTorch on {check['images']} val images "
+    echo(f"wrote {run.onnx}: logits match PyTorch on {check['images']} val images "
          f"(largest difference {check['max_abs_diff']:.2e}, relative tolerance {RTOL:g})"
          + (f"; the out-of-distribution check inside agrees on {check['ood_agreement']:.1%} of val and out-of-distribution images"
             if "ood_agreement" in check else "; no out-of-distribution check in this run (cxrlab ood RUN fits one)"))
-    return onnx_path(run.path)
+    return run.onnx
 
 
 def verify(trained: TrainedModel, path: Path) -> dict:

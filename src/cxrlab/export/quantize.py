@@ -30,7 +30,7 @@ from cxrlab.data.task import task_data
 from cxrlab.evaluation.scoring import positive_view
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.evaluation.ood_sets import with_ood_sets
-from cxrlab.export.runtime import FP32_FILE, INT8_FILE, OnnxModel
+from cxrlab.export.runtime import OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 
 MAX_ACCURACY_DROP = 0.5  # points of val accuracy
@@ -109,7 +109,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     cfg, run = trained.cfg, trained.run
     val = task_data(cfg, splits=("val",)).splits["val"]
     images, targets = val.images.numpy(), val.targets.numpy()
-    fp32 = OnnxModel(run.path / FP32_FILE, cfg.norm_mean, cfg.norm_std, trained.threads)
+    fp32 = OnnxModel(run.onnx, cfg.norm_mean, cfg.norm_std, trained.threads)
     base_acc = accuracy(trained, fp32.logits(images), targets)
     base_p50, base_p95 = latency_ms(fp32.logits, images)
     check_images = with_ood_sets(images, cfg.size, trained.preprocess, cfg.seed) if fp32.has_check else None
@@ -126,12 +126,12 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp, quiet_quantizer_advice():
         files = {"onnxruntime dynamic INT8": Path(tmp) / "dynamic.onnx", "onnxruntime static INT8 (QDQ, calibrated on val)": Path(tmp) / "static.onnx"}
-        quantize_dynamic(str(run.path / FP32_FILE), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8,
-                         nodes_to_exclude=check_nodes(run.path / FP32_FILE))
-        quantize_static(str(run.path / FP32_FILE), str(files["onnxruntime static INT8 (QDQ, calibrated on val)"]),
+        quantize_dynamic(str(run.onnx), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8,
+                         nodes_to_exclude=check_nodes(run.onnx))
+        quantize_static(str(run.onnx), str(files["onnxruntime static INT8 (QDQ, calibrated on val)"]),
                         _Calibration(images[:CALIBRATION_IMAGES], cfg.norm_mean, cfg.norm_std), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=check_nodes(run.path / FP32_FILE))
+                        nodes_to_exclude=check_nodes(run.onnx))
         shippable = []
         for name, path in files.items():
             model = OnnxModel(path, cfg.norm_mean, cfg.norm_std, trained.threads)
@@ -149,7 +149,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
             results.append(entry)
             if faster and close and same_check:
                 shippable.append((p50, entry, path.read_bytes()))
-        target = run.path / INT8_FILE
+        target = run.int8_onnx
         if shippable:
             _, entry, data = min(shippable, key=lambda s: s[0])
             entry["shipped"] = True
@@ -157,7 +157,7 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
         elif target.exists():
             target.unlink()  # an older INT8 file no longer passes: do not serve it
     report = {"rule": f"batch-1 p50 at least {MIN_SPEEDUP:g}x faster than fp32, val accuracy within {MAX_ACCURACY_DROP} points and the same out-of-distribution decisions on {MIN_CHECK_AGREEMENT:.0%} of val and out-of-distribution images", "val_images": len(images), "candidates": results}
-    atomic_write_json(run.path / "quantization.json", report)
+    atomic_write_json(run.quantization_report, report)
     for r in results:
         echo(f"  {r['name']:<48} val acc {r['accuracy']:.3f}  p50 {r['p50_ms']:.2f} ms  {'SHIPPED' if r['shipped'] else r['why']}")
     return report

@@ -12,7 +12,6 @@ from cxrlab.errors import ExportError
 from cxrlab.evaluation.inference import TrainedModel
 from cxrlab.evaluation.ood import check_digest
 
-FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 
 
 def session(path: Path, threads: int | None = None):
@@ -72,8 +71,7 @@ def served(trained: TrainedModel, prefer: str = "auto") -> TrainedModel:
     exported file whose out-of-distribution check is not the run's (fitted again since) is refused: export again."""
     if prefer == "pytorch":
         return trained
-    for name, backend in ((INT8_FILE, "onnxruntime-int8"), (FP32_FILE, "onnxruntime")):
-        path = trained.run.path / name
+    for path, backend in ((trained.run.int8_onnx, "onnxruntime-int8"), (trained.run.onnx, "onnxruntime")):
         if path.is_file():
             model = OnnxModel(path, trained.cfg.norm_mean, trained.cfg.norm_std, trained.threads)
             if model.has_check and (trained.ood is None or model.metadata.get("ood_digest") != check_digest(trained.run.path)):
@@ -81,5 +79,5 @@ def served(trained: TrainedModel, prefer: str = "auto") -> TrainedModel:
                                   f"(fitted again or removed since the export); run: cxrlab export {trained.run.path}")
             return replace(trained, runtime=model, backend=backend)
     if prefer == "onnx":
-        raise ExportError(f"{trained.run.path} has no {FP32_FILE}; run: cxrlab export {trained.run.path}")
+        raise ExportError(f"{trained.run.path} has no {trained.run.onnx.name}; run: cxrlab export {trained.run.path}")
     return trained

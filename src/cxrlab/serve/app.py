@@ -35,8 +35,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.formparsers import MultiPartParser
 
 import cxrlab
+from cxrlab.config import PUBLIC_OPTIONS
 from cxrlab.data.datasets import get_dataset
-from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_full, prepare
+from cxrlab.data.images import decode_full, prepare
 from cxrlab.errors import BlankImage, ConfigError, DamagedImage, ImageFileError, ImageTooLarge, UnsupportedImage
 from cxrlab.evaluation.explain import Explainer, overlay, png_bytes
 from cxrlab.evaluation.inference import TrainedModel, load_trained
@@ -44,21 +45,13 @@ from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
 from cxrlab.evaluation.predict import predict_images
 from cxrlab.evaluation.scoring import negative_class
 from cxrlab.export.runtime import served
+from cxrlab.limits import DEFAULT_MAX_PIXELS, EXPLAIN_SLOTS, default
 
 DISCLAIMER = ("Decision support only, not a diagnosis: a research model's output for a qualified reader to weigh. "
               "It must not be the basis of a clinical decision on its own.")
 PHANTOM_NOTE = "This model was trained on PHANTOM (synthetic) data: its outputs mean nothing clinically."
-DEFAULT_MAX_UPLOAD_MB = 10.0
-DEFAULT_MAX_IMAGE_MP = DEFAULT_MAX_PIXELS / 1e6
-DEFAULT_MAX_FILES = 16  # files in one /predict request
-DEFAULT_MAX_REQUEST_MP = 100.0  # decoded megapixels in one request, all its files together
-DEFAULT_EXPLAIN_SLOTS = 1  # Grad-CAM requests at once (it hooks the model, so they run one at a time anyway)
 RETRY_AFTER_S = 5
 OPEN_PATHS = ("/health", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect")  # the page asks for the token itself
-# Training options a reader may see in /model; paths (data_root, out, weights_file) and secrets (tracking_uri) are left out.
-PUBLIC_OPTIONS = ("dataset", "task", "size", "classes", "positive_class", "model", "pretrained", "epochs", "batch_size", "lr",
-                  "lr_schedule", "select_metric", "threshold", "target_sensitivity", "early_stopping", "label_smoothing", "mixup",
-                  "seed", "norm_mean", "norm_std", "precision")
 PUBLIC_DATA = ("dataset", "kind", "md5", "official_md5", "classes", "counts")
 ERROR_STATUS = ((UnsupportedImage, 415), (ImageTooLarge, 413), (BlankImage, 422), (DamagedImage, 422), (ImageFileError, 422))
 
@@ -236,9 +229,9 @@ class BodyLimit:
         return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
 
 
-def create_app(run_path, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str | None = "cpu",
-               max_image_mp: float = DEFAULT_MAX_IMAGE_MP, token: str | None = None, max_files: int = DEFAULT_MAX_FILES,
-               max_request_mp: float = DEFAULT_MAX_REQUEST_MP, explain_slots: int = DEFAULT_EXPLAIN_SLOTS) -> FastAPI:
+def create_app(run_path, backend: str = "auto", max_upload_mb: float = default("max_upload_mb"), device: str | None = "cpu",
+               max_image_mp: float = default("max_image_mp"), token: str | None = None, max_files: int = default("max_files"),
+               max_request_mp: float = default("max_request_mp"), explain_slots: int = EXPLAIN_SLOTS) -> FastAPI:
     for name, value in (("max_upload_mb", max_upload_mb), ("max_image_mp", max_image_mp), ("max_files", max_files),
                         ("max_request_mp", max_request_mp), ("explain_slots", explain_slots)):
         if not value > 0:
@@ -331,9 +324,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(run_path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-          max_image_mp: float = DEFAULT_MAX_IMAGE_MP, token: str | None = None, unauthenticated: bool = False,
-          max_files: int = DEFAULT_MAX_FILES, max_request_mp: float = DEFAULT_MAX_REQUEST_MP) -> None:
+def serve(run_path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto", max_upload_mb: float = default("max_upload_mb"),
+          max_image_mp: float = default("max_image_mp"), token: str | None = None, unauthenticated: bool = False,
+          max_files: int = default("max_files"), max_request_mp: float = default("max_request_mp")) -> None:
     import uvicorn
 
     if token is None and not unauthenticated and not is_loopback(host):

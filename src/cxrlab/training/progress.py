@@ -2,7 +2,7 @@
 estimated from each model's measured seconds per epoch. ``OUT/status.json`` lists the study's runs (written when
 the study starts and refreshed while it trains), so a second shell reads the same picture: ``cxrlab status OUT``.
 
-Reads only YAML, CSV and JSON files: no torch, so that a status check answers at once.
+Reads only CSV and JSON files: no torch, so that a status check answers at once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
 
 from cxrlab.errors import RunDirError
 from cxrlab.files import atomic_write_json
@@ -86,8 +85,6 @@ class PlannedRun:
 
 def run_progress(planned: PlannedRun) -> RunProgress:
     folder = Path(planned.path)
-    saved = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
-    config = {"epochs": planned.max_epochs, "early_stopping": planned.patience, "select_metric": planned.select_metric, **saved}
     rows = []
     if (folder / "history.csv").is_file():
         with open(folder / "history.csv", newline="") as fh:
@@ -99,14 +96,11 @@ def run_progress(planned: PlannedRun) -> RunProgress:
         state = "running"
     else:
         state = "interrupted" if rows else "waiting"
-    select = config.get("select_metric", "roc_auc")
-    scores = [float(r[f"val_{select}"]) for r in rows]
-    best = (min if select == "loss" else max)(range(len(scores)), key=lambda i: scores[i], default=None)
-    finetune = config.get("finetune") or ""
-    max_epochs = sum(int(s.split(":")[1]) for s in finetune.split(",")) if finetune else int(config.get("epochs", 0) or 0)
+    scores = [float(r[f"val_{planned.select_metric}"]) for r in rows]
+    best = (min if planned.select_metric == "loss" else max)(range(len(scores)), key=lambda i: scores[i], default=None)
     seconds = [float(r["seconds"]) for r in rows]
-    return RunProgress(planned.tag, str(folder), planned.model, state, len(rows), max_epochs, 0 if best is None else len(rows) - 1 - best,
-                       int(config.get("early_stopping", 0) or 0), statistics.median(seconds) if seconds else None)
+    return RunProgress(planned.tag, str(folder), planned.model, state, len(rows), planned.max_epochs,
+                       0 if best is None else len(rows) - 1 - best, planned.patience, statistics.median(seconds) if seconds else None)
 
 
 @dataclass

@@ -21,15 +21,12 @@ from pathlib import Path
 
 import torch
 
-from cxrlab.config import POINT_OPTIONS, Config
+from cxrlab.config import SCORING_OPTIONS, Config
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.core.runs import RunDir
 from cxrlab.training.loop import resume_training, train
 from cxrlab.training.progress import PlannedRun, clear_running, mark_running, write_status
 
-# Options that change neither training nor the model: a finished run is reused whatever they were (compare scores
-# every entry with the study's own threshold rule and bootstrap; tracking only logs).
-SCORING_OPTIONS = {*POINT_OPTIONS, "n_bootstrap", "eval_batch_size", "threads", "track", "tracking_uri"}
 GPU_SHARE_MAX_SIZE = 64  # image size up to which two runs share one GPU
 STATUS_EVERY_S = 30  # how often the parent refreshes OUT/status.json while workers train
 STUDY_LINE_EVERY_S = 600  # and prints the study's progress line, besides whenever a run ends

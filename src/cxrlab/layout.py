@@ -1,0 +1,22 @@
+"""Every file a run directory holds, named once. ``RunDir`` (core/runs.py) gives each its path; the status check,
+which must answer without importing torch, reads the names here."""
+
+RUN_FILES = {
+    "config": "config.yaml",  # the resolved config: every option
+    "data": "data.json",  # data provenance: file, MD5, real/phantom, per-split class counts
+    "history": "history.csv",  # one row per epoch
+    "last_checkpoint": "checkpoints/last.pt",  # resumable training state, written every epoch
+    "weights": "model.safetensors",  # the best epoch's weights
+    "summary": "summary.json",  # best epoch, classes, parameter count, timings; present once training finished
+    "operating_point": "operating_point.json",  # the single threshold, the refer band, and their evidence
+    "test_metrics": "metrics.json",  # the reported numbers; metrics_<split>.json for the other splits
+    "plots": "plots",  # curves, confusion matrix, ROC, prediction grid
+    "ood_arrays": "ood.npz",  # the out-of-distribution check's arrays
+    "ood_report": "ood.json",  # its method, threshold and measured shares flagged
+    "onnx": "model.onnx",  # the exported fp32 model, with the check and the preprocessing in its graph
+    "int8_onnx": "model.int8.onnx",  # the INT8 model, only where quantisation shipped one
+    "export_report": "export.json",  # how the ONNX file was checked against PyTorch
+    "quantization_report": "quantization.json",  # what quantisation measured and whether it shipped
+    "bench_report": "bench.json",  # cxrlab bench's timings
+    "worker": "worker.json",  # present while a process trains the run: its pid and host
+}
