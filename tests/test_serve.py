@@ -1,6 +1,7 @@
 """The web service with FastAPI's TestClient: every route, every kind of bad input, DICOM, concurrency."""
 
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from cxrlab.data.images import decode_dicom
 from cxrlab.data.task import load_task
-from cxrlab.errors import DamagedImage
+from cxrlab.errors import ConfigError, DamagedImage
 from cxrlab.serve.app import DISCLAIMER, create_app
 
 
@@ -56,6 +57,14 @@ def dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", window: tuple[fl
     return buffer.getvalue()
 
 
+def test_the_service_runs_its_model_on_the_threads_it_is_given(exported_run, xrays):
+    with TestClient(create_app(exported_run, threads=1)) as one:
+        assert one.get("/model").json()["threads"] == 1
+        assert one.post("/predict", files={"files": ("x.png", xrays[0], "image/png")}).status_code == 200
+    with pytest.raises(ConfigError, match="threads must be at least 1"):
+        create_app(exported_run, threads=0)
+
+
 def test_health_model_page_and_docs(client):
     assert client.get("/health").json()["status"] == "ok"
     card = client.get("/model").json()
@@ -63,6 +72,7 @@ def test_health_model_page_and_docs(client):
     assert 0 <= card["metrics"]["test"]["roc_auc"] <= 1 and card["threshold"] == pytest.approx(card["metrics"]["val"]["threshold"])
     assert card["backend"] == "onnxruntime" and card["gradcam_layer"] == "features.3"
     assert card["dataset"] == "ChestMNIST" and card["preprocessing"] == "resize to 28 x 28 px"
+    assert card["threads"] == os.cpu_count()  # not the training's thread count: the caller's, default one per core
     page = client.get("/").text
     assert DISCLAIMER in page and "PHANTOM" in page and 'id="file"' in page
     assert "trained on ChestMNIST: pneumothorax vs cardiomegaly" in page

@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="auto: the exported ONNX model when present (default)")
     for name in ("max_upload_mb", "max_files", "max_request_mp"):
         _limit_option(p, name)
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="threads of the model's inference session (default: one per core)")
     p.add_argument("--token-file", metavar="PATH", help="file holding the access token clients send as 'Authorization: Bearer TOKEN' "
                    "(or set CXRLAB_TOKEN); needed to serve beyond this machine")
     p.add_argument("--no-auth", action="store_true", help="serve beyond this machine without a token (only behind a proxy that authenticates)")
@@ -481,7 +482,7 @@ def cmd_serve(args) -> int:
     if token and args.no_auth:
         raise CxrlabError("--no-auth and an access token (--token-file or CXRLAB_TOKEN) contradict each other; give one")
     serve(args.run, args.host, args.port, args.backend, args.max_upload_mb, _max_pixels(args) / 1e6, token=token,
-          unauthenticated=args.no_auth, max_files=args.max_files, max_request_mp=args.max_request_mp)
+          unauthenticated=args.no_auth, max_files=args.max_files, max_request_mp=args.max_request_mp, threads=args.threads)
     return 0
 
 

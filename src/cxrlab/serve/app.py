@@ -19,6 +19,7 @@ Retry-After when busy, so explanations never starve predictions. Uploads stay in
 
 from __future__ import annotations
 
+import os
 import hmac
 import logging
 import math
@@ -67,8 +68,9 @@ class RequestTooLarge(Exception):
 class Service:
     """What every request shares: the model (loaded once), its explainer and the response constants."""
 
-    def __init__(self, run_path, backend: str = "auto", device: str | None = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS):
-        trained = load_trained(run_path, device)
+    def __init__(self, run_path, backend: str = "auto", device: str | None = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 threads: int | None = None):
+        trained = load_trained(run_path, device, threads=threads)
         if trained.cfg.task != "binary":
             raise ConfigError("the service serves binary-task runs (one class and probability per image)")
         self.trained: TrainedModel = served(trained, backend)
@@ -147,6 +149,7 @@ class Service:
             "model": cfg.model,
             "version": self.version,
             "backend": self.backend,
+            "threads": self.trained.threads or os.cpu_count(),
             "gradcam_layer": self.explainer.layer_name,
             "dataset": get_dataset(cfg.dataset).title,
             "preprocessing": ("center-crop to the short side, then " if self.trained.preprocess == "center-crop" else "")
@@ -231,14 +234,16 @@ class BodyLimit:
 
 def create_app(run_path, backend: str = "auto", max_upload_mb: float = default("max_upload_mb"), device: str | None = "cpu",
                max_image_mp: float = default("max_image_mp"), token: str | None = None, max_files: int = default("max_files"),
-               max_request_mp: float = default("max_request_mp"), explain_slots: int = EXPLAIN_SLOTS) -> FastAPI:
+               max_request_mp: float = default("max_request_mp"), explain_slots: int = EXPLAIN_SLOTS, threads: int | None = None) -> FastAPI:
     for name, value in (("max_upload_mb", max_upload_mb), ("max_image_mp", max_image_mp), ("max_files", max_files),
                         ("max_request_mp", max_request_mp), ("explain_slots", explain_slots)):
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     if token is not None and len(token) < 16:
         raise ConfigError("the access token must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
-    service = Service(run_path, backend, device, int(max_image_mp * 1e6))
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1 (or unset: one per core), got {threads}")
+    service = Service(run_path, backend, device, int(max_image_mp * 1e6), threads)
     limit = int(max_upload_mb * 2**20)
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit + 1)  # uploads stay in memory, never on disk
     explaining = threading.BoundedSemaphore(explain_slots)
@@ -326,15 +331,17 @@ def is_loopback(host: str) -> bool:
 
 def serve(run_path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto", max_upload_mb: float = default("max_upload_mb"),
           max_image_mp: float = default("max_image_mp"), token: str | None = None, unauthenticated: bool = False,
-          max_files: int = default("max_files"), max_request_mp: float = default("max_request_mp")) -> None:
+          max_files: int = default("max_files"), max_request_mp: float = default("max_request_mp"), threads: int | None = None) -> None:
     import uvicorn
 
     if token is None and not unauthenticated and not is_loopback(host):
         raise ConfigError(f"serving on {host}, beyond this machine, needs an access token: --token-file PATH or CXRLAB_TOKEN "
                           "(or --no-auth to serve without one, e.g. behind a proxy that authenticates)")
-    app = create_app(run_path, backend, max_upload_mb, max_image_mp=max_image_mp, token=token, max_files=max_files, max_request_mp=max_request_mp)
+    app = create_app(run_path, backend, max_upload_mb, max_image_mp=max_image_mp, token=token, max_files=max_files, max_request_mp=max_request_mp,
+                     threads=threads)
     service = app.state.service
-    print(f"serving {service.trained.cfg.model} ({service.backend}) on http://{host}:{port}  (docs: /docs)")
+    threads = service.trained.threads or os.cpu_count()
+    print(f"serving {service.trained.cfg.model} ({service.backend}, {threads} thread{'s' if threads != 1 else ''}) on http://{host}:{port}  (docs: /docs)")
     if token is not None:  # the token itself is never printed or logged: whoever started the server has it
         print(f"open http://{host}:{port}/ and enter the access token (from --token-file or CXRLAB_TOKEN), or open "
               f"http://{host}:{port}/?token=TOKEN with it")
