@@ -33,7 +33,10 @@ demo: $(STAMP)
 pneumonia: $(STAMP)
 	$(BIN)/cxrlab compare --dataset pneumoniamnist --download --holdout 5 --workers 2 --threads 1 --out runs/pneumoniamnist-28
 
+# ruff first (seconds): the lint rules and the formatting of pyproject.toml, then the suite.
 test: $(STAMP) browser
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 # The browser test drives Debian's chromium with Playwright (Playwright's own browser download does not work here).

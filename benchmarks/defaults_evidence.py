@@ -40,15 +40,34 @@ CANDIDATES = {
     "mobilenet_v3_large-b64": {"model": "mobilenet_v3_large", "batch_size": 64, "lr": 2e-3},
     "mobilenet_v3_large-b64-lr1e-3": {"model": "mobilenet_v3_large", "batch_size": 64, "lr": 1e-3},
     "mobilenet_v3_large-b64-posweight": {"model": "mobilenet_v3_large", "batch_size": 64, "lr": 2e-3, "pos_weight": "auto"},
-    "mobilenet_v3_large-b64-noaug": {"model": "mobilenet_v3_large", "batch_size": 64, "lr": 2e-3, "aug_rotation": 0.0,
-                                     "aug_translate": 0.0, "aug_hflip": 0.0, "aug_brightness": 0.0, "aug_contrast": 0.0,
-                                     "aug_blur": False},
+    "mobilenet_v3_large-b64-noaug": {
+        "model": "mobilenet_v3_large",
+        "batch_size": 64,
+        "lr": 2e-3,
+        "aug_rotation": 0.0,
+        "aug_translate": 0.0,
+        "aug_hflip": 0.0,
+        "aug_brightness": 0.0,
+        "aug_contrast": 0.0,
+        "aug_blur": False,
+    },
 }
 
 
 def candidate_config(name: str, data_root: str, out: Path, epochs: int = EPOCHS) -> Config:
-    return Config(dataset="pneumoniamnist", data_root=data_root, epochs=epochs, early_stopping=0, cv_folds=FOLDS, cv_fold=FOLD,
-                  threads=1, seed=0, n_bootstrap=100, out=str(out / name), **CANDIDATES[name])
+    return Config(
+        dataset="pneumoniamnist",
+        data_root=data_root,
+        epochs=epochs,
+        early_stopping=0,
+        cv_folds=FOLDS,
+        cv_fold=FOLD,
+        threads=1,
+        seed=0,
+        n_bootstrap=100,
+        out=str(out / name),
+        **CANDIDATES[name],
+    )
 
 
 def keep_epoch(run_path: Path):
@@ -93,9 +112,9 @@ def train_all(args) -> None:
 
 def epoch_probs(name: str, out: Path, data) -> dict:
     """P(pneumonia) of every saved epoch on the selection fold and on the official val split, cached in the run."""
+    from cxrlab.core.device import setup_device
     from cxrlab.evaluation.inference import predict_probs
     from cxrlab.models.registry import model_from_config
-    from cxrlab.core.device import setup_device
 
     cache = out / name / "epoch_probs.npz"
     run = RunDir(out / name)
@@ -118,9 +137,9 @@ def epoch_probs(name: str, out: Path, data) -> dict:
 
 
 def tta_probs(name: str, out: Path, data, epoch: int, views: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    from cxrlab.core.device import setup_device
     from cxrlab.evaluation.inference import predict_probs_tta
     from cxrlab.models.registry import model_from_config
-    from cxrlab.core.device import setup_device
 
     cfg = RunDir(out / name).load_config()
     model = model_from_config(cfg, initial_weights=False).to(memory_format=torch.channels_last)
@@ -148,8 +167,12 @@ def judged(targets, probs, threshold: float) -> dict:
     from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
 
     predicted = probs >= threshold
-    return {"loss": log_loss(targets, np.clip(probs, 1e-7, 1 - 1e-7)), "auc": roc_auc_score(targets, probs),
-            "acc": float((predicted == targets).mean()), "bal_acc": balanced_accuracy_score(targets, predicted)}
+    return {
+        "loss": log_loss(targets, np.clip(probs, 1e-7, 1 - 1e-7)),
+        "auc": roc_auc_score(targets, probs),
+        "acc": float((predicted == targets).mean()),
+        "bal_acc": balanced_accuracy_score(targets, predicted),
+    }
 
 
 def analyse(args) -> None:
@@ -165,7 +188,9 @@ def analyse(args) -> None:
     data = fold_view(task_data(base, splits=("train", "val")), FOLDS, FOLD)  # test is not loaded
     fold_t = data.splits["val"].targets.numpy()
     val_t = data.splits["official_val"].targets.numpy()
-    print(f"Selection set: fold {FOLD} of {FOLDS} of train ({len(fold_t)} images); judged on the official val split ({len(val_t)} images).\n")
+    print(
+        f"Selection set: fold {FOLD} of {FOLDS} of train ({len(fold_t)} images); judged on the official val split ({len(val_t)} images).\n"
+    )
 
     print("## Candidates: the epoch each selection rule keeps, judged on official val (threshold 0.5)\n")
     print("| candidate | s/epoch | rule (metric, patience) | epoch kept | val loss | val AUC | val acc | val bal. acc |")
@@ -181,11 +206,17 @@ def analyse(args) -> None:
                 epoch = int(select_epoch(history, metric, patience))
                 kept[name, metric, patience] = epoch
                 m = judged(val_t, probs["val"][epoch - 1], 0.5)
-                print(f"| {name} | {seconds:.0f} | {metric}, {patience or 'none'} | {epoch} | {m['loss']:.4f} | {m['auc']:.4f} | {m['acc']:.3f} | {m['bal_acc']:.3f} |")
+                print(
+                    f"| {name} | {seconds:.0f} | {metric}, {patience or 'none'} | {epoch} | {m['loss']:.4f} | {m['auc']:.4f} | "
+                    f"{m['acc']:.3f} | {m['bal_acc']:.3f} |"
+                )
 
     metric, patience = args.rule
     patience = int(patience)
-    print(f"\n## Threshold rules (epoch kept by {metric}, patience {patience}; threshold chosen on the selection fold, judged on official val)\n")
+    print(
+        f"\n## Threshold rules (epoch kept by {metric}, patience {patience}; threshold chosen on the selection fold, judged on "
+        f"official val)\n"
+    )
     print("| candidate | rule | threshold | val acc | val bal. acc |")
     print("|---|---|---:|---:|---:|")
     for name in names:
@@ -208,7 +239,10 @@ def analyse(args) -> None:
             print(f"| {n} alone | — | {m['loss']:.4f} | {m['auc']:.4f} | {m['acc']:.3f} | {m['bal_acc']:.3f} |")
         for title, weights in options.items():
             m = judged(val_t, combine(val_p, weights), 0.5)
-            print(f"| {title} | {' / '.join(f'{w:.2f}' for w in weights)} | {m['loss']:.4f} | {m['auc']:.4f} | {m['acc']:.3f} | {m['bal_acc']:.3f} |")
+            print(
+                f"| {title} | {' / '.join(f'{w:.2f}' for w in weights)} | {m['loss']:.4f} | {m['auc']:.4f} | {m['acc']:.3f} | "
+                f"{m['bal_acc']:.3f} |"
+            )
 
         print("\n## Test-time augmentation, 4 views (same epochs; threshold 0.5 and Youden on the selection fold)\n")
         print("| candidate | TTA | val loss | val AUC | acc at 0.5 | bal. acc at 0.5 | bal. acc at Youden |")
@@ -233,7 +267,9 @@ def main(argv=None) -> None:
     sub.choices["train"].add_argument("--epochs", type=int, default=EPOCHS, help="fewer for a smoke test")
     sub.choices["train"].add_argument("--only", nargs="+", choices=list(CANDIDATES))
     sub.choices["analyse"].add_argument("--rule", nargs=2, default=["loss", "10"], metavar=("METRIC", "PATIENCE"))
-    sub.choices["analyse"].add_argument("--ensemble", nargs="+", default=["mobilenet_v3_large-b64", "densenet121-b64", "efficientnet_b0-b64"])
+    sub.choices["analyse"].add_argument(
+        "--ensemble", nargs="+", default=["mobilenet_v3_large-b64", "densenet121-b64", "efficientnet_b0-b64"]
+    )
     args = parser.parse_args(argv)
     (train_all if args.command == "train" else analyse)(args)
 

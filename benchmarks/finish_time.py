@@ -39,6 +39,7 @@ def main() -> None:
                 return function(*a, **k)
             finally:
                 spent[name][-1] += time.perf_counter() - start
+
         return wrapper
 
     loop.finalize_run = timed("finish", loop.finalize_run)

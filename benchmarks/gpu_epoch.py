@@ -1,4 +1,5 @@
-"""Epoch time of every model on a CUDA GPU at 28 and 224 px, fp32, bf16 autocast and fp16 autocast with a gradient scaler: a table for the README.
+"""Epoch time of every model on a CUDA GPU at 28 and 224 px, fp32, bf16 autocast and fp16 autocast with a gradient scaler: a
+table for the README.
 
 Phantom ChestMNIST files with 2,000 binary-task training images (and 300 val) at each size; each configuration
 trains 2 epochs through `cxrlab train`'s loop and the second epoch counts (the first pays for cuDNN's kernel
@@ -32,8 +33,10 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU visible to torch: this benchmark times the GPU path")
-    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, {time.strftime('%Y-%m-%d')}, "
-          f"batch {args.batch_size}")
+    print(
+        f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, {time.strftime('%Y-%m-%d')}, "
+        f"batch {args.batch_size}"
+    )
     print("| model | size | precision | s/epoch | train images/s |\n|---|---:|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -42,8 +45,18 @@ def main() -> None:
             for model in args.models:
                 for precision in ("fp32", "bf16", "fp16"):
                     out = Path(tmp) / f"{model}-{size}-{precision}"
-                    cfg = Config(data_root=str(root), size=size, model=model, epochs=2, early_stopping=0, batch_size=args.batch_size,
-                                 precision=precision, n_bootstrap=50, device="cuda", out=str(out))
+                    cfg = Config(
+                        data_root=str(root),
+                        size=size,
+                        model=model,
+                        epochs=2,
+                        early_stopping=0,
+                        batch_size=args.batch_size,
+                        precision=precision,
+                        n_bootstrap=50,
+                        device="cuda",
+                        out=str(out),
+                    )
                     run = train(cfg, progress=False, echo=lambda _: None)
                     with open(run.history) as fh:
                         seconds = float(list(csv.DictReader(fh))[-1]["seconds"])

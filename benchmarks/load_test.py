@@ -14,6 +14,7 @@ import asyncio
 import io
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -56,9 +57,14 @@ async def run(url: str, requests: int, concurrency: int, images: list[bytes], ex
         wall = time.perf_counter() - started
     latencies.sort()
     return {
-        "requests": requests, "concurrency": concurrency, "errors": len(errors), "first_errors": errors[:5],
-        "p50_ms": statistics.median(latencies), "p95_ms": latencies[int(0.95 * (len(latencies) - 1))],
-        "throughput_rps": requests / wall, "wall_s": wall,
+        "requests": requests,
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": latencies[int(0.95 * (len(latencies) - 1))],
+        "throughput_rps": requests / wall,
+        "wall_s": wall,
     }
 
 
@@ -70,10 +76,13 @@ def main() -> int:
     parser.add_argument("--image", help="PNG/JPEG/DICOM file to send (default: 16 generated PNGs)")
     parser.add_argument("--explain-every", type=int, default=0, metavar="K", help="make every K-th request a POST /explain (default: none)")
     args = parser.parse_args()
-    images = [open(args.image, "rb").read()] if args.image else sample_pngs()
+    images = [Path(args.image).read_bytes()] if args.image else sample_pngs()
     result = asyncio.run(run(args.url.rstrip("/"), args.requests, args.concurrency, images, args.explain_every))
-    print(f"{result['requests']} requests, concurrency {result['concurrency']}: p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms, "
-          f"{result['throughput_rps']:.1f} requests/s, errors {result['errors']}")
+    print(
+        f"{result['requests']} requests, concurrency {result['concurrency']}: p50 {result['p50_ms']:.1f} ms, p95 "
+        f"{result['p95_ms']:.1f} ms, "
+        f"{result['throughput_rps']:.1f} requests/s, errors {result['errors']}"
+    )
     for e in result["first_errors"]:
         print("  error:", e)
     return 1 if result["errors"] else 0

@@ -6,6 +6,8 @@ images, which the upload path refuses before the model, are counted here only if
     .venv/bin/python benchmarks/ood_methods.py RUN [RUN ...]
 """
 
+# ruff: noqa: B023  (each loop iteration's methods are called within that iteration)
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +40,9 @@ def main() -> None:
         layers = {s: layer_features(trained.model, data.splits[s].images, cfg, trained.device) for s in ("train", "val", "test")}
         feats = {s: layers[s][-2] for s in layers}  # the last block's channel means: the classifier's input
         probs = {s: trained.probs(data.splits[s].images)[:, 0] for s in ("val", "test")}
-        sets = {f"{g}: {n}": imgs for g, group in ood_sets(cfg.size, get_dataset(cfg.dataset).preprocess).items() for n, imgs in group.items()}
+        sets = {
+            f"{g}: {n}": imgs for g, group in ood_sets(cfg.size, get_dataset(cfg.dataset).preprocess).items() for n, imgs in group.items()
+        }
         set_layers = {n: layer_features(trained.model, torch.from_numpy(im), cfg, trained.device) for n, im in sets.items()}
         set_feats = {n: f[-2] for n, f in set_layers.items()}
         set_probs = {n: trained.probs(torch.from_numpy(im))[:, 0] for n, im in sets.items()}

@@ -20,13 +20,17 @@ import numpy as np
 from cxrlab.core.runs import RunDir
 from cxrlab.data.task import fold_view, task_data
 from cxrlab.evaluation.inference import load_trained, predict_probs, predict_probs_tta
-from cxrlab.evaluation.metrics import point_metrics, roc_auc
-from cxrlab.evaluation.operating_point import choose_operating_point, answered_metrics
+from cxrlab.evaluation.metrics import fit_temperature, point_metrics, roc_auc
+from cxrlab.evaluation.operating_point import answered_metrics, choose_operating_point
 from cxrlab.evaluation.scoring import choose_threshold, positive_view
-from cxrlab.evaluation.metrics import fit_temperature
 
-SINGLE_RULES = {"youden": {}, "0.5": {}, "sensitivity 0.95": {"target_sensitivity": 0.95},
-                "sensitivity 0.96": {"target_sensitivity": 0.96}, "sensitivity-bound 0.95": {"target_sensitivity": 0.95}}
+SINGLE_RULES = {
+    "youden": {},
+    "0.5": {},
+    "sensitivity 0.95": {"target_sensitivity": 0.95},
+    "sensitivity 0.96": {"target_sensitivity": 0.96},
+    "sensitivity-bound 0.95": {"target_sensitivity": 0.95},
+}
 BANDS = ((0.95, 0.95), (0.97, 0.95), (0.97, 0.97), (0.98, 0.95), (0.98, 0.98), (0.99, 0.95), (0.99, 0.98))
 TTA = 4
 
@@ -51,7 +55,9 @@ def curves(study: Path):
         print(f"scored {run_path.name}", file=sys.stderr)
     for seed in sorted({s for _, s in out}):
         members = [v for (n, s), v in out.items() if s == seed and "TTA" not in n]
-        out[("ensemble", seed)] = {split: (members[0][split][0], np.mean([m[split][1] for m in members], axis=0)) for split in ("fold", "val")}
+        out[("ensemble", seed)] = {
+            split: (members[0][split][0], np.mean([m[split][1] for m in members], axis=0)) for split in ("fold", "val")
+        }
     return out, RunDir(next((study / "runs").iterdir())).load_config()
 
 
@@ -75,22 +81,28 @@ def main():
     for rule, extra in SINGLE_RULES.items():
         for name in entries:
             got = []
-            for (n, seed), c in scored.items():
+            for (n, _), c in scored.items():
                 if n != name:
                     continue
                 rule_cfg = replace(cfg, threshold=rule.split()[0], **extra)
                 t_fold, p_fold = c["fold"]
                 threshold = choose_threshold(rule_cfg, t_fold, p_fold, fit_temperature(t_fold, p_fold))
                 got.append((threshold, point_metrics(*c["val"], threshold)))
-            rows.append([rule, name, f"{min(t for t, _ in got):.3f}–{max(t for t, _ in got):.3f}",
-                         *(ms([m[k] for _, m in got]) for k in ("sensitivity", "specificity", "balanced_accuracy", "accuracy"))])
+            rows.append(
+                [
+                    rule,
+                    name,
+                    f"{min(t for t, _ in got):.3f}–{max(t for t, _ in got):.3f}",
+                    *(ms([m[k] for _, m in got]) for k in ("sensitivity", "specificity", "balanced_accuracy", "accuracy")),
+                ]
+            )
     print(table(["rule", "entry", "threshold (seeds)", "val sensitivity", "val specificity", "val balanced acc", "val accuracy"], rows))
     print("\n## Refer band: targets chosen on the held-out fold (95% lower bounds), realised on val\n")
     rows = []
     for sens, spec in BANDS:
         for name in entries:
             got = []
-            for (n, seed), c in scored.items():
+            for (n, _), c in scored.items():
                 if n != name:
                     continue
                 point = choose_operating_point(*c["fold"], 0.5, "0.5", sens, spec, 0.95, "fold", keep_going=True)
@@ -98,8 +110,14 @@ def main():
             if None in got:
                 rows.append([f"{sens:g} / {spec:g}", name, "unreachable on the fold", "", "", ""])
                 continue
-            rows.append([f"{sens:g} / {spec:g}", name, ms([100 * g["referred"] for g in got]) + " %",
-                         *(ms([g[k] for g in got]) for k in ("answered_accuracy", "answered_sensitivity", "answered_specificity"))])
+            rows.append(
+                [
+                    f"{sens:g} / {spec:g}",
+                    name,
+                    ms([100 * g["referred"] for g in got]) + " %",
+                    *(ms([g[k] for g in got]) for k in ("answered_accuracy", "answered_sensitivity", "answered_specificity")),
+                ]
+            )
     print(table(["targets sens / spec", "entry", "val referred", "val answered acc", "val answered sens", "val answered spec"], rows))
     print("\n## The thresholds' spread over 200 bootstrap resamples of the fold (seed 0; 5th–95th percentile)\n")
     rows = []
@@ -112,16 +130,28 @@ def main():
             t, p = targets[pick], probs[pick]
             draws["youden"].append(choose_threshold(replace(cfg, threshold="youden"), t, p))
             draws["sensitivity 0.95"].append(choose_threshold(replace(cfg, threshold="sensitivity", target_sensitivity=0.95), t, p))
-            draws["sensitivity-bound 0.95"].append(choose_threshold(replace(cfg, threshold="sensitivity-bound", target_sensitivity=0.95), t, p))
+            draws["sensitivity-bound 0.95"].append(
+                choose_threshold(replace(cfg, threshold="sensitivity-bound", target_sensitivity=0.95), t, p)
+            )
             point = choose_operating_point(t, p, 0.5, "0.5", 0.98, 0.98, 0.95, "resample", keep_going=True)
             draws["rule-out 0.98"].append(point.rule_out if point.has_band else np.nan)
             draws["rule-in 0.98"].append(point.rule_in if point.has_band else np.nan)
         rows.append([name, *(f"{np.nanpercentile(v, 5):.3f}–{np.nanpercentile(v, 95):.3f}" for v in draws.values())])
     print(table(["entry", *draws], rows))
     print("\n## Ranking evidence: ROC-AUC on the fold and on val (mean over seeds)\n")
-    print(table(["entry", "fold ROC-AUC", "val ROC-AUC"],
-                [[name, ms([roc_auc(*c["fold"]) for (n, _), c in scored.items() if n == name]),
-                  ms([roc_auc(*c["val"]) for (n, _), c in scored.items() if n == name])] for name in entries]))
+    print(
+        table(
+            ["entry", "fold ROC-AUC", "val ROC-AUC"],
+            [
+                [
+                    name,
+                    ms([roc_auc(*c["fold"]) for (n, _), c in scored.items() if n == name]),
+                    ms([roc_auc(*c["val"]) for (n, _), c in scored.items() if n == name]),
+                ]
+                for name in entries
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

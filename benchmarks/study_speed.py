@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from cxrlab.config import Config
-from cxrlab.models.architectures import STUDY_MODELS
+from cxrlab.config import Config, resolve
 from cxrlab.data.phantom import write_phantom
-from cxrlab.config import resolve
+from cxrlab.models.architectures import STUDY_MODELS
 from cxrlab.training.runner import available_cores, plan, run_all
 
 
@@ -51,10 +50,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_phantom(root / "data", size=28, official_counts=True)
-        base = Config(data_root=str(root / "data"), epochs=args.epochs, early_stopping=0, batch_size=args.batch_size,
-                      n_bootstrap=50, device="cpu")
-        print(f"{n_runs} runs ({', '.join(args.models)} x seeds {args.seeds}), {args.epochs} epoch(s) each, batch {args.batch_size}; "
-              f"{cores} cores, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+        base = Config(
+            data_root=str(root / "data"), epochs=args.epochs, early_stopping=0, batch_size=args.batch_size, n_bootstrap=50, device="cpu"
+        )
+        print(
+            f"{n_runs} runs ({', '.join(args.models)} x seeds {args.seeds}), {args.epochs} epoch(s) each, batch {args.batch_size}; "
+            f"{cores} cores, torch {torch.__version__}, {platform.processor() or platform.machine()}"
+        )
         print(f"one after another, {cores} threads each:")
         sequential = timed(study_configs(base, root / "sequential", args.models, args.seeds), workers=1, threads=cores)
         print(f"side by side, default workers ({side.describe()}):")

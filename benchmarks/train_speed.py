@@ -33,12 +33,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from cxrlab.config import MODEL_NAMES, Config
+from cxrlab.core.device import autocast, grad_scaler, setup_device
+from cxrlab.core.runs import RunDir
 from cxrlab.data.augment import AugmentSettings, training_batch
 from cxrlab.data.phantom import write_phantom
 from cxrlab.data.task import load_task
 from cxrlab.models.registry import model_from_config
-from cxrlab.core.runs import RunDir
-from cxrlab.core.device import autocast, grad_scaler, setup_device
 from cxrlab.training.distributed import Process
 from cxrlab.training.epoch import EpochInputs, Learner, train_one_epoch, validation_row
 
@@ -48,13 +48,17 @@ class UsualDataset(Dataset):
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, train: bool):
         self.images, self.targets = images, targets
-        steps = [
-            transforms.RandomRotation(15),
-            transforms.RandomAffine(0, translate=(0.1, 0.1)),
-            transforms.RandomHorizontalFlip(),
-            transforms.ColorJitter(brightness=0.2, contrast=0.2),
-            transforms.GaussianBlur(3, sigma=(0.1, 0.5)),
-        ] if train else []
+        steps = (
+            [
+                transforms.RandomRotation(15),
+                transforms.RandomAffine(0, translate=(0.1, 0.1)),
+                transforms.RandomHorizontalFlip(),
+                transforms.ColorJitter(brightness=0.2, contrast=0.2),
+                transforms.GaussianBlur(3, sigma=(0.1, 0.5)),
+            ]
+            if train
+            else []
+        )
         self.transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.485], [0.229])])
 
     def __len__(self):
@@ -74,8 +78,12 @@ def bench_model(name: str, data, cfg: Config, device, repeats: int, workers: int
     inputs = EpochInputs(train.images, train.targets.float().view(n, -1), augmentation, None, torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     batches = [
-        (training_batch(train.images[i : i + cfg.batch_size], augmentation, gen, cfg.norm_mean, cfg.norm_std, device).contiguous(memory_format=torch.channels_last),
-         inputs.targets[i : i + cfg.batch_size])
+        (
+            training_batch(train.images[i : i + cfg.batch_size], augmentation, gen, cfg.norm_mean, cfg.norm_std, device).contiguous(
+                memory_format=torch.channels_last
+            ),
+            inputs.targets[i : i + cfg.batch_size],
+        )
         for i in range(0, n - n % cfg.batch_size, cfg.batch_size)
     ]
 
@@ -103,10 +111,20 @@ def bench_model(name: str, data, cfg: Config, device, repeats: int, workers: int
 
     usual_model = model_from_config(Config(model=name, size=cfg.size)).to(device)  # NCHW
     usual_opt = torch.optim.Adam(usual_model.parameters(), lr=1e-4)
-    train_loader = DataLoader(UsualDataset(train.images.numpy(), train.targets.numpy(), True), batch_size=cfg.batch_size, shuffle=True,
-                              num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-    val_loader = DataLoader(UsualDataset(val.images.numpy(), val.targets.numpy(), False), batch_size=cfg.batch_size, num_workers=workers,
-                            persistent_workers=workers > 0)
+    train_loader = DataLoader(
+        UsualDataset(train.images.numpy(), train.targets.numpy(), True),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
+    val_loader = DataLoader(
+        UsualDataset(val.images.numpy(), val.targets.numpy(), False),
+        batch_size=cfg.batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
 
     def usual_epoch():
         usual_model.train()
@@ -163,15 +181,22 @@ def main() -> None:
         s = data.splits["train"]
         s.images, s.targets = s.images[: args.images], s.targets[: args.images]
     cfg = Config(batch_size=args.batch_size, device="cpu", eval_batch_size=512, precision=args.precision)
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-          f"{'PHANTOM' if data.is_phantom else data.provenance['kind']} data, {len(data.splits['train'])} train / "
-          f"{len(data.splits['val'])} val images at 28 px, batch {args.batch_size}, {args.precision}, median of {args.repeats}")
-    header = f"{'model':<20}{'bare img/s':>11}{'cxrlab img/s':>13}{'usual img/s':>12}{'cxrlab/bare':>12}{'usual/cxrlab':>13}{'aug share':>10}"
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"{'PHANTOM' if data.is_phantom else data.provenance['kind']} data, {len(data.splits['train'])} train / "
+        f"{len(data.splits['val'])} val images at 28 px, batch {args.batch_size}, {args.precision}, median of {args.repeats}"
+    )
+    header = (
+        f"{'model':<20}{'bare img/s':>11}{'cxrlab img/s':>13}{'usual img/s':>12}{'cxrlab/bare':>12}{'usual/cxrlab':>13}{'aug share':>10}"
+    )
     print(header)
     for name in args.models:
         r = bench_model(name, data, cfg, device, args.repeats, args.workers)
-        print(f"{r['model']:<20}{r['bare_ips']:>11.0f}{r['cxrlab_ips']:>13.0f}{r['usual_ips']:>12.0f}"
-              f"{r['cxrlab_over_bare']:>11.2f}x{r['usual_over_cxrlab']:>12.2f}x{r['augmentation_share']:>10.1%}", flush=True)
+        print(
+            f"{r['model']:<20}{r['bare_ips']:>11.0f}{r['cxrlab_ips']:>13.0f}{r['usual_ips']:>12.0f}"
+            f"{r['cxrlab_over_bare']:>11.2f}x{r['usual_over_cxrlab']:>12.2f}x{r['augmentation_share']:>10.1%}",
+            flush=True,
+        )
     print("target: cxrlab/bare <= 1.15x (epoch incl. validation vs bare step); usual/cxrlab is information (its 2x target is retired)")
 
 

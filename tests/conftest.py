@@ -66,8 +66,22 @@ def one_epoch_run(phantom_root, tmp_path_factory):
     from cxrlab.core.runs import RunDir
 
     out = tmp_path_factory.mktemp("one_epoch") / "run"
-    args = ["train", "--data-root", str(phantom_root), "--epochs", "1", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu",
-            "--out", str(out), "--no-progress"]
+    args = [
+        "train",
+        "--data-root",
+        str(phantom_root),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--n-bootstrap",
+        "50",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     return RunDir(out)
 
@@ -78,11 +92,22 @@ def learned_run(learning_root, tmp_path_factory):
     checked on such a model). EfficientNet-B0, 4 epochs, no augmentation: the one trained run most tests share."""
     from cxrlab.training.loop import train
 
-    no_aug = dict(aug_rotation=0.0, aug_translate=0.0, aug_hflip=0.0, aug_brightness=0.0, aug_contrast=0.0, aug_blur=False)
+    no_aug = {"aug_rotation": 0.0, "aug_translate": 0.0, "aug_hflip": 0.0, "aug_brightness": 0.0, "aug_contrast": 0.0, "aug_blur": False}
     # Best epoch by val AUC: in 4 phantom epochs EfficientNet's first, near-constant epoch can have the lowest val loss
     # (the default rule), and a model whose outputs do not vary cannot be exported or checked.
-    cfg = Config(data_root=str(learning_root), model="efficientnet_b0", epochs=4, lr=1e-3, batch_size=32, n_bootstrap=50,
-                 threshold="youden", select_metric="roc_auc", device="cpu", out=str(tmp_path_factory.mktemp("served") / "run"), **no_aug)
+    cfg = Config(
+        data_root=str(learning_root),
+        model="efficientnet_b0",
+        epochs=4,
+        lr=1e-3,
+        batch_size=32,
+        n_bootstrap=50,
+        threshold="youden",
+        select_metric="roc_auc",
+        device="cpu",
+        out=str(tmp_path_factory.mktemp("served") / "run"),
+        **no_aug,
+    )
     return train(cfg, progress=False, echo=lambda _: None)
 
 
@@ -123,8 +148,14 @@ def band_around(run, probability: float, width: float = 0.02) -> dict:
     from cxrlab.core.runs import RunDir
 
     point = json.loads(RunDir(run).operating_point.read_text())
-    point.update(rule_out=max(probability - width, 1e-4), rule_in=min(probability + width, 1 - 1e-4), sensitivity_target=0.9,
-                 specificity_target=0.9, level=0.95, band_error=None)
+    point.update(
+        rule_out=max(probability - width, 1e-4),
+        rule_in=min(probability + width, 1 - 1e-4),
+        sensitivity_target=0.9,
+        specificity_target=0.9,
+        level=0.95,
+        band_error=None,
+    )
     RunDir(run).operating_point.write_text(json.dumps(point))
     return point
 
@@ -138,8 +169,13 @@ def free_port() -> int:
 def start_server(run, *extra, env=None):
     """`cxrlab serve RUN` in a subprocess on a free port, its output piped: (process, url) once /health answers."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cxrlab", "serve", str(run), "--port", str(port), *extra],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cxrlab", "serve", str(run), "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:

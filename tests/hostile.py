@@ -8,14 +8,13 @@ import struct
 import zlib
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage,
-                         generate_uid)
-from PIL import Image
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
 
 
 def _meta(transfer_syntax) -> FileMetaDataset:

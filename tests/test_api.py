@@ -71,8 +71,7 @@ def test_predict_takes_files_and_arrays_alike_and_explain_writes_overlays(learne
 
 
 def test_importing_cxrlab_leaves_the_notebooks_matplotlib_backend_alone():
-    code = ("import matplotlib; matplotlib.use('svg'); import cxrlab, cxrlab.evaluation.plots, cxrlab.api; "
-            "print(matplotlib.get_backend())")
+    code = "import matplotlib; matplotlib.use('svg'); import cxrlab, cxrlab.evaluation.plots, cxrlab.api; print(matplotlib.get_backend())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "svg"
 
 

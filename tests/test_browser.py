@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrlab.data.task import load_task
 from cxrlab.core.runs import RunDir
+from cxrlab.data.task import load_task
 from tests.conftest import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without these, Chromium tries to reach Google's services at start-up, which a closed network refuses.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -51,7 +59,9 @@ def test_the_page_shows_each_state_as_such(server, exported_run, tmp_path):
         page.goto(server)
         assert "not a diagnosis" in page.inner_text("#disclaimer")
         # 1. before any upload: nothing of a result (no empty images, no "P() =", no empty warning box)
-        assert not visible(page, "#result") and not visible(page, "#flagged") and not visible(page, "#error") and not visible(page, "#login")
+        assert (
+            not visible(page, "#result") and not visible(page, "#flagged") and not visible(page, "#error") and not visible(page, "#login")
+        )
         assert not visible(page, "#preview") and "P() =" not in page.inner_text("body")
         page.screenshot(path=str(shots / "page_empty.png"), full_page=True)
         # 2. a chest X-ray: class, probability, overlay

@@ -37,12 +37,41 @@ def test_phantom_then_data_prints_counts_and_says_phantom(tmp_path, capsys):
 
 def test_train_writes_a_complete_run_directory(trained_run):
     names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*") if p.is_file()}
-    expected = {"config.yaml", "data.json", "history.csv", "checkpoints/last.pt", "model.safetensors", "summary.json",
-                "metrics.json", "metrics_val.json", "plots/curves.png", "plots/confusion_test.png", "plots/roc_test.png", "plots/val_grid.png"}
+    expected = {
+        "config.yaml",
+        "data.json",
+        "history.csv",
+        "checkpoints/last.pt",
+        "model.safetensors",
+        "summary.json",
+        "metrics.json",
+        "metrics_val.json",
+        "plots/curves.png",
+        "plots/confusion_test.png",
+        "plots/roc_test.png",
+        "plots/val_grid.png",
+    }
     assert expected <= names
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    flat = {"accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc",
-            "tn", "fp", "fn", "tp", "n", "threshold", "accuracy_ci_low", "roc_auc_ci_high"}
+    flat = {
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "npv",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "tn",
+        "fp",
+        "fn",
+        "tp",
+        "n",
+        "threshold",
+        "accuracy_ci_low",
+        "roc_auc_ci_high",
+    }
     assert flat <= set(metrics)
     assert metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == metrics["n"] == BINARY["test"]
 
@@ -51,7 +80,25 @@ def test_config_file_and_flags_resolve_into_the_saved_config(phantom_root, tmp_p
     config = tmp_path / "c.yaml"
     config.write_text(f"data_root: {phantom_root}\nmodel: mobilenet_v3_large\nepochs: 5\naug_erasing: 0.25\n")
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(out), "--batch-size", "64", "--n-bootstrap", "20", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--batch-size",
+                "64",
+                "--n-bootstrap",
+                "20",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     import yaml
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -101,25 +148,30 @@ def test_bad_input_gives_a_message_and_no_traceback(tmp_path):
 def test_help_status_data_and_a_wrong_run_answer_without_torch_or_scikit_learn(phantom_root, tmp_path):
     """`cxrlab --help`, `cxrlab status` and reading a config import none of the heavy libraries (they took 6-8 s);
     `cxrlab data` (numpy only) and a command given a folder that holds no run neither."""
-    probe = ("import sys, contextlib, io\n"
-             "from cxrlab.cli import main\n"
-             "def quiet(argv):\n"
-             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-             "        try: return main(argv)\n"
-             "        except SystemExit as exit_: return exit_.code\n"
-             "def heavy(names): return [m for m in names if m in sys.modules]\n"
-             "codes = [quiet(argv) for argv in (['--help'], ['train', '--help'], ['status', sys.argv[1]])]\n"
-             "from cxrlab.config import Config\n"
-             "Config(dataset='pneumoniamnist').validate()\n"
-             "light = heavy(('torch', 'sklearn', 'medmnist', 'matplotlib', 'numpy'))\n"
-             "codes += [quiet(['data', '--data-root', sys.argv[2]]), quiet(['evaluate', sys.argv[1]])]\n"
-             "print(codes, light, heavy(('torch', 'sklearn', 'medmnist', 'matplotlib')))\n")
-    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path), str(phantom_root)], capture_output=True, text=True, timeout=60, check=True).stdout
+    probe = (
+        "import sys, contextlib, io\n"
+        "from cxrlab.cli import main\n"
+        "def quiet(argv):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try: return main(argv)\n"
+        "        except SystemExit as exit_: return exit_.code\n"
+        "def heavy(names): return [m for m in names if m in sys.modules]\n"
+        "codes = [quiet(argv) for argv in (['--help'], ['train', '--help'], ['status', sys.argv[1]])]\n"
+        "from cxrlab.config import Config\n"
+        "Config(dataset='pneumoniamnist').validate()\n"
+        "light = heavy(('torch', 'sklearn', 'medmnist', 'matplotlib', 'numpy'))\n"
+        "codes += [quiet(['data', '--data-root', sys.argv[2]]), quiet(['evaluate', sys.argv[1]])]\n"
+        "print(codes, light, heavy(('torch', 'sklearn', 'medmnist', 'matplotlib')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path), str(phantom_root)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert out.strip() == "[0, 0, 2, 0, 2] [] []", out  # status of a folder without a study and evaluate of a folder without a run: exit 2
 
 
-@pytest.mark.parametrize("command", [["compare", "--workers", "2"], ["cv", "--folds", "2", "--workers", "2"],
-                                     ["search", "--trials", "2", "--workers", "2"]])
+@pytest.mark.parametrize(
+    "command", [["compare", "--workers", "2"], ["cv", "--folds", "2", "--workers", "2"], ["search", "--trials", "2", "--workers", "2"]]
+)
 def test_a_study_without_its_data_says_so_once_before_any_worker_starts(tmp_path, capsys, command):
     assert main([*command, "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -44,9 +44,30 @@ def test_two_runs_share_one_gpu_and_match_one_after_another(quick_config, tmp_pa
 def test_torchrun_on_the_gpus(phantom_root, tmp_path):
     """One process per GPU, up to two; with two, DistributedDataParallel over nccl (one GPU: torchrun's single process)."""
     nproc = min(2, torch.cuda.device_count())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "cxrlab", "train",
-           "--data-root", str(phantom_root), "--device", "cuda", "--epochs", "2", "--batch-size", "32", "--n-bootstrap", "50",
-           "--no-progress", "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "cxrlab",
+        "train",
+        "--data-root",
+        str(phantom_root),
+        "--device",
+        "cuda",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--n-bootstrap",
+        "50",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == nproc

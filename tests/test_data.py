@@ -7,7 +7,8 @@ import pytest
 
 from cxrlab.data.datafile import load_arrays, locate, provenance
 from cxrlab.data.datasets import DATASETS
-from cxrlab.data.phantom import CARDIOMEGALY, CHEST_LABELS as N_LABELS, PNEUMOTHORAX, generate, write_phantom
+from cxrlab.data.phantom import CARDIOMEGALY, PNEUMOTHORAX, generate, write_phantom
+from cxrlab.data.phantom import CHEST_LABELS as N_LABELS
 from cxrlab.data.task import load_task, select_binary
 from cxrlab.errors import ConfigError, DataFileError, DataNotFoundError
 

@@ -52,10 +52,13 @@ def test_the_dataset_option_resolves_classes_and_every_word(pneumonia_phantom, c
     assert train_line.split()[1:] == ["1,214", "3,494", "4,708"]
 
 
-@pytest.mark.parametrize("classes, match", [
-    (["cardiomegaly", "pneumothorax"], "unknown PneumoniaMNIST label 'cardiomegaly'; its 2 labels are: normal, pneumonia"),
-    (["pneumonia", "normal"], "PneumoniaMNIST is a binary data set: its classes are normal and pneumonia"),
-])
+@pytest.mark.parametrize(
+    "classes, match",
+    [
+        (["cardiomegaly", "pneumothorax"], "unknown PneumoniaMNIST label 'cardiomegaly'; its 2 labels are: normal, pneumonia"),
+        (["pneumonia", "normal"], "PneumoniaMNIST is a binary data set: its classes are normal and pneumonia"),
+    ],
+)
 def test_classes_the_dataset_does_not_have_are_refused_before_loading(classes, match):
     with pytest.raises(ConfigError, match=match):
         Config(dataset="pneumoniamnist", classes=classes, data_root="/nonexistent").validate()
@@ -70,8 +73,11 @@ def test_a_file_of_the_other_dataset_is_refused_by_name(pneumonia_phantom, phant
     chest_as_pneumonia = tmp_path / "a"
     chest_as_pneumonia.mkdir()
     (chest_as_pneumonia / "pneumoniamnist.npz").write_bytes((phantom_root / "chestmnist.npz").read_bytes())
-    with pytest.raises(DataFileError, match=rf"pneumoniamnist.npz is not a PneumoniaMNIST file: train_labels has shape \({SMALL['train']}, 14\), "
-                       r"expected \(N, 1\).*looks like a ChestMNIST file \(use --dataset chestmnist\)"):
+    with pytest.raises(
+        DataFileError,
+        match=rf"pneumoniamnist.npz is not a PneumoniaMNIST file: train_labels has shape \({SMALL['train']}, 14\), "
+        r"expected \(N, 1\).*looks like a ChestMNIST file \(use --dataset chestmnist\)",
+    ):
         load_task(chest_as_pneumonia, 28, ["normal", "pneumonia"], dataset="pneumoniamnist")
     pneumonia_as_chest = tmp_path / "b"
     pneumonia_as_chest.mkdir()
@@ -82,8 +88,16 @@ def test_a_file_of_the_other_dataset_is_refused_by_name(pneumonia_phantom, phant
 
 def test_pneumonia_phantom_trains_and_its_run_records_the_dataset(tmp_path, capsys):
     write_phantom(tmp_path, split_sizes={"train": 400, "val": 100, "test": 100}, dataset="pneumoniamnist")
-    cfg = Config(dataset="pneumoniamnist", data_root=str(tmp_path), model="efficientnet_b0", epochs=1, batch_size=64,
-                 n_bootstrap=20, device="cpu", out=str(tmp_path / "run"))
+    cfg = Config(
+        dataset="pneumoniamnist",
+        data_root=str(tmp_path),
+        model="efficientnet_b0",
+        epochs=1,
+        batch_size=64,
+        n_bootstrap=20,
+        device="cpu",
+        out=str(tmp_path / "run"),
+    )
     run = train(cfg, progress=False, echo=quiet)
     assert json.loads(run.data.read_text())["dataset"] == "pneumoniamnist"
     assert run.load_config().dataset == "pneumoniamnist"
@@ -110,13 +124,15 @@ def test_real_file_is_recognised_and_loads_like_medmnist(real_pneumonia_root):
 @pytest.mark.slow
 def test_one_epoch_on_real_xrays_reaches_a_val_auc_no_broken_pipeline_can(real_pneumonia_root, tmp_path):
     """MobileNetV3-L, defaults, one epoch on the 4,708 real training images: val ROC-AUC 0.97-0.98 at the earlier
-    defaults (batch 16, seeds 0-2) and 0.973 at batch 64 (seed 0, the 2026-12-01 study's first epoch); a pipeline that scrambles labels, images or normalisation stays near 0.5, a weak one far below 0.9."""
-    cfg = Config(dataset="pneumoniamnist", data_root=str(real_pneumonia_root), epochs=1, n_bootstrap=20, device="cpu",
-                 out=str(tmp_path / "run"))
+    defaults (batch 16, seeds 0-2) and 0.973 at batch 64 (seed 0, the 2026-12-01 study's first epoch); a pipeline that scrambles
+    labels, images or normalisation stays near 0.5, a weak one far below 0.9."""
+    cfg = Config(
+        dataset="pneumoniamnist", data_root=str(real_pneumonia_root), epochs=1, n_bootstrap=20, device="cpu", out=str(tmp_path / "run")
+    )
     run = train(cfg, progress=False, echo=quiet)
     val = json.loads(run.metrics("val").read_text())
     assert val["roc_auc"] > 0.9, val
-    assert "PneumoniaMNIST (official file, MD5 verified)" == json.loads(run.summary.read_text())["data_label"]
+    assert json.loads(run.summary.read_text())["data_label"] == "PneumoniaMNIST (official file, MD5 verified)"
 
 
 def test_without_medmnist_importing_the_config_names_the_package_and_its_install_command(tmp_path):
@@ -125,9 +141,15 @@ def test_without_medmnist_importing_the_config_names_the_package_and_its_install
     import sys
 
     blocker = tmp_path / "sitecustomize.py"
-    blocker.write_text("import importlib.util, sys\n_find = importlib.util.find_spec\n"
-                       "importlib.util.find_spec = lambda name, *a: None if name == 'medmnist' else _find(name, *a)\n")
-    run = subprocess.run([sys.executable, "-c", "import cxrlab.config"], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    blocker.write_text(
+        "import importlib.util, sys\n_find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'medmnist' else _find(name, *a)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", "import cxrlab.config"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     assert run.returncode == 1 and "ModuleNotFoundError" in run.stderr and "pip install 'medmnist==3.0.2'" in run.stderr
     assert "AttributeError" not in run.stderr

@@ -10,10 +10,34 @@ from pathlib import Path
 
 import pytest
 
-FLAGS = ["--model", "efficientnet_b0", "--epochs", "4", "--lr", "1e-3", "--batch-size", "32", "--n-bootstrap", "50", "--device", "cpu",
-         "--select-metric", "roc_auc",  # as conftest's learned_run: 4 phantom epochs, the recipe the learning tests share
-         "--aug-rotation", "0", "--aug-translate", "0", "--aug-hflip", "0", "--aug-brightness", "0", "--aug-contrast", "0", "--no-aug-blur",
-         "--no-progress"]
+FLAGS = [
+    "--model",
+    "efficientnet_b0",
+    "--epochs",
+    "4",
+    "--lr",
+    "1e-3",
+    "--batch-size",
+    "32",
+    "--n-bootstrap",
+    "50",
+    "--device",
+    "cpu",
+    "--select-metric",
+    "roc_auc",  # as conftest's learned_run: 4 phantom epochs, the recipe the learning tests share
+    "--aug-rotation",
+    "0",
+    "--aug-translate",
+    "0",
+    "--aug-hflip",
+    "0",
+    "--aug-brightness",
+    "0",
+    "--aug-contrast",
+    "0",
+    "--no-aug-blur",
+    "--no-progress",
+]
 
 
 def torchrun(*args, record=None, env=None, **kwargs):
@@ -82,8 +106,25 @@ def test_a_run_that_stops_early_ends_on_every_rank_together(phantom_root, tmp_pa
     """Patience 1 and no epoch after the first improving: the decision, taken from rank 0's shared row, stops every
     rank after epoch 2; the command ends (no rank left waiting in a collective) and rank 0 finishes the run."""
     out = tmp_path / "early"
-    proc = torchrun("--data-root", str(phantom_root), "--out", str(out), "--epochs", "5", "--early-stopping", "1", "--batch-size", "64",
-                    "--n-bootstrap", "20", "--device", "cpu", "--no-progress", record=tmp_path / "record", env={"DDP_RANKS_FLAT_SCORE": "1"})
+    proc = torchrun(
+        "--data-root",
+        str(phantom_root),
+        "--out",
+        str(out),
+        "--epochs",
+        "5",
+        "--early-stopping",
+        "1",
+        "--batch-size",
+        "64",
+        "--n-bootstrap",
+        "20",
+        "--device",
+        "cpu",
+        "--no-progress",
+        record=tmp_path / "record",
+        env={"DDP_RANKS_FLAT_SCORE": "1"},
+    )
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     assert output.count("early stop: no val") == 1, "rank 0 reports it"
@@ -92,7 +133,14 @@ def test_a_run_that_stops_early_ends_on_every_rank_together(phantom_root, tmp_pa
     assert json.loads((out / "summary.json").read_text())["early_stopped"] is True
 
 
-TORCHRUN_ENV = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+TORCHRUN_ENV = {
+    "WORLD_SIZE": "2",
+    "LOCAL_WORLD_SIZE": "2",
+    "RANK": "0",
+    "LOCAL_RANK": "0",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29999",
+}
 
 
 def test_a_launch_without_torchruns_variables_is_refused_by_name_before_any_collective(monkeypatch):
@@ -123,7 +171,10 @@ def test_more_processes_than_visible_gpus_are_refused_with_the_count_to_use(monk
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     joined = []
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: joined.append(k))
-    with pytest.raises(ConfigError, match=r"torchrun started 2 processes on this machine but 1 GPU\(s\) are visible \(CUDA_VISIBLE_DEVICES=0\): "
-                                          r"use --nproc_per_node 1, or --device cpu"):
+    with pytest.raises(
+        ConfigError,
+        match=r"torchrun started 2 processes on this machine but 1 GPU\(s\) are visible \(CUDA_VISIBLE_DEVICES=0\): "
+        r"use --nproc_per_node 1, or --device cpu",
+    ):
         distributed.init_process("auto")
     assert not joined

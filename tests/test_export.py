@@ -77,7 +77,7 @@ def test_quantisation_ships_only_what_passes_the_rule_and_bench_reports_every_ba
     shutil.copytree(exported_run, copy)
     assert main(["export", str(copy)]) == 0
     report = json.loads((copy / "quantization.json").read_text())
-    fp32, *candidates = report["candidates"]
+    _fp32, *candidates = report["candidates"]
     assert {c["name"].split(" (")[0] for c in candidates} == {"torch dynamic INT8", "onnxruntime dynamic INT8", "onnxruntime static INT8"}
     assert all(c["why"] for c in candidates)  # every candidate says why it was or was not shipped
     assert (copy / "model.int8.onnx").exists() == any(c["shipped"] for c in candidates)
@@ -90,12 +90,15 @@ def test_quantisation_ships_only_what_passes_the_rule_and_bench_reports_every_ba
     assert all(r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] for r in rows)
 
 
-@pytest.mark.parametrize("name, size, layer, side", [
-    ("mobilenet_v3_large", 28, "features.6", 7),
-    ("efficientnet_b0", 28, "features.3", 7),
-    ("densenet121", 28, "features.denseblock2", 7),
-    ("densenet121", 224, "features.norm5", 7),
-])
+@pytest.mark.parametrize(
+    "name, size, layer, side",
+    [
+        ("mobilenet_v3_large", 28, "features.6", 7),
+        ("efficientnet_b0", 28, "features.3", 7),
+        ("densenet121", 28, "features.denseblock2", 7),
+        ("densenet121", 224, "features.norm5", 7),
+    ],
+)
 def test_gradcam_layer_is_the_deepest_with_a_useful_map(name, size, layer, side):
     model = create_model(name, image_size=size)
     chosen, block = cam_layer(model, size)
@@ -108,8 +111,8 @@ def test_gradcam_layer_is_the_deepest_with_a_useful_map(name, size, layer, side)
 
 def test_gradcam_maps_vary_and_explain_writes_overlays(exported_run, tmp_path, capsys):
     trained, images = val_images(exported_run, 8)
-    maps, probs, classes = Explainer(trained).heatmaps(images)
-    assert maps.shape == (8, 28, 28) and 0 <= maps.min() and maps.max() <= 1
+    maps, _probs, classes = Explainer(trained).heatmaps(images)
+    assert maps.shape == (8, 28, 28) and maps.min() >= 0 and maps.max() <= 1
     assert all(m.std() > 0 for m in maps)  # not the constant map of a 1x1 layer
     assert set(classes) <= set(trained.classes)
     png = tmp_path / "xray.png"
@@ -159,7 +162,7 @@ def test_explain_answers_what_predict_answers_through_the_served_backend(exporte
     the same route, so the two never name different classes for one image, also near the threshold."""
     import cxrlab
 
-    trained, images = val_images(exported_run, 12)
+    _trained, images = val_images(exported_run, 12)
     paths = []
     for i, image in enumerate(images.numpy()):
         paths.append(tmp_path / f"x{i}.png")

@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests import hostile
 from cxrlab.cli import main
 from cxrlab.core.runs import RunDir
 from cxrlab.serve.app import create_app
+from tests import hostile
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -70,10 +70,12 @@ def test_a_deflate_bomb_is_refused_with_bounded_memory(tmp_path):
     """3 MB that inflate to 3 GB: refused after inflating at most the cap (4 bytes per allowed pixel + 16 MB)."""
     bomb = tmp_path / "bomb.dcm"
     bomb.write_bytes(hostile.deflate_bomb(3 << 30))
-    probe = ("import resource, sys; from cxrlab.data.images import decode_image; import pydicom.pixels; data = open(sys.argv[1], 'rb').read(); "
-             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-             "try: decode_image(data, 'bomb.dcm', 28)\nexcept Exception as exc: print(type(exc).__name__)\n"
-             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)")
+    probe = (
+        "import resource, sys; from cxrlab.data.images import decode_image; import pydicom.pixels; data = open(sys.argv[1], 'rb').read(); "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try: decode_image(data, 'bomb.dcm', 28)\nexcept Exception as exc: print(type(exc).__name__)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)"
+    )
     out = subprocess.run([sys.executable, "-c", probe, str(bomb)], capture_output=True, text=True, timeout=120).stdout.split()
     assert out[0] == "ImageTooLarge"
     assert float(out[1]) < 300, f"peak memory grew by {out[1]} MB"  # measured 2026-12-01: about 220 MB
@@ -84,11 +86,24 @@ def test_a_request_is_bounded_as_a_whole_and_one_bad_file_does_not_sink_the_othe
     good = xray_like(exported_run)  # 0.09 MP
     many = client.post("/predict", files=[("files", (f"{i}.png", good, "image/png")) for i in range(4)])
     assert many.status_code == 413 and "4 files" in many.json()["detail"] and "at most 3" in many.json()["detail"]
-    mixed = client.post("/predict", files=[("files", ("a.png", good, "image/png")), ("files", ("notes.txt", b"hello", "text/plain")),
-                                           ("files", ("b.png", good, "image/png"))])
+    mixed = client.post(
+        "/predict",
+        files=[
+            ("files", ("a.png", good, "image/png")),
+            ("files", ("notes.txt", b"hello", "text/plain")),
+            ("files", ("b.png", good, "image/png")),
+        ],
+    )
     assert mixed.status_code == 200
     a, notes, b = mixed.json()["results"]
-    assert a["in_distribution"] and a["class"] and b["class"] and notes["status"] == 415 and "notes.txt" in notes["error"] and "class" not in notes
+    assert (
+        a["in_distribution"]
+        and a["class"]
+        and b["class"]
+        and notes["status"] == 415
+        and "notes.txt" in notes["error"]
+        and "class" not in notes
+    )
     over = client.post("/predict", files=[("files", (f"{i}.png", good, "image/png")) for i in range(3)]).json()["results"]
     assert [r.get("status") for r in over] == [None, None, 413] and "decoded pixels" in over[2]["error"]
 
@@ -96,8 +111,11 @@ def test_a_request_is_bounded_as_a_whole_and_one_bad_file_does_not_sink_the_othe
 def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(exported_run):
     client = TestClient(create_app(exported_run, max_upload_mb=0.05))
     boundary = "cxrlab-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + bytes(200_000) + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n').encode()
+        + bytes(200_000)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
     def chunks():  # no Content-Length: the size is only known as it arrives
         for i in range(0, len(body), 16384):
@@ -139,11 +157,21 @@ def test_serving_beyond_this_machine_needs_a_token(exported_run, tmp_path, capsy
 def test_no_response_names_a_server_path_a_secret_or_patient_data(client, exported_run):
     cfg = RunDir(exported_run).load_config()
     dicom = hostile.dicom_bytes((np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16))  # PatientName Doe^Jane, PatientID PID-0042
-    texts = [client.get("/model").text, client.get("/").text,
-             client.post("/predict", files={"files": ("scan.dcm", dicom, "application/dicom")}).text,
-             client.post("/predict", files={"files": ("notes.txt", b"x", "text/plain")}).text]
+    texts = [
+        client.get("/model").text,
+        client.get("/").text,
+        client.post("/predict", files={"files": ("scan.dcm", dicom, "application/dicom")}).text,
+        client.post("/predict", files={"files": ("notes.txt", b"x", "text/plain")}).text,
+    ]
     card = json.loads(texts[0])
     assert card["training"]["model"] == cfg.model and card["data"]["kind"] == "phantom" and "file" not in card["data"]
     for text in texts:
-        for secret in (str(Path(exported_run).resolve()), str(Path(cfg.data_root).resolve()), "data_root", "tracking_uri", "Doe^Jane", "PID-0042"):
+        for secret in (
+            str(Path(exported_run).resolve()),
+            str(Path(cfg.data_root).resolve()),
+            "data_root",
+            "tracking_uri",
+            "Doe^Jane",
+            "PID-0042",
+        ):
             assert secret not in text

@@ -19,6 +19,7 @@ from tests.test_serve import dicom
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid grayscale PNG of zeros: a few hundred KB that decode to width x height bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

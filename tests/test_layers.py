@@ -7,8 +7,18 @@ from pathlib import Path
 import cxrlab
 
 # Bottom first; a module may import from its own layer and the layers below.
-LAYERS = [("errors", "files", "layout", "limits"), ("data", "models"), ("config",), ("core",), ("evaluation",), ("training",), ("export",),
-          ("report",), ("api",), ("cli", "serve", "__main__")]
+LAYERS = [
+    ("errors", "files", "layout", "limits"),
+    ("data", "models"),
+    ("config",),
+    ("core",),
+    ("evaluation",),
+    ("training",),
+    ("export",),
+    ("report",),
+    ("api",),
+    ("cli", "serve", "__main__"),
+]
 PACKAGE = Path(cxrlab.__file__).parent
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxrlab.evaluation.scoring import positive_view
 from cxrlab.evaluation.metrics import _count_metrics, bootstrap_ci, evaluate_probs, point_metrics, youden_threshold
+from cxrlab.evaluation.scoring import positive_view
 
 #                  tn  tn  fp  fn  tp  tp  tp
 TARGETS = np.array([0, 0, 0, 1, 1, 1, 1])

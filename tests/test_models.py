@@ -5,8 +5,7 @@ import torch
 import torchvision
 
 from cxrlab.errors import ConfigError, WeightsError
-from cxrlab.models.registry import ARCHITECTURES, count_parameters, create_model
-from cxrlab.models.registry import fold_rgb_stem
+from cxrlab.models.registry import ARCHITECTURES, count_parameters, create_model, fold_rgb_stem
 from cxrlab.models.segmentation import SegmentationPreprocessor
 
 

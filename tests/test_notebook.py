@@ -42,10 +42,36 @@ def test_the_notebook_runs_top_to_bottom_on_phantom_data(learned_run, tmp_path):
     shutil.copytree(learned_run.path, study_run, ignore=shutil.ignore_patterns("*.onnx", "export.json", "quantization.json", "bench.json"))
     config = yaml.safe_load((study_run / "config.yaml").read_text())
     (study_run / "config.yaml").write_text(yaml.safe_dump({**config, "out": str(study_run)}, sort_keys=False))
-    options = {k: config[k] for k in ("batch_size", "lr", "n_bootstrap", "device", "threshold", "select_metric", "aug_rotation", "aug_translate", "aug_hflip",
-                                      "aug_brightness", "aug_contrast", "aug_blur")}
-    nb = run(with_parameters(DATA_ROOT=config["data_root"], DOWNLOAD=False, MODELS=["efficientnet_b0"], SEEDS=[0], EPOCHS=config["epochs"],
-                             TTA=2, QUANTIZE=False, OPTIONS=options), tmp_path)
+    options = {
+        k: config[k]
+        for k in (
+            "batch_size",
+            "lr",
+            "n_bootstrap",
+            "device",
+            "threshold",
+            "select_metric",
+            "aug_rotation",
+            "aug_translate",
+            "aug_hflip",
+            "aug_brightness",
+            "aug_contrast",
+            "aug_blur",
+        )
+    }
+    nb = run(
+        with_parameters(
+            DATA_ROOT=config["data_root"],
+            DOWNLOAD=False,
+            MODELS=["efficientnet_b0"],
+            SEEDS=[0],
+            EPOCHS=config["epochs"],
+            TTA=2,
+            QUANTIZE=False,
+            OPTIONS=options,
+        ),
+        tmp_path,
+    )
     text = "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "running on the CPU" in text and "PHANTOM" in text and "reusing finished run" in text
     assert "<iframe srcdoc=" in text  # the report, inline

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxrlab.cli import main
-from cxrlab.data.task import load_task
 from cxrlab.core.runs import RunDir
+from cxrlab.data.task import load_task
 from cxrlab.serve.app import create_app
 
 
@@ -41,11 +41,18 @@ def test_a_finished_run_measures_its_check_on_test_and_on_images_that_are_not_ch
 def test_the_service_gives_no_class_to_an_image_unlike_the_training_images(exported_run, val_image):
     client = TestClient(create_app(exported_run))
     noise = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
-    answer = client.post("/predict", files=[("files", ("noise.png", png(noise), "image/png")),
-                                            ("files", ("xray.png", png(np.asarray(Image.fromarray(val_image).resize((256, 256)))), "image/png"))])
+    answer = client.post(
+        "/predict",
+        files=[
+            ("files", ("noise.png", png(noise), "image/png")),
+            ("files", ("xray.png", png(np.asarray(Image.fromarray(val_image).resize((256, 256)))), "image/png")),
+        ],
+    )
     flagged, xray = answer.json()["results"]
     assert flagged["in_distribution"] is False and flagged["class"] is None and flagged["probability"] is None
-    assert flagged["ood_score"] > flagged["ood_threshold"] and "does not look like the images the model was trained on" in flagged["message"]
+    assert (
+        flagged["ood_score"] > flagged["ood_threshold"] and "does not look like the images the model was trained on" in flagged["message"]
+    )
     assert xray["in_distribution"] is True and xray["class"] and xray["ood_score"] <= xray["ood_threshold"]
     refused = client.post("/explain", files={"file": ("noise.png", png(noise), "image/png")})
     assert refused.status_code == 422 and "not explained" in refused.json()["detail"]
@@ -113,8 +120,11 @@ def test_the_checks_precision_is_scikit_learns_ledoit_wolf_precision_also_for_co
     from cxrlab.evaluation.ood import shrunk_precision
 
     rng = np.random.default_rng(0)
-    for features in (rng.normal(size=(200, 30)) @ rng.normal(size=(30, 30)), rng.normal(size=(20, 64)),  # more features than images
-                     np.zeros((50, 8))):  # a layer whose features never vary: singular, the pseudo-inverse
+    for features in (
+        rng.normal(size=(200, 30)) @ rng.normal(size=(30, 30)),
+        rng.normal(size=(20, 64)),  # more features than images
+        np.zeros((50, 8)),
+    ):  # a layer whose features never vary: singular, the pseudo-inverse
         centred = features - features.mean(0)
         expected = LedoitWolf(assume_centered=True).fit(centred).precision_
         assert np.allclose(shrunk_precision(centred), expected, rtol=1e-8, atol=1e-10)

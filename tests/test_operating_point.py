@@ -6,9 +6,21 @@ import pytest
 from scipy.stats import binom
 
 from cxrlab.errors import ConfigError
-from cxrlab.evaluation.operating_point import (NEGATIVE, POSITIVE, REFERRED, OperatingPoint, at_prevalence, choose_operating_point,
-                                               estimate_prevalence, lower_bound, predictive_values, refer_band, risk_coverage,
-                                               rule_in_threshold, rule_out_threshold)
+from cxrlab.evaluation.operating_point import (
+    NEGATIVE,
+    POSITIVE,
+    REFERRED,
+    OperatingPoint,
+    at_prevalence,
+    choose_operating_point,
+    estimate_prevalence,
+    lower_bound,
+    predictive_values,
+    refer_band,
+    risk_coverage,
+    rule_in_threshold,
+    rule_out_threshold,
+)
 
 
 def scores(seed=0, negatives=400, positives=1100, separation=2.5):
@@ -70,10 +82,12 @@ def test_unreachable_targets_are_refused_naming_the_best_reachable_value():
 
 def test_prevalence_moves_posteriors_and_predictive_values_and_em_recovers_it():
     rng = np.random.default_rng(0)
+
     # calibrated posteriors at a 70% evidence prevalence, from two Gaussian classes of logit scores
     def posterior(x, prior):
-        likelihood_ratio = np.exp(-(x - 2) ** 2 / 2) / np.exp(-x ** 2 / 2)
+        likelihood_ratio = np.exp(-((x - 2) ** 2) / 2) / np.exp(-(x**2) / 2)
         return prior * likelihood_ratio / (prior * likelihood_ratio + 1 - prior)
+
     site = np.r_[rng.normal(0, 1, 3000), rng.normal(2, 1, 1000)]  # a site with 25% positives
     probs = posterior(site, 0.7)
     assert estimate_prevalence(probs, 0.7) == pytest.approx(0.25, abs=0.03)
@@ -106,8 +120,13 @@ def test_the_single_threshold_rules_chosen_on_the_evidence():
     from cxrlab.evaluation.scoring import choose_on_evidence
 
     targets, probs = scores(1)
-    cfg = Config(dataset="pneumoniamnist", threshold="sensitivity-bound", target_sensitivity=0.95, rule_out_sensitivity=0.97,
-                 rule_in_specificity=0.97).validate()
+    cfg = Config(
+        dataset="pneumoniamnist",
+        threshold="sensitivity-bound",
+        target_sensitivity=0.95,
+        rule_out_sensitivity=0.97,
+        rule_in_specificity=0.97,
+    ).validate()
     point, temperature = choose_on_evidence(cfg, targets, probs, "held-out fold + val")
     assert point.threshold == rule_out_threshold(targets, probs, 0.95, 0.95) and point.rule == "sensitivity-bound"
     assert point.rule_out == rule_out_threshold(targets, probs, 0.97) and point.rule_in == rule_in_threshold(targets, probs, 0.97)

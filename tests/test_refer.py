@@ -75,7 +75,10 @@ def test_a_run_from_before_operating_points_predicts_at_its_threshold_and_says_s
     image.write_bytes(png(load_task(cfg.data_root, 28, cfg.classes, splits=("val",)).splits["val"].images[1].numpy()))
     assert main(["predict", str(old), str(image)]) == 0
     captured = capsys.readouterr()
-    assert "trained before operating points" in captured.err and f"single threshold {json.loads((old / 'summary.json').read_text())['threshold']:.4g}" in captured.err
+    assert (
+        "trained before operating points" in captured.err
+        and f"single threshold {json.loads((old / 'summary.json').read_text())['threshold']:.4g}" in captured.err
+    )
     assert captured.out.split("\t")[1] in cfg.classes
 
 
@@ -86,9 +89,28 @@ def test_operating_point_refits_on_the_evidence_and_refuses_what_it_cannot_show(
     assert "best reachable 95% lower bound" in capsys.readouterr().err
     assert main(["operating-point", str(run), "--prevalence", "1.5"]) == 2
     assert "prevalence must be" in capsys.readouterr().err
-    assert main(["operating-point", str(run), "--rule-out-sensitivity", "0.6", "--rule-in-specificity", "0.6", "--threshold", "bayes",
-                 "--prevalence", "0.3"]) == 0
+    assert (
+        main(
+            [
+                "operating-point",
+                str(run),
+                "--rule-out-sensitivity",
+                "0.6",
+                "--rule-in-specificity",
+                "0.6",
+                "--threshold",
+                "bayes",
+                "--prevalence",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     point = json.loads(RunDir(run).operating_point.read_text())
     saved = RunDir(run).load_config()
     assert point["sensitivity_target"] == 0.6 and point["rule_out"] <= point["rule_in"] and point["rule"] == "bayes"
-    assert saved.prevalence == 0.3 and saved.threshold == "bayes" and json.loads((run / "summary.json").read_text())["threshold"] == point["threshold"]
+    assert (
+        saved.prevalence == 0.3
+        and saved.threshold == "bayes"
+        and json.loads((run / "summary.json").read_text())["threshold"] == point["threshold"]
+    )

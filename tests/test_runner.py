@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrlab.errors import ConfigError
 from cxrlab.core.runs import RunDir
+from cxrlab.errors import ConfigError
 from cxrlab.training.runner import Plan, available_cores, plan
 
 
@@ -36,12 +36,15 @@ def test_with_cuda_small_models_share_a_gpu_and_workers_take_gpus_in_turn():
     assert plan(3, "cuda:1", 28, cores=16, gpus=["0", "1"]) == Plan(2, 8)  # a named GPU: every run on it, no pinning
 
 
-@pytest.mark.parametrize(("workers", "threads", "message"), [
-    (0, None, "workers must be at least 1, got 0"),
-    (2, 0, "threads must be at least 1, got 0"),
-    (2, 2, "2 workers x 2 threads = 4 threads on 2 cores"),
-    (3, None, "3 workers on 2 cores"),
-])
+@pytest.mark.parametrize(
+    ("workers", "threads", "message"),
+    [
+        (0, None, "workers must be at least 1, got 0"),
+        (2, 0, "threads must be at least 1, got 0"),
+        (2, 2, "2 workers x 2 threads = 4 threads on 2 cores"),
+        (3, None, "3 workers on 2 cores"),
+    ],
+)
 def test_bad_worker_counts_are_refused_with_the_numbers(workers, threads, message):
     with pytest.raises(ConfigError, match=message):
         plan(6, "cpu", 28, workers=workers, threads=threads, cores=2)
@@ -68,9 +71,33 @@ def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_the_runs(tmp_pat
 
     write_phantom(tmp_path / "data", size=28, seed=2, split_sizes={"train": 400, "val": 100, "test": 100})  # folds of 100 images
     out = tmp_path / "cv"
-    cmd = [sys.executable, "-m", "cxrlab", "cv", "--data-root", str(tmp_path / "data"), "--model", "mobilenet_v3_large", "--folds", "2",
-           "--epochs", "2", "--batch-size", "32", "--n-bootstrap", "20", "--device", "cpu", "--workers", "2", "--threads", "1",
-           "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrlab",
+        "cv",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--model",
+        "mobilenet_v3_large",
+        "--folds",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--n-bootstrap",
+        "20",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 300
     while not any((out / f"fold{k}" / "history.csv").is_file() for k in (0, 1)):

@@ -20,7 +20,7 @@ from cxrlab.training.loop import train
 
 LABEL_NAMES = DATASETS["chestmnist"].label_names
 
-NO_AUG = dict(aug_rotation=0.0, aug_translate=0.0, aug_hflip=0.0, aug_brightness=0.0, aug_contrast=0.0, aug_blur=False)
+NO_AUG = {"aug_rotation": 0.0, "aug_translate": 0.0, "aug_hflip": 0.0, "aug_brightness": 0.0, "aug_contrast": 0.0, "aug_blur": False}
 
 
 def quiet(_):
@@ -63,7 +63,7 @@ def test_multilabel_task_learns_and_matches_medmnist_evaluator(quick_config, tmp
     cfg = replace(quick_config, task="multilabel", model="efficientnet_b0", epochs=4, lr=1e-3, **NO_AUG)
     run = train(cfg, progress=False, echo=quiet)
     test = json.loads(run.metrics("test").read_text())
-    assert set(f"auc_{name}" for name in LABEL_NAMES) <= set(test)
+    assert {f"auc_{name}" for name in LABEL_NAMES} <= set(test)
     # the two labels the phantom draws distinctly are learnt. One label alone is too noisy after 4 epochs (test
     # cardiomegaly AUC 0.62 on one machine failed a 0.65 bound; 0.61 / pneumothorax 0.64 on another, BatchNorm
     # momentum 0.1), so the bound is on their mean, with margin; an untrained model sits at 0.5

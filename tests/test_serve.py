@@ -157,7 +157,10 @@ def test_concurrent_requests_do_not_mix_results_and_explanations_never_starve_pr
             return i, (answer.status_code, answer.headers.get("retry-after"))
         return i, client.post(route, files={"files": (f"{i}.png", xrays[i % 20], "image/png")}).json()["results"][0]
 
-    alone = {i: client.post("/predict", files={"files": (f"{i}.png", xrays[i], "image/png")}).json()["results"][0]["probability"] for i in range(20)}
+    alone = {
+        i: client.post("/predict", files={"files": (f"{i}.png", xrays[i], "image/png")}).json()["results"][0]["probability"]
+        for i in range(20)
+    }
     explained = []
     with ThreadPoolExecutor(16) as pool:
         for i, result in pool.map(ask, range(80)):

@@ -11,10 +11,10 @@ import yaml
 
 from cxrlab.cli import main
 from cxrlab.config import load_config
-from cxrlab.errors import RunDirError
-from cxrlab.report.study import check_compatible
 from cxrlab.core.checkpoint import load_state
 from cxrlab.core.runs import RunDir
+from cxrlab.errors import RunDirError
+from cxrlab.report.study import check_compatible
 from cxrlab.training.loop import train
 from tests.conftest import BINARY
 
@@ -24,9 +24,27 @@ MODELS = ["mobilenet_v3_large", "efficientnet_b0"]
 
 
 def compare_args(root, out, *extra):
-    return ["compare", "--data-root", str(root), "--models", *MODELS, "--out", str(out), "--tta", "3",
-            "--threshold", "sensitivity", "--target-sensitivity", "0.8", "--rule-out-sensitivity", "0.9", "--rule-in-specificity", "0.9",
-            *FAST, *extra]
+    return [
+        "compare",
+        "--data-root",
+        str(root),
+        "--models",
+        *MODELS,
+        "--out",
+        str(out),
+        "--tta",
+        "3",
+        "--threshold",
+        "sensitivity",
+        "--target-sensitivity",
+        "0.8",
+        "--rule-out-sensitivity",
+        "0.9",
+        "--rule-in-specificity",
+        "0.9",
+        *FAST,
+        *extra,
+    ]
 
 
 def read_csv(path):
@@ -44,9 +62,19 @@ def study(phantom_root, tmp_path_factory):
 def test_compare_writes_the_complete_report(study):
     md = (study / "report.md").read_text()
     assert md.splitlines()[2].startswith("> **PHANTOM")  # phantom reports say so at the top
-    for section in ("## Headline: ", "## Data", "## Protocol", "## Machine", "## Comparison", "## Paired comparisons on test",
-                    "## Operating points: chosen without test", "## Risk against coverage", "## Winner per criterion", "## Calibration",
-                    "## Reproduce"):
+    for section in (
+        "## Headline: ",
+        "## Data",
+        "## Protocol",
+        "## Machine",
+        "## Comparison",
+        "## Paired comparisons on test",
+        "## Operating points: chosen without test",
+        "## Risk against coverage",
+        "## Winner per criterion",
+        "## Calibration",
+        "## Reproduce",
+    ):
         assert section in md
     # the headline's entry is named by the evidence rule, with sensitivity, specificity, PPV and NPV on its first screen
     rows = read_csv(study / "comparison.csv")
@@ -54,7 +82,10 @@ def test_compare_writes_the_complete_report(study):
     named = md.split("## Headline: ")[1].splitlines()[0]
     assert evidence[named] == max(evidence.values())
     headline = md.split("## Headline: ")[1].split("## Data")[0]
-    assert all(f"| {k} |" in headline for k in ("sensitivity", "specificity", "PPV", "NPV")) and "interval over seeds and test resampling" in headline
+    assert (
+        all(f"| {k} |" in headline for k in ("sensitivity", "specificity", "PPV", "NPV"))
+        and "interval over seeds and test resampling" in headline
+    )
     assert "accuracy at 0.5 (the published convention)" in headline and all(r["accuracy_05"] for r in rows)
     assert "Label shift, estimated without labels" in md and "looks at the test images and chooses nothing" in md
     # the refer band (targets 0.9, reachable with the phantom's val): shown in the headline and recorded in every row
@@ -66,8 +97,17 @@ def test_compare_writes_the_complete_report(study):
     assert "ms/image (ORT fp32, batch 1)" in md and "inference columns: onnxruntime" in md
     assert "training timings (s/epoch, train s) were measured with" in md and "at a time" in md
     figures = {p.name for p in (study / "figures").iterdir()}
-    assert {"roc_test.png", "pr_test.png", "reliability_test.png", "curves_efficientnet_b0.png", "confusion_ensemble.png",
-            "grid_mobilenet_v3_large.png", "gradcam_efficientnet_b0.png", "risk_coverage_evidence.png", "risk_coverage_test.png"} <= figures
+    assert {
+        "roc_test.png",
+        "pr_test.png",
+        "reliability_test.png",
+        "curves_efficientnet_b0.png",
+        "confusion_ensemble.png",
+        "grid_mobilenet_v3_large.png",
+        "gradcam_efficientnet_b0.png",
+        "risk_coverage_evidence.png",
+        "risk_coverage_test.png",
+    } <= figures
     html = (study / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= len(figures) and 'src="figures' not in html  # self-contained
     assert "PHANTOM" in html
@@ -87,7 +127,7 @@ def test_every_number_traces_to_a_run(study):
             assert float(row["roc_auc"]) == pytest.approx(metrics["roc_auc"])
             val = json.loads(RunDir(row["runs"]).metrics("val").read_text())
             assert val["sensitivity"] >= 0.8  # threshold rule 'sensitivity' met on val, where it was chosen
-        assert 0 < float(row["temperature"]) and 0 <= float(row["ece_calibrated"]) <= 1
+        assert float(row["temperature"]) > 0 and 0 <= float(row["ece_calibrated"]) <= 1
 
 
 def test_more_seeds_from_the_saved_config_train_only_what_is_missing_and_reproduce_the_rest(study, capsys):
@@ -114,8 +154,29 @@ def test_runs_side_by_side_give_the_results_of_a_run_alone_and_a_recipe_applies_
     recipe.write_text("batch_size: 64\nlr_schedule: multistep\nlr_milestones: [1]\n")
 
     def run(out, workers):
-        return main(["compare", "--data-root", str(phantom_root), "--models", "mobilenet_v3_large", "--seeds", "0", "1", "--ensemble", "off",
-                     "--threads", "1", "--workers", str(workers), "--recipe", f"mobilenet_v3_large={recipe}", "--out", str(tmp_path / out), *FAST])
+        return main(
+            [
+                "compare",
+                "--data-root",
+                str(phantom_root),
+                "--models",
+                "mobilenet_v3_large",
+                "--seeds",
+                "0",
+                "1",
+                "--ensemble",
+                "off",
+                "--threads",
+                "1",
+                "--workers",
+                str(workers),
+                "--recipe",
+                f"mobilenet_v3_large={recipe}",
+                "--out",
+                str(tmp_path / out),
+                *FAST,
+            ]
+        )
 
     assert run("two", 2) == 0
     assert "[mobilenet_v3_large-seed1] epoch   1/1" in capfd.readouterr().out  # workers print one prefixed line per epoch and run
@@ -123,7 +184,9 @@ def test_runs_side_by_side_give_the_results_of_a_run_alone_and_a_recipe_applies_
     cfg = load_config(side_by_side.config)
     alone = train(replace(cfg, out=str(tmp_path / "alone"), threads=1), progress=False, echo=lambda _: None)
     histories = [read_csv(run.history) for run in (side_by_side, alone)]
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in histories[0]] == [{k: v for k, v in r.items() if k != "seconds"} for r in histories[1]]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in histories[0]] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in histories[1]
+    ]
     for split in ("val", "test"):
         assert json.loads(side_by_side.metrics(split).read_text()) == json.loads(alone.metrics(split).read_text())
     assert (cfg.batch_size, cfg.lr_schedule, cfg.lr_milestones) == (64, "multistep", [1])
@@ -194,8 +257,25 @@ def test_cross_validation_reports_folds_and_their_ensemble(phantom_root, tmp_pat
 
 def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_root, tmp_path, capsys):
     grid = tmp_path / "grid"
-    assert main(["search", "--method", "grid", "--trials", "2", "--data-root", str(phantom_root), "--model", "mobilenet_v3_large",
-                 "--out", str(grid), *SEARCH_FAST]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--method",
+                "grid",
+                "--trials",
+                "2",
+                "--data-root",
+                str(phantom_root),
+                "--model",
+                "mobilenet_v3_large",
+                "--out",
+                str(grid),
+                *SEARCH_FAST,
+            ]
+        )
+        == 0
+    )
     trials = read_csv(grid / "search.csv")
     assert len(trials) == 2 and all(t["state"] == "complete" for t in trials)
     assert len({(t["batch"], t["lr"], t["dropout"]) for t in trials}) == 2  # two different grid points
@@ -207,8 +287,22 @@ def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_r
     assert best.out is None and best.batch_size in (8, 16, 32) and best.lr in (1e-3, 5e-4, 3e-4)
 
     tpe = tmp_path / "tpe"
-    args = ["search", "--method", "optuna", "--trials", "4", "--workers", "2", "--data-root", str(phantom_root), "--model", "mobilenet_v3_large",
-            "--out", str(tpe), *SEARCH_FAST]
+    args = [
+        "search",
+        "--method",
+        "optuna",
+        "--trials",
+        "4",
+        "--workers",
+        "2",
+        "--data-root",
+        str(phantom_root),
+        "--model",
+        "mobilenet_v3_large",
+        "--out",
+        str(tpe),
+        *SEARCH_FAST,
+    ]
     assert main(args) == 0
     trials = read_csv(tpe / "search.csv")
     assert len(trials) == 4 and {t["state"] for t in trials} <= {"complete", "pruned"}

@@ -11,14 +11,14 @@ from dataclasses import replace
 import pytest
 import torch
 
+from cxrlab.core.checkpoint import load_state
+from cxrlab.core.runs import RunDir
 from cxrlab.errors import RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import evaluate_run
-from cxrlab.core.runs import RunDir
-from cxrlab.core.checkpoint import load_state
 from cxrlab.training.loop import resume_training, train
 from tests.conftest import BINARY
 
-NO_AUG = dict(aug_rotation=0.0, aug_translate=0.0, aug_hflip=0.0, aug_brightness=0.0, aug_contrast=0.0, aug_blur=False)
+NO_AUG = {"aug_rotation": 0.0, "aug_translate": 0.0, "aug_hflip": 0.0, "aug_brightness": 0.0, "aug_contrast": 0.0, "aug_blur": False}
 
 
 def quiet(_):
@@ -53,8 +53,27 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(quick_config, t
     whole = train(cfg, progress=False, echo=quiet)
 
     killed = RunDir(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "cxrlab", "train", "--data-root", cfg.data_root, "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
-           "--n-bootstrap", str(cfg.n_bootstrap), "--threads", "2", "--device", "cpu", "--out", str(killed.path), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrlab",
+        "train",
+        "--data-root",
+        cfg.data_root,
+        "--epochs",
+        str(cfg.epochs),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--n-bootstrap",
+        str(cfg.n_bootstrap),
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(killed.path),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (killed.history.exists() and len(history(killed)) >= 1):
@@ -129,10 +148,9 @@ def test_resume_before_the_first_epoch_finished_starts_over(one_epoch_run, tmp_p
 
 @pytest.mark.parametrize("task", ["binary", "multilabel"])
 def test_validation_reports_every_metric_that_can_select_the_best_epoch(quick_config, task):
-    from cxrlab.config import SELECT_METRICS
+    from cxrlab.config import SELECT_METRICS, score_of
     from cxrlab.data.task import load_task
     from cxrlab.models.registry import model_from_config
-    from cxrlab.config import score_of
     from cxrlab.training.epoch import validation_row
 
     cfg = replace(quick_config, task=task)
@@ -147,13 +165,21 @@ def test_bf16_autocast_computes_in_bf16_and_trains_with_finite_losses(tmp_path):
     """On a CPU without AVX512-BF16 (this project's machines) bf16 runs emulated and several times slower than fp32,
     so here one short epoch checks the plumbing; that bf16 training learns is asserted on a GPU (tests/test_cuda.py)."""
     from cxrlab.config import Config
+    from cxrlab.core.device import autocast
     from cxrlab.data.phantom import write_phantom
     from cxrlab.models.registry import model_from_config
-    from cxrlab.core.device import autocast
 
     write_phantom(tmp_path / "data", size=28, seed=1, split_sizes={"train": 240, "val": 120, "test": 120})
-    cfg = Config(data_root=str(tmp_path / "data"), epochs=1, batch_size=32, n_bootstrap=20, device="cpu", precision="bf16",
-                 out=str(tmp_path / "run"), **NO_AUG)
+    cfg = Config(
+        data_root=str(tmp_path / "data"),
+        epochs=1,
+        batch_size=32,
+        n_bootstrap=20,
+        device="cpu",
+        precision="bf16",
+        out=str(tmp_path / "run"),
+        **NO_AUG,
+    )
     run = train(cfg, progress=False, echo=quiet)
     assert all(torch.isfinite(torch.tensor([r["train_loss"], r["val_loss"]])).all() for r in history(run))
     assert run.load_config().precision == "bf16"
@@ -164,7 +190,17 @@ def test_bf16_autocast_computes_in_bf16_and_trains_with_finite_losses(tmp_path):
 
 def test_label_smoothing_and_mixup_still_learn(quick_config, learning_root):
     # On the larger phantom: on SMALL's, val ROC-AUC was 0.85-0.94 for seeds 0-2 but 0.74 on a phantom drawn with seed 1
-    cfg = replace(quick_config, data_root=str(learning_root), model="efficientnet_b0", epochs=3, lr=1e-3, label_smoothing=0.1, mixup=0.4, select_metric="roc_auc", **NO_AUG)
+    cfg = replace(
+        quick_config,
+        data_root=str(learning_root),
+        model="efficientnet_b0",
+        epochs=3,
+        lr=1e-3,
+        label_smoothing=0.1,
+        mixup=0.4,
+        select_metric="roc_auc",
+        **NO_AUG,
+    )
     run = train(cfg, progress=False, echo=quiet)
     rows = history(run)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
@@ -178,10 +214,19 @@ def test_progressive_fine_tuning_trains_head_then_last_blocks_then_all(quick_con
     torch.manual_seed(0)
     imagenet = torchvision.models.efficientnet_b0().state_dict()
     torch.save(imagenet, weights)
-    cfg = replace(quick_config, model="efficientnet_b0", pretrained=True, weights_file=str(weights),
-                  finetune="head:1:1e-3,last:1:5e-4,all:1:2e-4", select_metric="loss", **NO_AUG)
+    cfg = replace(
+        quick_config,
+        model="efficientnet_b0",
+        pretrained=True,
+        weights_file=str(weights),
+        finetune="head:1:1e-3,last:1:5e-4,all:1:2e-4",
+        select_metric="loss",
+        **NO_AUG,
+    )
     states = []
-    run = train(cfg, progress=False, echo=quiet, on_epoch=lambda epoch, row: states.append(load_state(RunDir(cfg.out).last_checkpoint)["model"]))
+    run = train(
+        cfg, progress=False, echo=quiet, on_epoch=lambda epoch, row: states.append(load_state(RunDir(cfg.out).last_checkpoint)["model"])
+    )
     assert [r["lr"] for r in history(run)] == [1e-3, 5e-4, 2e-4]  # each stage starts at its own rate
     head, last, full = states
     folded_stem = imagenet["features.0.0.weight"].sum(1, keepdim=True)

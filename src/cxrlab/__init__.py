@@ -10,7 +10,20 @@ The Python API (the CLI calls the same functions; see cxrlab/api.py and the READ
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Report", "Run", "Table", "compare", "create_model", "fit_ood", "load_data", "load_run", "operating_point", "resume", "train"]
+__all__ = [
+    "Config",
+    "Report",
+    "Run",
+    "Table",
+    "compare",
+    "create_model",
+    "fit_ood",
+    "load_data",
+    "load_run",
+    "operating_point",
+    "resume",
+    "train",
+]
 
 
 def __getattr__(name: str):

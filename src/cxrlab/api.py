@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from cxrlab.config import Config, from_dict
+from cxrlab.core.runs import RunDir
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.data.task import SPLITS, TaskData, is_real, task_data
 from cxrlab.evaluation.predict import Prediction, predict_files, predict_images
-from cxrlab.core.runs import RunDir
 
 HEADLINE = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc")
 
@@ -66,9 +66,20 @@ def resume(path, progress: bool | None = None, echo=print) -> Run:
     return load_run(resume_training(path, progress=progress, echo=echo).path)
 
 
-def compare(cfg: Config | None = None, models: list[str] | None = None, seeds: list[int] | None = None, ensemble="equal", tta: int = 4,
-            out: str = "runs/compare", recipes: dict | None = None, holdout: int = 0, workers: int | None = None, progress: bool | None = None,
-            echo=print, **options) -> Report:
+def compare(
+    cfg: Config | None = None,
+    models: list[str] | None = None,
+    seeds: list[int] | None = None,
+    ensemble="equal",
+    tta: int = 4,
+    out: str = "runs/compare",
+    recipes: dict | None = None,
+    holdout: int = 0,
+    workers: int | None = None,
+    progress: bool | None = None,
+    echo=print,
+    **options,
+) -> Report:
     """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report."""
     from cxrlab.report.compare import compare as compare_study
     from cxrlab.report.study import study_from
@@ -206,8 +217,10 @@ class Run:
         if quantize and trained.cfg.task != "binary":
             echo("INT8 quantisation is judged by binary val accuracy; skipped for the multilabel task")
         elif quantize:
-            echo("INT8 quantisation (shipped only if 10% faster at batch 1, within 0.5 points of fp32 val accuracy and "
-                 "with the same out-of-distribution decisions on 99% of images):")
+            echo(
+                "INT8 quantisation (shipped only if 10% faster at batch 1, within 0.5 points of fp32 val accuracy and "
+                "with the same out-of-distribution decisions on 99% of images):"
+            )
             quantize_run(trained, echo=echo)
         self._trained = None  # predictions switch to the exported model
         return path
@@ -216,18 +229,25 @@ class Run:
         s = self.summary
         test = self.metrics("test")
         scores = "  ".join(f"{k} {test[k]:.3f}" for k in HEADLINE if k in test)
-        return (f"Run({str(self.path)!r}): {s['model']} on {s['data_label']}\n  best epoch {s['best_epoch']} of {s['epochs_run']} "
-                f"(val {s['select_metric']} {s['best_val_score']:.4f}); test: {scores}")
+        return (
+            f"Run({str(self.path)!r}): {s['model']} on {s['data_label']}\n  best epoch {s['best_epoch']} of {s['epochs_run']} "
+            f"(val {s['select_metric']} {s['best_val_score']:.4f}); test: {scores}"
+        )
 
     def _repr_html_(self) -> str:
         s, val = self.summary, self.metrics("val")
-        rows = "".join(f"<tr><td>{k}</td><td>{val.get(k, float('nan')):.3f}</td><td>{v:.3f}</td></tr>"
-                       for k, v in self.metrics("test").items() if k in HEADLINE)
+        rows = "".join(
+            f"<tr><td>{k}</td><td>{val.get(k, float('nan')):.3f}</td><td>{v:.3f}</td></tr>"
+            for k, v in self.metrics("test").items()
+            if k in HEADLINE
+        )
         colour = "black" if is_real(s["data_label"]) else "crimson"
-        return (f"<div><b>{html.escape(s['model'])}</b> — <code>{html.escape(str(self.path))}</code><br>"
-                f"<span style='color:{colour}'>{html.escape(s['data_label'])}</span><br>best epoch {s['best_epoch']} of {s['epochs_run']} "
-                f"(val {s['select_metric']} {s['best_val_score']:.4f}), threshold {s['threshold']:.3f} chosen on held-out data, never on test"
-                f"<table><tr><th>metric</th><th>val</th><th>test</th></tr>{rows}</table></div>")
+        return (
+            f"<div><b>{html.escape(s['model'])}</b> — <code>{html.escape(str(self.path))}</code><br>"
+            f"<span style='color:{colour}'>{html.escape(s['data_label'])}</span><br>best epoch {s['best_epoch']} of {s['epochs_run']} "
+            f"(val {s['select_metric']} {s['best_val_score']:.4f}), threshold {s['threshold']:.3f} chosen on held-out data, never on test"
+            f"<table><tr><th>metric</th><th>val</th><th>test</th></tr>{rows}</table></div>"
+        )
 
 
 class Table(list):
@@ -295,8 +315,10 @@ def _as_batch(images, size: int) -> np.ndarray:
     if arrays.ndim == 2:
         arrays = arrays[None]
     if arrays.ndim != 3 or arrays.shape[1:] != (size, size) or arrays.dtype != np.uint8:
-        raise ValueError(f"arrays must be uint8 (N, {size}, {size}) or ({size}, {size}) for this run, got {arrays.dtype} {arrays.shape}; "
-                         "pass file paths for images of any size")
+        raise ValueError(
+            f"arrays must be uint8 (N, {size}, {size}) or ({size}, {size}) for this run, got {arrays.dtype} {arrays.shape}; "
+            "pass file paths for images of any size"
+        )
     return arrays
 
 

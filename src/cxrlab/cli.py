@@ -98,7 +98,11 @@ def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | 
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         stated = default is None or "(default:" in f.metadata["help"]  # None, or a default the help words itself
-        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": (f.metadata["help"] + ("" if stated else f" (default: {default})")).replace("%", "%%")}
+        kwargs = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": (f.metadata["help"] + ("" if stated else f" (default: {default})")).replace("%", "%%"),
+        }
         kind = OPTION_TYPES[f.name]
         if kind.item is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -136,8 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "data", "Show the data file, its provenance and the binary task's counts per split and class.")
     add_config_options(p, only=("dataset", "task", "data_root", "size", "classes", "download"))
     p.add_argument("--duplicates", action="store_true", help="also count near-duplicate images within and across splits")
-    p.add_argument("--duplicate-threshold", type=float, default=0.99, metavar="R",
-                   help="pixel correlation (after centring each image) above which two images count as near-duplicates (default: 0.99)")
+    p.add_argument(
+        "--duplicate-threshold",
+        type=float,
+        default=0.99,
+        metavar="R",
+        help="pixel correlation (after centring each image) above which two images count as near-duplicates (default: 0.99)",
+    )
     p.add_argument("--duplicates-csv", metavar="FILE", help="write every near-duplicate pair (split, row, split, row, correlation) to FILE")
 
     p = _subparser(sub, "phantom", "Write a phantom data file (synthetic, official npz layout) for tests and demos.")
@@ -147,11 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--official-counts", action="store_true", help="the data set's official split sizes and binary-task counts")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     for split, n in (("train", 2000), ("val", 400), ("test", 600)):
-        p.add_argument(f"--{split}", type=int, default=None, metavar="N", help=f"rows in {split} (default: {n}; ChestMNIST: half are binary-task rows)")
+        p.add_argument(
+            f"--{split}", type=int, default=None, metavar="N", help=f"rows in {split} (default: {n}; ChestMNIST: half are binary-task rows)"
+        )
 
     p = _subparser(sub, "train", "Train one model: select on val, report on test; writes a run directory.")
     p.add_argument("--config", metavar="FILE", help="YAML file with any of the options below; flags override it")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint (other options are taken from the run)")
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint (other options are taken from the run)"
+    )
     _progress_option(p)
     add_config_options(p)
 
@@ -164,25 +177,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--device", default=None, help="device (default: the run's)")
-    p.add_argument("--decision", choices=("refer", "single"), default=None,
-                   help="refer: answer a class only outside the run's refer band; single: the single threshold for every image "
-                   "(default: the run's)")
+    p.add_argument(
+        "--decision",
+        choices=("refer", "single"),
+        default=None,
+        help="refer: answer a class only outside the run's refer band; single: the single threshold for every image (default: the run's)",
+    )
     _max_image_option(p)
 
     p = _subparser(sub, "compare", "Train the models for several seeds under one protocol; write report.md and report.html.")
-    p.add_argument("--config", metavar="FILE", help="YAML file with training options and a 'compare:' section (models, seeds, "
-                   "ensemble, tta, out), as OUT/compare.yaml holds; flags override it")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file with training options and a 'compare:' section (models, seeds, "
+        "ensemble, tta, out), as OUT/compare.yaml holds; flags override it",
+    )
     p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=argparse.SUPPRESS, help="models to compare (default: all three)")
     p.add_argument("--seeds", nargs="+", type=int, default=argparse.SUPPRESS, help="seeds per model (default: 0 1 2)")
-    p.add_argument("--ensemble", nargs="+", default=argparse.SUPPRESS, metavar="W",
-                   help="'equal' (the default), 'fit' (weights fitted on val), 'off', or one weight per model in --models order")
-    p.add_argument("--tta", type=int, default=argparse.SUPPRESS, metavar="N", help="test-time augmentation with N views, shown beside each model (default: 4; 0: off)")
-    p.add_argument("--out", dest="compare_out", default=argparse.SUPPRESS, help="folder for the runs and the report (default: runs/compare)")
-    p.add_argument("--holdout", type=int, default=argparse.SUPPRESS, metavar="K",
-                   help="each seed's run trains on K-1 folds of train and holds out fold (seed mod K) for its best epoch and "
-                   "operating point, beside val (default: 0, train on all of train)")
-    p.add_argument("--recipe", action="append", default=argparse.SUPPRESS, metavar="MODEL=FILE",
-                   help="training options of one model's own, over the shared ones (e.g. resnet18=configs/medmnist_v2.yaml); repeatable")
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=argparse.SUPPRESS,
+        metavar="W",
+        help="'equal' (the default), 'fit' (weights fitted on val), 'off', or one weight per model in --models order",
+    )
+    p.add_argument(
+        "--tta",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="test-time augmentation with N views, shown beside each model (default: 4; 0: off)",
+    )
+    p.add_argument(
+        "--out", dest="compare_out", default=argparse.SUPPRESS, help="folder for the runs and the report (default: runs/compare)"
+    )
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="K",
+        help="each seed's run trains on K-1 folds of train and holds out fold (seed mod K) for its best epoch and "
+        "operating point, beside val (default: 0, train on all of train)",
+    )
+    p.add_argument(
+        "--recipe",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="MODEL=FILE",
+        help="training options of one model's own, over the shared ones (e.g. resnet18=configs/medmnist_v2.yaml); repeatable",
+    )
     _workers_option(p, "runs")
     _progress_option(p)
     add_config_options(p, skip=("model", "out"))
@@ -190,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "ood", "Fit a finished run's out-of-distribution check (images unlike the training images get no class).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
 
-    p = _subparser(sub, "operating-point", "Choose a finished run's single threshold and refer band again, on its own evidence "
-                   "(its selection split; with a held-out fold, that fold and val), never on test.")
+    p = _subparser(
+        sub,
+        "operating-point",
+        "Choose a finished run's single threshold and refer band again, on its own evidence "
+        "(its selection split; with a held-out fold, that fold and val), never on test.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     add_config_options(p, only=POINT_OPTIONS)
 
@@ -208,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(sub, "search", "Hyperparameter search (grid or Optuna TPE with median pruning) on val; writes best.yaml.")
     p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
-    p.add_argument("--method", choices=("grid", "optuna"), default="optuna", help="grid: all 27 points; optuna: TPE + median pruning (default)")
+    p.add_argument(
+        "--method", choices=("grid", "optuna"), default="optuna", help="grid: all 27 points; optuna: TPE + median pruning (default)"
+    )
     p.add_argument("--trials", type=int, default=None, help="trials to run (default: 27 for grid, 20 for optuna)")
     _workers_option(p, "trials")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
@@ -226,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "export", "Export a finished run to ONNX (checked against PyTorch) and try INT8 quantisation.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
-    p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True, help="try the INT8 quantisations; ship one only if it pays (default: on)")
+    p.add_argument(
+        "--quantize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="try the INT8 quantisations; ship one only if it pays (default: on)",
+    )
 
     p = _subparser(sub, "bench", "Inference speed of a run: every backend side by side, in one process.")
     p.add_argument("run", metavar="RUN", help="run directory")
@@ -236,13 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="auto: the exported ONNX model when present (default)")
+    p.add_argument(
+        "--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="auto: the exported ONNX model when present (default)"
+    )
     for name in ("max_upload_mb", "max_files", "max_request_mp"):
         _limit_option(p, name)
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="threads of the model's inference session (default: one per core)")
-    p.add_argument("--token-file", metavar="PATH", help="file holding the access token clients send as 'Authorization: Bearer TOKEN' "
-                   "(or set CXRLAB_TOKEN); needed to serve beyond this machine")
-    p.add_argument("--no-auth", action="store_true", help="serve beyond this machine without a token (only behind a proxy that authenticates)")
+    p.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="threads of the model's inference session (default: one per core)"
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="file holding the access token clients send as 'Authorization: Bearer TOKEN' "
+        "(or set CXRLAB_TOKEN); needed to serve beyond this machine",
+    )
+    p.add_argument(
+        "--no-auth", action="store_true", help="serve beyond this machine without a token (only behind a proxy that authenticates)"
+    )
     _max_image_option(p)
     return parser
 
@@ -263,12 +327,19 @@ def _max_pixels(args) -> int:
 
 
 def _workers_option(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--workers", type=int, default=None, help=f"{what} trained at once, each in its own process (default: one per core, "
-                   "one thread each, on a CPU; two per GPU up to 64 px, else one per GPU); workers x --threads must not exceed the cores")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"{what} trained at once, each in its own process (default: one per core, "
+        "one thread each, on a CPU; two per GPU up to 64 px, else one per GPU); workers x --threads must not exceed the cores",
+    )
 
 
 def _progress_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when the output is a terminal)")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when the output is a terminal)"
+    )
 
 
 def cmd_data(args) -> int:
@@ -312,8 +383,11 @@ def cmd_phantom(args) -> int:
     dataset, size = getattr(args, "dataset", defaults.dataset), getattr(args, "size", defaults.size)
     path = write_phantom(args.out, size, args.official_counts, args.seed, sizes or None, dataset)
     print(f"wrote PHANTOM data (synthetic; for tests and demos, never a result): {path}")
-    print(f"next: cxrlab data --data-root {args.out}" + (f" --size {size}" if size != defaults.size else "")
-          + (f" --dataset {dataset}" if dataset != defaults.dataset else ""))
+    print(
+        f"next: cxrlab data --data-root {args.out}"
+        + (f" --size {size}" if size != defaults.size else "")
+        + (f" --dataset {dataset}" if dataset != defaults.dataset else "")
+    )
     return 0
 
 
@@ -323,7 +397,9 @@ def cmd_train(args) -> int:
     if args.resume:
         given = [k for k in vars(args) if k in {f.name for f in config_fields()}] + (["config"] if args.config else [])
         if given:
-            raise CxrlabError(f"--resume takes the run's own config; do not combine it with {', '.join('--' + g.replace('_', '-') for g in given)}")
+            raise CxrlabError(
+                f"--resume takes the run's own config; do not combine it with {', '.join('--' + g.replace('_', '-') for g in given)}"
+            )
         api.resume(args.resume, progress=args.progress)
     else:
         api.train(config_from_args(args), progress=args.progress)
@@ -345,8 +421,11 @@ def cmd_predict(args) -> int:
     if trained.is_phantom:
         print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
     if trained.ood is None and trained.cfg.task == "binary":
-        print(f"note: this run has no out-of-distribution check, so images unlike its training images are classified too; "
-              f"fit one with: cxrlab ood {args.run}", file=sys.stderr)
+        print(
+            f"note: this run has no out-of-distribution check, so images unlike its training images are classified too; "
+            f"fit one with: cxrlab ood {args.run}",
+            file=sys.stderr,
+        )
     if trained.point is not None:
         print(f"operating point: {trained.point.describe()}; answering by {args.decision or trained.cfg.decision}", file=sys.stderr)
     failed = 0
@@ -382,8 +461,18 @@ def cmd_compare(args) -> int:
             raise CxrlabError(f"--recipe takes MODEL=FILE, got {' '.join(args.recipe)}")
         overrides["recipes"] = {model: path for model, _, path in pairs}
     study = study_from(values.pop("compare", None), overrides, source=args.config or "options")
-    api.compare(config_from_args(args, values), study.models, study.seeds, study.ensemble, study.tta, study.out, study.recipes,
-                holdout=study.holdout, workers=args.workers, progress=args.progress)
+    api.compare(
+        config_from_args(args, values),
+        study.models,
+        study.seeds,
+        study.ensemble,
+        study.tta,
+        study.out,
+        study.recipes,
+        holdout=study.holdout,
+        workers=args.workers,
+        progress=args.progress,
+    )
     return 0
 
 
@@ -436,7 +525,10 @@ def cmd_explain(args) -> int:
         raise CxrlabError("give image files to explain, or --val-grid")
     run = api.load_run(args.run)
     explainer = run.explainer()
-    print(f"Grad-CAM on {run.config.model} layer {explainer.layer_name}" + ("  (PHANTOM-trained model)" if explainer.trained.is_phantom else ""))
+    print(
+        f"Grad-CAM on {run.config.model} layer {explainer.layer_name}"
+        + ("  (PHANTOM-trained model)" if explainer.trained.is_phantom else "")
+    )
     failed = 0
     for result in run.explain(args.images, Path(args.out), _max_pixels(args)):
         if result.error:
@@ -468,29 +560,56 @@ def cmd_bench(args) -> int:
 
 def cmd_serve(args) -> int:
     import os
+    from pathlib import Path
 
     from cxrlab.serve.app import serve
 
     token = os.environ.get("CXRLAB_TOKEN") or None
     if args.token_file:
         try:
-            token = open(args.token_file).read().strip()
+            token = Path(args.token_file).read_text().strip()
         except OSError as exc:
             raise CxrlabError(f"cannot read the token file {args.token_file}: {exc.strerror}") from None
         if not token:
             raise CxrlabError(f"the token file {args.token_file} is empty")
     if token and args.no_auth:
         raise CxrlabError("--no-auth and an access token (--token-file or CXRLAB_TOKEN) contradict each other; give one")
-    serve(args.run, args.host, args.port, args.backend, args.max_upload_mb, _max_pixels(args) / 1e6, token=token,
-          unauthenticated=args.no_auth, max_files=args.max_files, max_request_mp=args.max_request_mp, threads=args.threads)
+    serve(
+        args.run,
+        args.host,
+        args.port,
+        args.backend,
+        args.max_upload_mb,
+        _max_pixels(args) / 1e6,
+        token=token,
+        unauthenticated=args.no_auth,
+        max_files=args.max_files,
+        max_request_mp=args.max_request_mp,
+        threads=args.threads,
+    )
     return 0
 
 
 RUN_COMMANDS = ("evaluate", "predict", "explain", "export", "bench", "serve")  # the commands that take one finished run
 
 
-COMMANDS = {"explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve, "cv": cmd_cv, "search": cmd_search, "data": cmd_data, "phantom": cmd_phantom, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare, "status": cmd_status, "ood": cmd_ood,
-            "operating-point": cmd_operating_point}
+COMMANDS = {
+    "explain": cmd_explain,
+    "export": cmd_export,
+    "bench": cmd_bench,
+    "serve": cmd_serve,
+    "cv": cmd_cv,
+    "search": cmd_search,
+    "data": cmd_data,
+    "phantom": cmd_phantom,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "compare": cmd_compare,
+    "status": cmd_status,
+    "ood": cmd_ood,
+    "operating-point": cmd_operating_point,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; every run keeps its last finished epoch: continue one with cxrlab train --resume RUN, or run "
-              "the same compare / cv command again", file=sys.stderr)
+        print(
+            "\ninterrupted; every run keeps its last finished epoch: continue one with cxrlab train --resume RUN, or run "
+            "the same compare / cv command again",
+            file=sys.stderr,
+        )
         return 130

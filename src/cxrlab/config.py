@@ -16,9 +16,8 @@ from typing import Any
 
 import yaml
 
-from cxrlab.errors import ConfigError
-
 from cxrlab.data.datasets import DATASET_NAMES, SIZES, get_dataset
+from cxrlab.errors import ConfigError
 from cxrlab.models.architectures import DEFAULT_LR, MODEL_NAMES
 
 LR_SCHEDULES = ("plateau", "multistep")
@@ -47,21 +46,37 @@ def _opt(default: Any, help: str, group: str = "training", public: bool = False,
 @dataclass
 class Config:
     # data
-    dataset: str = _opt("chestmnist", "MedMNIST data set: chestmnist (NIH ChestX-ray14) or pneumoniamnist (pediatric, normal vs pneumonia)",
-                        choices=DATASET_NAMES, public=True)
-    task: str = _opt("binary", "binary (ChestMNIST: two labels, single-label images only; PneumoniaMNIST: every image); "
-                     "multilabel: all 14 ChestMNIST labels, all images", choices=TASKS, public=True)
+    dataset: str = _opt(
+        "chestmnist",
+        "MedMNIST data set: chestmnist (NIH ChestX-ray14) or pneumoniamnist (pediatric, normal vs pneumonia)",
+        choices=DATASET_NAMES,
+        public=True,
+    )
+    task: str = _opt(
+        "binary",
+        "binary (ChestMNIST: two labels, single-label images only; PneumoniaMNIST: every image); "
+        "multilabel: all 14 ChestMNIST labels, all images",
+        choices=TASKS,
+        public=True,
+    )
     data_root: str = _opt(os.path.join("~", ".medmnist"), "folder holding DATASET[_SIZE].npz (medmnist's root)")
     size: int = _opt(28, "image size: 28, 64, 128 or 224", choices=SIZES, public=True)
-    classes: list[str] = _opt([], "binary task: two labels, label 0 then label 1 (default: chestmnist cardiomegaly pneumothorax, "
-                         "pneumoniamnist normal pneumonia)", nargs=2, public=True)
+    classes: list[str] = _opt(
+        [],
+        "binary task: two labels, label 0 then label 1 (default: chestmnist cardiomegaly pneumothorax, pneumoniamnist normal pneumonia)",
+        nargs=2,
+        public=True,
+    )
     positive_class: str | None = _opt(None, "class counted as positive in metrics (default: the second of --classes)", public=True)
     download: bool = _opt(False, "download the data file from Zenodo when it is missing")
     # model
     model: str = _opt("mobilenet_v3_large", "architecture", choices=MODEL_NAMES, public=True)
     dropout: list[float] = _opt([0.4, 0.3], "dropout of the two hidden layers of the head")
-    bn_momentum: float | None = _opt(0.1, "BatchNorm running-statistics momentum for every BatchNorm layer (null: torchvision's, "
-                                     "0.01 in MobileNetV3, whose stale statistics made val swing)")
+    bn_momentum: float | None = _opt(
+        0.1,
+        "BatchNorm running-statistics momentum for every BatchNorm layer (null: torchvision's, "
+        "0.01 in MobileNetV3, whose stale statistics made val swing)",
+    )
     pretrained: bool = _opt(False, "start from torchvision ImageNet weights (stem folded to one channel)", public=True)
     weights_file: str | None = _opt(None, "ImageNet state dict file to use instead of downloading")
     segmentation: bool = _opt(False, "put the SegmentationPreprocessor in front of the model")
@@ -69,39 +84,69 @@ class Config:
     # optimisation
     epochs: int = _opt(60, "maximum number of epochs", public=True)
     batch_size: int = _opt(64, "training batch size (the experiment's 16: configs/seed.yaml)", public=True)
-    lr: float | None = _opt(None, "learning rate (default per model: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")", public=True)
+    lr: float | None = _opt(
+        None, "learning rate (default per model: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")", public=True
+    )
     weight_decay: float = _opt(0.0, "Adam weight decay")
     pos_weight: str = _opt("none", "BCE pos_weight: 'none', 'auto' (negatives/positives in train) or a number")
-    lr_schedule: str = _opt("plateau", "plateau: ReduceLROnPlateau on val loss; multistep: lr x --lr-gamma at each of --lr-milestones",
-                            choices=LR_SCHEDULES, public=True)
+    lr_schedule: str = _opt(
+        "plateau",
+        "plateau: ReduceLROnPlateau on val loss; multistep: lr x --lr-gamma at each of --lr-milestones",
+        choices=LR_SCHEDULES,
+        public=True,
+    )
     lr_milestones: list[int] = _opt([], "multistep: epochs after which the lr is multiplied by --lr-gamma (e.g. 50 75)", nargs="+")
     lr_gamma: float = _opt(0.1, "multistep: factor at each milestone")
     plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor (on val loss)")
     plateau_patience: int = _opt(5, "ReduceLROnPlateau patience in epochs")
     early_stopping: int = _opt(10, "stop after this many epochs without val improvement (0: never)", public=True)
-    select_metric: str = _opt("loss", "val metric that picks the best checkpoint and drives early stopping", choices=SELECT_METRICS, public=True)
-    threshold: str | None = _opt(None, "single decision threshold (default: sensitivity-bound for the binary task, 0.5 per label for multilabel): "
-                                 "'0.5', 'youden' (Youden's J on the evidence), 'sensitivity' (the highest threshold reaching "
-                                 "--target-sensitivity on the evidence), 'sensitivity-bound' (the same, by the lower confidence "
-                                 "bound at --bound-level: the rule-out rule) or 'bayes' (fewest expected errors at --prevalence: the "
-                                 "temperature-calibrated probability moved to that prevalence, at 0.5); chosen on the evidence "
-                                 "(val, or a held-out fold and val), applied unchanged to test", choices=THRESHOLD_RULES, group="point", public=True)
-    target_sensitivity: float = _opt(0.95, "sensitivity on the evidence the 'sensitivity' and 'sensitivity-bound' threshold rules must reach", group="point", public=True)
-    decision: str = _opt("refer", "how a prediction is answered: refer (the negative class below the rule-out threshold, the "
-                         "positive class from the rule-in threshold, refer between them and for images the out-of-distribution "
-                         "check flags) or single (the single threshold, every in-distribution image answered)", choices=DECISIONS, group="point")
-    rule_out_sensitivity: float = _opt(0.98, "rule-out threshold: the highest whose sensitivity on the evidence reaches this by "
-                                       "the lower confidence bound", group="point")
-    rule_in_specificity: float = _opt(0.98, "rule-in threshold: the lowest whose specificity on the evidence reaches this by "
-                                      "the lower confidence bound", group="point")
+    select_metric: str = _opt(
+        "loss", "val metric that picks the best checkpoint and drives early stopping", choices=SELECT_METRICS, public=True
+    )
+    threshold: str | None = _opt(
+        None,
+        "single decision threshold (default: sensitivity-bound for the binary task, 0.5 per label for multilabel): "
+        "'0.5', 'youden' (Youden's J on the evidence), 'sensitivity' (the highest threshold reaching "
+        "--target-sensitivity on the evidence), 'sensitivity-bound' (the same, by the lower confidence "
+        "bound at --bound-level: the rule-out rule) or 'bayes' (fewest expected errors at --prevalence: the "
+        "temperature-calibrated probability moved to that prevalence, at 0.5); chosen on the evidence "
+        "(val, or a held-out fold and val), applied unchanged to test",
+        choices=THRESHOLD_RULES,
+        group="point",
+        public=True,
+    )
+    target_sensitivity: float = _opt(
+        0.95, "sensitivity on the evidence the 'sensitivity' and 'sensitivity-bound' threshold rules must reach", group="point", public=True
+    )
+    decision: str = _opt(
+        "refer",
+        "how a prediction is answered: refer (the negative class below the rule-out threshold, the "
+        "positive class from the rule-in threshold, refer between them and for images the out-of-distribution "
+        "check flags) or single (the single threshold, every in-distribution image answered)",
+        choices=DECISIONS,
+        group="point",
+    )
+    rule_out_sensitivity: float = _opt(
+        0.98, "rule-out threshold: the highest whose sensitivity on the evidence reaches this by the lower confidence bound", group="point"
+    )
+    rule_in_specificity: float = _opt(
+        0.98, "rule-in threshold: the lowest whose specificity on the evidence reaches this by the lower confidence bound", group="point"
+    )
     bound_level: float = _opt(0.95, "one-sided confidence level of those lower bounds (Clopper-Pearson)", group="point")
-    prevalence: float | None = _opt(None, "share of the positive class where the model is used (label shift): PPV and NPV are "
-                                    "reported at it and the 'bayes' threshold moves to it; sensitivity- and specificity-based "
-                                    "thresholds do not depend on it (default: the evidence's own share)", group="point")
+    prevalence: float | None = _opt(
+        None,
+        "share of the positive class where the model is used (label shift): PPV and NPV are "
+        "reported at it and the 'bayes' threshold moves to it; sensitivity- and specificity-based "
+        "thresholds do not depend on it (default: the evidence's own share)",
+        group="point",
+    )
     label_smoothing: float = _opt(0.0, "BCE label smoothing: targets become y(1-e) + e/2 (0: off)", public=True)
     mixup: float = _opt(0.0, "mixup alpha: mix each batch with a shuffled copy, lambda ~ Beta(alpha, alpha) (0: off)", public=True)
-    finetune: str = _opt("", "progressive fine-tuning stages 'PART:EPOCHS:LR,...' with PART head, last or all, e.g. "
-                         "'head:3:1e-3,last:3:3e-4,all:20:1e-4' (replaces --epochs and --lr; needs --pretrained)")
+    finetune: str = _opt(
+        "",
+        "progressive fine-tuning stages 'PART:EPOCHS:LR,...' with PART head, last or all, e.g. "
+        "'head:3:1e-3,last:3:3e-4,all:20:1e-4' (replaces --epochs and --lr; needs --pretrained)",
+    )
     cv_folds: int = _opt(0, "k-fold cross-validation: train on the other folds of train, select on fold --cv-fold (0: off)")
     cv_fold: int = _opt(0, "which fold (0 .. cv_folds-1) this run holds out")
     # augmentation (training batches only)
@@ -120,16 +165,24 @@ class Config:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", group="scoring")
     channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CPU)")
-    precision: str = _opt("fp32", "fp32; auto (bf16 on GPUs that run it natively, fp16 with a gradient scaler on older GPUs, fp32 "
-                          "on a CPU: the choice is saved); bf16 autocast (GPUs from compute capability 8.0; on CPUs with "
-                          "AVX512-BF16 only DenseNet-121 gained, see benchmarks/README.md); fp16 autocast with a gradient scaler (CUDA)",
-                          choices=PRECISIONS, public=True)
+    precision: str = _opt(
+        "fp32",
+        "fp32; auto (bf16 on GPUs that run it natively, fp16 with a gradient scaler on older GPUs, fp32 "
+        "on a CPU: the choice is saved); bf16 autocast (GPUs from compute capability 8.0; on CPUs with "
+        "AVX512-BF16 only DenseNet-121 gained, see benchmarks/README.md); fp16 autocast with a gradient scaler (CUDA)",
+        choices=PRECISIONS,
+        public=True,
+    )
     eval_batch_size: int = _opt(512, "batch size for validation and test passes", group="scoring")
     seed: int = _opt(0, "random seed; the same seed on the same CPU gives the same history", public=True)
     n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals", group="scoring")
     out: str | None = _opt(None, "run directory (default runs/<timestamp>-<model>)")
-    track: bool = _opt(False, "log the finished run to MLflow (pip install 'cxrlab[tracking]'); the run directory stays the record", group="scoring")
-    tracking_uri: str | None = _opt(None, "MLflow tracking store: a server URL or database URI (default: sqlite:///mlflow.db in the working directory)", group="scoring")
+    track: bool = _opt(
+        False, "log the finished run to MLflow (pip install 'cxrlab[tracking]'); the run directory stays the record", group="scoring"
+    )
+    tracking_uri: str | None = _opt(
+        None, "MLflow tracking store: a server URL or database URI (default: sqlite:///mlflow.db in the working directory)", group="scoring"
+    )
 
     def __post_init__(self) -> None:
         if not self.classes and self.dataset in DATASET_NAMES:  # the data set's own pair, so that an unvalidated Config works too
@@ -173,7 +226,7 @@ class Config:
     def positive(self) -> str:
         return self.positive_class or self.classes[1]
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check values that argparse or YAML cannot; return self for chaining."""
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
@@ -182,7 +235,10 @@ class Config:
             raise ConfigError(f"{spec.title} has one binary label per image: the multilabel task is for multi-label sets (chestmnist)")
         if self.task == "multilabel":
             if self.threshold_rule != "0.5":
-                raise ConfigError(f"threshold {self.threshold_rule!r} is for the binary task; the multilabel task uses 0.5 per label, as medmnist's Evaluator does")
+                raise ConfigError(
+                    f"threshold {self.threshold_rule!r} is for the binary task; the multilabel task uses 0.5 per label, as "
+                    f"medmnist's Evaluator does"
+                )
             if self.select_metric == "balanced_accuracy":
                 raise ConfigError("select_metric balanced_accuracy is for the binary task; use roc_auc, loss or accuracy")
         if self.model not in MODEL_NAMES:
@@ -232,7 +288,9 @@ class Config:
             if self.task != "binary":
                 raise ConfigError("cross-validation folds are stratified by class: binary task only")
             if self.cv_folds < 2 or not 0 <= self.cv_fold < self.cv_folds:
-                raise ConfigError(f"cv_folds must be at least 2 and cv_fold in 0..{self.cv_folds - 1}, got {self.cv_folds} / {self.cv_fold}")
+                raise ConfigError(
+                    f"cv_folds must be at least 2 and cv_fold in 0..{self.cv_folds - 1}, got {self.cv_folds} / {self.cv_fold}"
+                )
         if self.pos_weight not in ("none", "auto"):
             try:
                 if float(self.pos_weight) <= 0:
@@ -248,7 +306,9 @@ class Config:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.lr_schedule == "multistep":
             if not self.lr_milestones or any(m < 1 for m in self.lr_milestones) or sorted(self.lr_milestones) != self.lr_milestones:
-                raise ConfigError(f"lr_milestones must be increasing epochs of at least 1 for the multistep schedule, got {self.lr_milestones!r}")
+                raise ConfigError(
+                    f"lr_milestones must be increasing epochs of at least 1 for the multistep schedule, got {self.lr_milestones!r}"
+                )
             if self.finetune:
                 raise ConfigError("finetune stages each use a fresh plateau schedule; lr_schedule multistep does not combine with them")
         if not 0 < self.lr_gamma <= 1:
@@ -268,10 +328,14 @@ class Config:
             raise ConfigError(f"finetune must look like 'head:3:1e-3,last:3:3e-4,all:20:1e-4', got {self.finetune!r}") from None
         for part, epochs, lr in stages:
             if part not in FINETUNE_PARTS or epochs < 1 or lr <= 0:
-                raise ConfigError(f"finetune stage '{part}:{epochs}:{lr:g}': part must be one of {', '.join(FINETUNE_PARTS)}, "
-                                  "epochs at least 1 and lr positive")
+                raise ConfigError(
+                    f"finetune stage '{part}:{epochs}:{lr:g}': part must be one of {', '.join(FINETUNE_PARTS)}, "
+                    "epochs at least 1 and lr positive"
+                )
         if not self.pretrained:
-            raise ConfigError("finetune (progressive fine-tuning) starts from pretrained weights: add --pretrained (and --weights-file offline)")
+            raise ConfigError(
+                "finetune (progressive fine-tuning) starts from pretrained weights: add --pretrained (and --weights-file offline)"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -288,8 +352,11 @@ def config_fields() -> list[dataclasses.Field]:
 
 def options(group: str | None = None, public: bool | None = None) -> tuple[str, ...]:
     """The names of the options in ``group`` (or every group), or of those the service may show."""
-    return tuple(f.name for f in fields(Config) if (group is None or f.metadata["group"] == group)
-                 and (public is None or f.metadata["public"] == public))
+    return tuple(
+        f.name
+        for f in fields(Config)
+        if (group is None or f.metadata["group"] == group) and (public is None or f.metadata["public"] == public)
+    )
 
 
 POINT_OPTIONS = options("point")
@@ -348,7 +415,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 def _scalar(kind: type, value: Any) -> Any:
     if kind is bool and not isinstance(value, bool):
         raise ValueError
-    if kind is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+    if kind is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
         raise ValueError
     return kind(value)
 

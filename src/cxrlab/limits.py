@@ -10,8 +10,12 @@ LIMITS = {
     "max_upload_mb": (float, 10.0, "MB", "largest accepted request body in MB"),
     "max_files": (int, 16, "N", "most files in one /predict request"),
     "max_request_mp": (float, 100.0, "MP", "most decoded megapixels in one request, all files together"),
-    "max_image_mp": (float, DEFAULT_MAX_PIXELS / 1e6, "MP",
-                     "refuse images that declare more megapixels (width x height x frames) than this, before decoding them"),
+    "max_image_mp": (
+        float,
+        DEFAULT_MAX_PIXELS / 1e6,
+        "MP",
+        "refuse images that declare more megapixels (width x height x frames) than this, before decoding them",
+    ),
 }
 EXPLAIN_SLOTS = 1  # Grad-CAM requests at once in the service (it hooks the model, so they run one at a time anyway)
 

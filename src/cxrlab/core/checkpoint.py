@@ -35,7 +35,7 @@ class TrainingState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, saved: dict) -> "TrainingState":
+    def from_dict(cls, saved: dict) -> TrainingState:
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
     @property

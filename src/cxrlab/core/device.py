@@ -43,10 +43,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return ("bf16" if native_bf16(device) else "fp16") if device.type == "cuda" else "fp32"
     if precision == "bf16" and not native_bf16(device):
         major, minor = torch.cuda.get_device_capability(device)
-        raise ConfigError(f"precision bf16 was asked of {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}), which has "
-                          "no native bf16 and runs it slower than fp32; use --precision fp16 (autocast with a gradient scaler) or auto")
+        raise ConfigError(
+            f"precision bf16 was asked of {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}), which has "
+            "no native bf16 and runs it slower than fp32; use --precision fp16 (autocast with a gradient scaler) or auto"
+        )
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"precision fp16 (autocast with a gradient scaler) is for CUDA GPUs, not {device}; use fp32, or bf16 on a CPU with AVX512-BF16")
+        raise ConfigError(
+            f"precision fp16 (autocast with a gradient scaler) is for CUDA GPUs, not {device}; use fp32, or bf16 on a CPU with AVX512-BF16"
+        )
     return precision
 
 

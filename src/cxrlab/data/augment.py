@@ -30,7 +30,7 @@ class AugmentSettings:
     perspective: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg) -> "AugmentSettings":
+    def from_config(cls, cfg) -> AugmentSettings:
         return cls(
             rotation=cfg.aug_rotation,
             translate=cfg.aug_translate,
@@ -116,7 +116,12 @@ def _erase(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     left = torch.rand(n, generator=gen, device=device) * (w - ew)
     rows = torch.arange(h, device=device)[None, :, None]
     cols = torch.arange(w, device=device)[None, None, :]
-    box = (rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None]) & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None])
+    box = (
+        (rows >= top[:, None, None])
+        & (rows < (top + eh)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + ew)[:, None, None])
+    )
     apply = torch.rand(n, generator=gen, device=device) < p
     return x.masked_fill((box & apply[:, None, None]).unsqueeze(1), 0.0)
 

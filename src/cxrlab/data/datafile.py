@@ -143,8 +143,10 @@ def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray,
     if labels.ndim != 2 or labels.shape[1] != spec.label_columns:
         other = dataset_with_label_columns(labels.shape[1]) if labels.ndim == 2 else None
         hint = f"; this looks like a {other.title} file (use --dataset {other.flag})" if other and other is not spec else ""
-        raise DataFileError(f"{path} is not a {spec.title} file: {split}_labels has shape {labels.shape}, expected (N, {spec.label_columns}) "
-                            f"for {spec.title}'s {len(spec.label_names)} labels ({', '.join(spec.label_names)}){hint}")
+        raise DataFileError(
+            f"{path} is not a {spec.title} file: {split}_labels has shape {labels.shape}, expected (N, {spec.label_columns}) "
+            f"for {spec.title}'s {len(spec.label_names)} labels ({', '.join(spec.label_names)}){hint}"
+        )
     if labels.shape[0] != images.shape[0]:
         raise _problem(path, f"{split} has {images.shape[0]} images but {labels.shape[0]} label rows")
     if labels.size and not np.isin(labels, (0, 1)).all():

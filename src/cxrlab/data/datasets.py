@@ -24,9 +24,11 @@ def _medmnist_info():
         return sys.modules["medmnist.info"]
     spec = importlib.util.find_spec("medmnist")  # finds the package, runs none of it
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("cxrlab reads MedMNIST's file names, URLs and MD5s from the medmnist package, which is not "
-                                  "installed here: pip install 'medmnist==3.0.2' (or pip install -e . in the cxrlab checkout)",
-                                  name="medmnist")
+        raise ModuleNotFoundError(
+            "cxrlab reads MedMNIST's file names, URLs and MD5s from the medmnist package, which is not "
+            "installed here: pip install 'medmnist==3.0.2' (or pip install -e . in the cxrlab checkout)",
+            name="medmnist",
+        )
     location = spec.submodule_search_locations[0]
     info = importlib.util.spec_from_file_location("cxrlab._medmnist_info", Path(location) / "info.py")
     module = importlib.util.module_from_spec(info)
@@ -86,8 +88,10 @@ class Dataset:
         """Refuse, before anything loads, classes that this data set's binary task cannot have."""
         indices = [self.label_index(c) for c in classes]
         if self.binary_task == "all-images" and indices != [0, 1]:
-            raise ConfigError(f"{self.title} is a binary data set: its classes are {' and '.join(self.label_names)} (label 0, label 1), "
-                              f"got {' and '.join(classes)}; choose the positive one with --positive-class")
+            raise ConfigError(
+                f"{self.title} is a binary data set: its classes are {' and '.join(self.label_names)} (label 0, label 1), "
+                f"got {' and '.join(classes)}; choose the positive one with --positive-class"
+            )
 
     def file_name(self, size: int) -> str:
         return f"{self.flag}{'' if size == 28 else f'_{size}'}.npz"
@@ -99,17 +103,27 @@ class Dataset:
 
 DATASETS: dict[str, Dataset] = {
     "chestmnist": Dataset(
-        "chestmnist", "two-labels", ("cardiomegaly", "pneumothorax"),
+        "chestmnist",
+        "two-labels",
+        ("cardiomegaly", "pneumothorax"),
         {"train": (754, 1552), "val": (97, 208), "test": (243, 439)},
         "resize",  # the NIH images are square (1024 x 1024) and were resized
     ),
     "pneumoniamnist": Dataset(
-        "pneumoniamnist", "all-images", ("normal", "pneumonia"),
+        "pneumoniamnist",
+        "all-images",
+        ("normal", "pneumonia"),
         {"train": (1214, 3494), "val": (135, 389), "test": (234, 390)},
         "center-crop",  # the pediatric source images are not square: MedMNIST center-cropped them, then resized
-        (("ResNet-18 (28)", 0.944, 0.854), ("ResNet-18 (224)", 0.956, 0.864), ("ResNet-50 (28)", 0.948, 0.854),
-         ("ResNet-50 (224)", 0.962, 0.884), ("auto-sklearn", 0.942, 0.855), ("AutoKeras", 0.947, 0.878),
-         ("Google AutoML Vision", 0.991, 0.946)),
+        (
+            ("ResNet-18 (28)", 0.944, 0.854),
+            ("ResNet-18 (224)", 0.956, 0.864),
+            ("ResNet-50 (28)", 0.948, 0.854),
+            ("ResNet-50 (224)", 0.962, 0.884),
+            ("auto-sklearn", 0.942, 0.855),
+            ("AutoKeras", 0.947, 0.878),
+            ("Google AutoML Vision", 0.991, 0.946),
+        ),
         "MedMNIST v2 (Yang et al., Scientific Data 2023), Table 4: test AUC and ACC, model selected on val. Their ResNets: "
         "100 epochs, Adam 1e-3 x0.1 at epochs 50 and 75, batch 128; at 28 px a 3x3 stride-1 first convolution and no "
         "stem max-pool. Their published script (MedMNIST/experiments, MedMNIST2D/train_and_eval_pytorch.py) keeps "

@@ -43,8 +43,10 @@ def near_duplicates(splits: dict[str, np.ndarray], threshold: float = DEFAULT_TH
         raise ConfigError(f"the near-duplicate threshold is a correlation between 0 and 1, got {threshold}")
     total = sum(len(v) for v in splits.values())
     if total > MAX_IMAGES:
-        raise ConfigError(f"{total:,} images are too many for the all-pairs near-duplicate check (at most {MAX_IMAGES:,}); "
-                          "check the binary task's images instead of the multilabel task's")
+        raise ConfigError(
+            f"{total:,} images are too many for the all-pairs near-duplicate check (at most {MAX_IMAGES:,}); "
+            "check the binary task's images instead of the multilabel task's"
+        )
     rows = {name: _unit_rows(images) for name, images in splits.items()}
     names = list(rows)
     pairs = []

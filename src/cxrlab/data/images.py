@@ -63,8 +63,10 @@ def check_pixels(name: str, width: int, height: int, frames: int, max_pixels: in
     total = width * height * frames
     if total > max_pixels:
         shape = f"{width} x {height} px" + (f" x {frames} frames" if frames > 1 else "")
-        raise ImageTooLarge(f"{name}: the image is {shape} ({total / 1e6:,.1f} megapixels), over the limit of "
-                            f"{max_pixels / 1e6:g} megapixels; no chest radiograph is that large")
+        raise ImageTooLarge(
+            f"{name}: the image is {shape} ({total / 1e6:,.1f} megapixels), over the limit of "
+            f"{max_pixels / 1e6:g} megapixels; no chest radiograph is that large"
+        )
 
 
 def load_image(path: str | Path, size: int, preprocess: str = "resize", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -162,8 +164,10 @@ def _inflate_bounded(data: bytes, name: str, max_pixels: int) -> bytes:
     except zlib.error as exc:
         raise DamagedImage(f"{name}: the deflated DICOM dataset is damaged ({exc})") from None
     if total > cap:
-        raise ImageTooLarge(f"{name}: the deflated DICOM dataset inflates to more than {cap / 2**20:,.0f} MB, more than an image "
-                            f"within the limit of {max_pixels / 1e6:g} megapixels needs; refused before inflating the rest")
+        raise ImageTooLarge(
+            f"{name}: the deflated DICOM dataset inflates to more than {cap / 2**20:,.0f} MB, more than an image "
+            f"within the limit of {max_pixels / 1e6:g} megapixels needs; refused before inflating the rest"
+        )
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     head = io.BytesIO()
     write_file_meta_info(head, meta, enforce_standard=False)
@@ -248,8 +252,10 @@ def decode_dicom(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise DamagedImage(f"{name}: the DICOM rescale gives values that are not finite numbers")
     low, high = float(values.min()), float(values.max())
     if not high > low:
-        raise BlankImage(f"{name}: the DICOM image decodes to a single value ({low:g}) after its rescale and window: "
-                         "nothing to classify (a Rescale Slope of 0, or an empty image)")
+        raise BlankImage(
+            f"{name}: the DICOM image decodes to a single value ({low:g}) after its rescale and window: "
+            "nothing to classify (a Rescale Slope of 0, or an empty image)"
+        )
     scaled = (values - low) * (255 / (high - low))
     if photometric == "MONOCHROME1":
         scaled = 255 - scaled
@@ -265,7 +271,7 @@ def _check_encapsulated(ds, name: str, rows: int, columns: int, frames: int, max
         return
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
-    except Exception as exc:  # noqa: BLE001 - damaged item structure
+    except Exception as exc:
         raise DamagedImage(f"{name}: the compressed DICOM pixel data is damaged ({type(exc).__name__}: {exc})") from None
     declared = _codestream_size(bytes(frame[:65536]))
     if declared is None:

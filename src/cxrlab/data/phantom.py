@@ -141,7 +141,17 @@ def render(findings: dict[str, np.ndarray], size: int, rng: np.random.Generator)
     img += heart * col(rng.uniform(0.2, 0.3, n))
 
     opacity = findings["opacity"]  # any other finding: a soft patch in one lung
-    patch = _inside(_ellipse(x, y, col(rng.choice([-0.38, 0.38], n)), col(rng.uniform(-0.4, 0.35, n)), col(rng.uniform(0.08, 0.2, n)), col(rng.uniform(0.08, 0.2, n))), sharp / 3)
+    patch = _inside(
+        _ellipse(
+            x,
+            y,
+            col(rng.choice([-0.38, 0.38], n)),
+            col(rng.uniform(-0.4, 0.35, n)),
+            col(rng.uniform(0.08, 0.2, n)),
+            col(rng.uniform(0.08, 0.2, n)),
+        ),
+        sharp / 3,
+    )
     img += patch * col(opacity * rng.uniform(0.1, 0.25, n))
     if "pneumonia" in findings:  # patchy consolidation: smooth noise above a threshold, inside the lungs
         lungs = _inside(_ellipse(np.abs(x), y, 0.4, -0.05, lung_rx, lung_ry), sharp)
@@ -154,8 +164,9 @@ def render(findings: dict[str, np.ndarray], size: int, rng: np.random.Generator)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def generate(size: int = 28, official_counts: bool = False, seed: int = 0, split_sizes: dict | None = None,
-             dataset: str = "chestmnist") -> dict[str, np.ndarray]:
+def generate(
+    size: int = 28, official_counts: bool = False, seed: int = 0, split_sizes: dict | None = None, dataset: str = "chestmnist"
+) -> dict[str, np.ndarray]:
     """Arrays for every split, keyed like the official file (``train_images``, ``train_labels``, ...)."""
     if official_counts and split_sizes:
         raise ConfigError("choose either official counts or explicit split sizes, not both")
@@ -182,8 +193,14 @@ def generate(size: int = 28, official_counts: bool = False, seed: int = 0, split
     return arrays
 
 
-def write_phantom(out: str | Path, size: int = 28, official_counts: bool = False, seed: int = 0, split_sizes: dict | None = None,
-                  dataset: str = "chestmnist") -> Path:
+def write_phantom(
+    out: str | Path,
+    size: int = 28,
+    official_counts: bool = False,
+    seed: int = 0,
+    split_sizes: dict | None = None,
+    dataset: str = "chestmnist",
+) -> Path:
     """Write ``DATASET[_SIZE].npz`` and its phantom marker into ``out``; return the npz path."""
     out = Path(out).expanduser()
     path = out / get_dataset(dataset).file_name(size)

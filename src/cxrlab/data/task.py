@@ -89,8 +89,15 @@ class TaskArrays:
     provenance: dict
 
 
-def task_arrays(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary",
-                dataset: str = "chestmnist") -> TaskArrays:
+def task_arrays(
+    data_root: str | Path,
+    size: int,
+    classes: list[str],
+    download: bool = False,
+    splits=SPLITS,
+    task: str = "binary",
+    dataset: str = "chestmnist",
+) -> TaskArrays:
     spec = get_dataset(dataset)
     if task == "multilabel" and not spec.multilabel:
         raise ConfigError(f"{spec.title} has one binary label per image: use the binary task")
@@ -109,8 +116,15 @@ def task_arrays(data_root: str | Path, size: int, classes: list[str], download: 
     return TaskArrays("binary", [spec.label_names[i] for i in indices], size, result, source)
 
 
-def load_task(data_root: str | Path, size: int, classes: list[str], download: bool = False, splits=SPLITS, task: str = "binary",
-              dataset: str = "chestmnist") -> TaskData:
+def load_task(
+    data_root: str | Path,
+    size: int,
+    classes: list[str],
+    download: bool = False,
+    splits=SPLITS,
+    task: str = "binary",
+    dataset: str = "chestmnist",
+) -> TaskData:
     import torch
 
     selected = task_arrays(data_root, size, classes, download, splits, task, dataset)

@@ -51,8 +51,9 @@ def _interval(value: float, samples: np.ndarray, level: float) -> Interval:
     return Interval(value, float(low), float(high))
 
 
-def seeds_and_resamples(runs: list[Scored], keys: tuple[str, ...], n_boot: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict[str, Interval]:
+def seeds_and_resamples(
+    runs: list[Scored], keys: tuple[str, ...], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Interval]:
     """Per key, the mean over seeds with the percentile interval of every seed's value on every test resample
     pooled: what one more run of the recipe, scored on another test set like this one, would give."""
     whole = _samples(runs, np.arange(len(runs[0][0]))[None])
@@ -60,8 +61,9 @@ def seeds_and_resamples(runs: list[Scored], keys: tuple[str, ...], n_boot: int =
     return {k: _interval(_mean(whole[k]), pooled[k].ravel(), level) for k in keys}
 
 
-def paired_difference(a: list[Scored], b: list[Scored], keys: tuple[str, ...], n_boot: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> dict[str, Interval]:
+def paired_difference(
+    a: list[Scored], b: list[Scored], keys: tuple[str, ...], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Interval]:
     """Per key, the mean over seeds of key(a) - key(b), both scored on the same images, with the percentile interval
     of that mean over shared bootstrap resamples of the images (each seed's a against the same seed's b)."""
     if len(a) != len(b) or any(len(x[0]) != len(y[0]) or not np.array_equal(x[0], y[0]) for x, y in zip(a, b)):

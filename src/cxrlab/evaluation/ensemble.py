@@ -15,7 +15,10 @@ WEIGHT_STEP = 0.05  # grid step on the simplex when fitting weights: 231 candida
 def check_weights(weights: list[float], models: list[str]) -> np.ndarray:
     """Given weights, one per model, non-negative, normalised to sum 1; a clear error when they do not fit."""
     if len(weights) != len(models):
-        raise ConfigError(f"{len(weights)} ensemble weights given for {len(models)} models ({', '.join(models)}); give one weight per model, in that order")
+        raise ConfigError(
+            f"{len(weights)} ensemble weights given for {len(models)} models ({', '.join(models)}); give one weight per model, in "
+            f"that order"
+        )
     w = np.asarray(weights, dtype=float)
     if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
         raise ConfigError(f"ensemble weights must be non-negative numbers with a positive sum, got {weights}")

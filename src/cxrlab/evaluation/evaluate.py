@@ -12,18 +12,18 @@ import torch
 
 import cxrlab
 from cxrlab.config import POINT_OPTIONS, Config
+from cxrlab.core.checkpoint import TrainingState, load_weights
+from cxrlab.core.runs import RunDir
 from cxrlab.data.task import TaskData, data_label, fold_view, task_data
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.inference import load_trained, predict_probs
 from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature
+from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.evaluation.operating_point import OperatingPoint
 from cxrlab.evaluation.scoring import choose_on_evidence, positive_view, score_probs
-from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.files import atomic_write_json
 from cxrlab.models.registry import count_parameters, model_from_config
-from cxrlab.core.runs import RunDir
-from cxrlab.core.checkpoint import TrainingState, load_weights
 
 GRID_IMAGES = 10
 
@@ -38,8 +38,19 @@ def metrics_table(columns: dict[str, dict]) -> str:
             ci = f" [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]" if f"{key}_ci_low" in m else ""
             cells.append(f"{m[key]:.3f}{ci}")
         lines.append(f"{key:<22}" + "".join(f"{c:>26}" for c in cells))
-    for key in ("ece", "ece_calibrated", "brier", "brier_calibrated", "accuracy_05", "sensitivity_05", "specificity_05",
-                "referred", "answered_accuracy", "answered_sensitivity", "answered_specificity"):
+    for key in (
+        "ece",
+        "ece_calibrated",
+        "brier",
+        "brier_calibrated",
+        "accuracy_05",
+        "sensitivity_05",
+        "specificity_05",
+        "referred",
+        "answered_accuracy",
+        "answered_sensitivity",
+        "answered_specificity",
+    ):
         if all(key in m for m in columns.values()):
             lines.append(f"{key:<22}" + "".join(f"{m[key]:>26.3f}" for m in columns.values()))
     for key in ("tn", "fp", "fn", "tp", "n", "threshold"):
@@ -47,14 +58,21 @@ def metrics_table(columns: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def split_metrics(data: TaskData, split: str, cfg: Config, probs: np.ndarray, point: OperatingPoint | None, temperature: float = 1.0) -> tuple[dict, np.ndarray, np.ndarray]:
+def split_metrics(
+    data: TaskData, split: str, cfg: Config, probs: np.ndarray, point: OperatingPoint | None, temperature: float = 1.0
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of one split from the model's probabilities (N, outputs); returns (metrics, targets, probs) as scored.
     Binary metrics (``point``: the run's operating point) include calibration before and after scaling by
     ``temperature``, the metrics at 0.5 and the refer band's."""
     targets = data.splits[split].targets.numpy()
     if data.task == "multilabel":
-        return multilabel_metrics(targets, probs, data.provenance["file"], data.size, split, data.classes,
-                                  data.provenance.get("dataset", "chestmnist")), targets, probs
+        return (
+            multilabel_metrics(
+                targets, probs, data.provenance["file"], data.size, split, data.classes, data.provenance.get("dataset", "chestmnist")
+            ),
+            targets,
+            probs,
+        )
     targets, positive_probs = positive_view(targets, probs[:, 0], data.classes, cfg.positive)
     return score_probs(targets, positive_probs, point, temperature, cfg.n_bootstrap, cfg.seed, cfg.prevalence), targets, positive_probs
 
@@ -77,8 +95,15 @@ def write_split_outputs(run: RunDir, split: str, metrics: dict, targets, probs, 
         return
     plots.confusion_matrix(metrics, data.classes, cfg.positive, run.plots / f"confusion_{split}.png", f"{name}: confusion matrix", label)
     plots.roc(targets, probs, metrics, run.plots / f"roc_{split}.png", f"{name}: ROC", label)
-    plots.reliability({cfg.model: (targets, probs), f"{cfg.model}, T={metrics['temperature']:.2f}": (targets, apply_temperature(probs, metrics["temperature"]))},
-                      run.plots / f"reliability_{split}.png", f"{name}: reliability", label)
+    plots.reliability(
+        {
+            cfg.model: (targets, probs),
+            f"{cfg.model}, T={metrics['temperature']:.2f}": (targets, apply_temperature(probs, metrics["temperature"])),
+        },
+        run.plots / f"reliability_{split}.png",
+        f"{name}: reliability",
+        label,
+    )
 
 
 def results_table(data: TaskData, columns: dict[str, dict]) -> str:
@@ -87,8 +112,16 @@ def results_table(data: TaskData, columns: dict[str, dict]) -> str:
     return metrics_table(columns)
 
 
-def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: TrainingState, side_by_side: int = 1,
-                 echo: Callable[[str], None] = print, search_trial: bool = False) -> dict:
+def finalize_run(
+    run: RunDir,
+    cfg: Config,
+    data: TaskData,
+    device,
+    state: TrainingState,
+    side_by_side: int = 1,
+    echo: Callable[[str], None] = print,
+    search_trial: bool = False,
+) -> dict:
     """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary.
     A search trial (its ``data`` has no test split) writes its val metrics, summary and training curves only."""
     model = model_from_config(cfg, initial_weights=False)
@@ -155,8 +188,15 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: Traini
         _, val_targets, val_positive = results["val"]
         pick = np.random.default_rng(cfg.seed).choice(len(val_targets), size=min(GRID_IMAGES, len(val_targets)), replace=False)
         plots.prediction_grid(
-            data.splits["val"].images.numpy()[pick], val_targets[pick], val_positive[pick], threshold, data.classes, cfg.positive,
-            run.plots / "val_grid.png", f"{cfg.model}: random val images (P = P({cfg.positive}))", label,
+            data.splits["val"].images.numpy()[pick],
+            val_targets[pick],
+            val_positive[pick],
+            threshold,
+            data.classes,
+            cfg.positive,
+            run.plots / "val_grid.png",
+            f"{cfg.model}: random val images (P = P({cfg.positive}))",
+            label,
         )
         echo(f"\n{cfg.model}, best epoch {state.best_epoch} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
     else:
@@ -168,8 +208,10 @@ def finalize_run(run: RunDir, cfg: Config, data: TaskData, device, state: Traini
 def check_same_data(run: RunDir, data: TaskData) -> None:
     recorded = run.read_json(run.data)["md5"]
     if recorded != data.provenance["md5"]:
-        raise RunDirError(f"the data file {data.provenance['file']} is not the one {run.path} was trained on "
-                          f"(MD5 {data.provenance['md5']}, run recorded {recorded})")
+        raise RunDirError(
+            f"the data file {data.provenance['file']} is not the one {run.path} was trained on "
+            f"(MD5 {data.provenance['md5']}, run recorded {recorded})"
+        )
 
 
 def evaluate_run(run_path, split: str = "test", device: str | None = None, echo: Callable[[str], None] = print) -> dict:

@@ -106,8 +106,17 @@ def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0) ->
     images = val.images[torch.from_numpy(pick)]
     maps, probs, predicted = explainer.heatmaps(images)
     truth = [trained.classes[int(t)] for t in val.targets[torch.from_numpy(pick)]]
-    return plots.gradcam_grid(images.numpy(), [overlay(i, m) for i, m in zip(images.numpy(), maps)], truth, predicted, probs, cfg.positive,
-                              Path(path), f"{cfg.model}: Grad-CAM on random val images (layer {explainer.layer_name})", data_label(data.provenance))
+    return plots.gradcam_grid(
+        images.numpy(),
+        [overlay(i, m) for i, m in zip(images.numpy(), maps)],
+        truth,
+        predicted,
+        probs,
+        cfg.positive,
+        Path(path),
+        f"{cfg.model}: Grad-CAM on random val images (layer {explainer.layer_name})",
+        data_label(data.provenance),
+    )
 
 
 @dataclass
@@ -143,6 +152,9 @@ def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels:
         maps, _, _ = explainer.heatmaps(torch.from_numpy(gray[None]), [explained])
         target = Path(out) / f"{Path(path).stem}_gradcam.png"
         atomic_write_bytes(target, png_bytes(overlay(gray, maps[0])))
-        results.append(Explanation(str(path), answer.label, answer.probability, target, referred=answer.referred, reason=answer.reason,
-                                   explained=explained))
+        results.append(
+            Explanation(
+                str(path), answer.label, answer.probability, target, referred=answer.referred, reason=answer.reason, explained=explained
+            )
+        )
     return results

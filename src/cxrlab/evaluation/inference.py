@@ -11,18 +11,17 @@ import torch
 from torch import nn
 
 from cxrlab.config import Config
+from cxrlab.core.checkpoint import load_weights
+from cxrlab.core.device import autocast, setup_device
+from cxrlab.core.runs import RunDir
 from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize, to_float
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from cxrlab.data.task import is_phantom
 from cxrlab.evaluation.ood import OODCheck, probe_outputs
 from cxrlab.evaluation.operating_point import OperatingPoint
-from cxrlab.models.registry import model_from_config
 from cxrlab.models.probe import FeatureProbe
-from cxrlab.core.runs import RunDir
-from cxrlab.core.checkpoint import load_weights
-from cxrlab.core.device import autocast, setup_device
-
+from cxrlab.models.registry import model_from_config
 
 View = Callable[[torch.Tensor], torch.Tensor]  # uint8 (n, S, S) batch -> normalised float (n, 1, S, S) on the device
 
@@ -55,15 +54,16 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: Config, device: t
 TTA_SETTINGS = AugmentSettings(rotation=10.0, translate=0.05, hflip=0.5)
 
 
-def predict_probs_tta(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, views: int, seed: int = 0,
-                      plain: np.ndarray | None = None) -> np.ndarray:
+def predict_probs_tta(
+    model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, views: int, seed: int = 0, plain: np.ndarray | None = None
+) -> np.ndarray:
     """Mean probability over ``views`` views: the image itself (``plain``, when the caller has predicted it already),
     then views-1 random geometric views (fixed seed, so the same call gives the same numbers)."""
     total = predict_probs(model, images, cfg, device) if plain is None else plain
     for v in range(1, views):
         gen = torch.Generator(device=device).manual_seed(seed * 1000 + v)
 
-        def view(batch: torch.Tensor) -> torch.Tensor:
+        def view(batch: torch.Tensor, gen: torch.Generator = gen) -> torch.Tensor:
             return normalize(augment(to_float(batch, device), TTA_SETTINGS, gen), cfg.norm_mean, cfg.norm_std)
 
         total = total + torch.sigmoid(predict_logits(model, images, cfg, device, view)).numpy()
@@ -139,9 +139,20 @@ def load_trained(run_path, device: str | None = None, threads: int | None = None
     load_weights(model, run.weights)
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format).eval()
     ood = OODCheck.load(run.path)
-    return TrainedModel(run, cfg, model, dev, float(summary["threshold"]), summary["classes"], is_phantom(run.read_json(run.data)),
-                        float(summary.get("temperature", 1.0)), ood=ood, probe=FeatureProbe(model) if ood is not None else None,
-                        point=load_operating_point(run, summary) if cfg.task == "binary" else None, threads=threads)
+    return TrainedModel(
+        run,
+        cfg,
+        model,
+        dev,
+        float(summary["threshold"]),
+        summary["classes"],
+        is_phantom(run.read_json(run.data)),
+        float(summary.get("temperature", 1.0)),
+        ood=ood,
+        probe=FeatureProbe(model) if ood is not None else None,
+        point=load_operating_point(run, summary) if cfg.task == "binary" else None,
+        threads=threads,
+    )
 
 
 LEGACY_POINT = "trained before operating points: its single threshold only (cxrlab operating-point RUN chooses a refer band)"

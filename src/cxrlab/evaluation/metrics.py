@@ -44,7 +44,7 @@ def point_metrics(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5
         "pr_auc": skm.average_precision_score(targets, probs) if both else float("nan"),
     }
     out = {k: float(v) for k, v in out.items()}
-    out.update(tn=int(tn), fp=int(fp), fn=int(fn), tp=int(tp), n=int(len(targets)), threshold=float(threshold))
+    out.update(tn=int(tn), fp=int(fp), fn=int(fn), tp=int(tp), n=len(targets), threshold=float(threshold))
     return out
 
 
@@ -115,7 +115,9 @@ def resampled_metrics(targets: np.ndarray, probs: np.ndarray, threshold: float, 
     return samples
 
 
-def bootstrap_ci(targets: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+def bootstrap_ci(
+    targets: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
     """Percentile bootstrap: resample cases with replacement, recompute every metric, take the 2.5/97.5 percentiles.
 
     Keys are ``<metric>_ci_low`` / ``<metric>_ci_high``. Resamples where a metric is undefined are skipped.
@@ -131,8 +133,9 @@ def bootstrap_ci(targets: np.ndarray, probs: np.ndarray, threshold: float, n_boo
     return out
 
 
-def evaluate_probs(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
-                   temperature: float = 1.0) -> dict[str, float]:
+def evaluate_probs(
+    targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0, temperature: float = 1.0
+) -> dict[str, float]:
     """Point metrics, their bootstrap CIs and calibration (ECE, Brier) before and after scaling by ``temperature``,
     as one flat dict (the layout of metrics.json)."""
     out = point_metrics(targets, probs, threshold)

@@ -10,8 +10,9 @@ from medmnist import Evaluator
 from cxrlab.evaluation.metrics import roc_auc
 
 
-def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, data_file: str | Path, size: int, split: str, labels: list[str],
-                       flag: str = "chestmnist") -> dict:
+def multilabel_metrics(
+    targets: np.ndarray, probs: np.ndarray, data_file: str | Path, size: int, split: str, labels: list[str], flag: str = "chestmnist"
+) -> dict:
     """medmnist's AUC (mean of per-label ROC-AUC) and ACC (mean per-label accuracy at 0.5), plus per-label AUC.
 
     The Evaluator reads the split's labels from the same file; a label without both classes in the split
@@ -26,7 +27,7 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, data_file: str | 
     except ValueError:  # sklearn: only one class present for some label
         auc = float("nan")
         acc = float(((probs >= 0.5) == targets).mean())
-    return {"auc": float(auc), "acc": float(acc), **per_label, "n": int(len(targets)), "threshold": 0.5}
+    return {"auc": float(auc), "acc": float(acc), **per_label, "n": len(targets), "threshold": 0.5}
 
 
 def label_table(columns: dict[str, dict], positives: dict[str, tuple[int, ...]], labels: list[str]) -> str:

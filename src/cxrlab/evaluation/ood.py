@@ -49,14 +49,16 @@ def pixel_layer(images: torch.Tensor, size: int) -> torch.Tensor:
 def probe_outputs(probe: FeatureProbe, images: torch.Tensor, cfg, device) -> tuple[np.ndarray, list[np.ndarray]]:
     """uint8 (N, S, S) -> (logits (N, outputs), [per feature block the channel means (N, C), then the pixels
     (pixel_layer)]): the check's layers and the model's output from the same pass."""
-    from cxrlab.data.augment import eval_batch
     from cxrlab.core.device import autocast
+    from cxrlab.data.augment import eval_batch
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     logits, per_layer = [], [[] for _ in range(probe.blocks)]
     with torch.inference_mode(), autocast(cfg, device):
         for i in range(0, len(images), cfg.eval_batch_size):
-            out, blocks = probe(eval_batch(images[i : i + cfg.eval_batch_size], cfg.norm_mean, cfg.norm_std, device).contiguous(memory_format=memory_format))
+            out, blocks = probe(
+                eval_batch(images[i : i + cfg.eval_batch_size], cfg.norm_mean, cfg.norm_std, device).contiguous(memory_format=memory_format)
+            )
             logits.append(out.float().cpu().numpy())
             for k, f in enumerate(blocks):
                 per_layer[k].append(f.cpu().numpy())
@@ -74,7 +76,7 @@ class ScoredModel(nn.Module):
     """normalised image (N, 1, S, S) -> (logits, check score (N,)): the model and the check as one graph (float32),
     which is how the check travels inside model.onnx."""
 
-    def __init__(self, probe: FeatureProbe, check: "OODCheck", norm_mean: float, norm_std: float, size: int):
+    def __init__(self, probe: FeatureProbe, check: OODCheck, norm_mean: float, norm_std: float, size: int):
         super().__init__()
         self.probe, self.norm_mean, self.norm_std, self.size = probe, norm_mean, norm_std, size
         self.layers = len(check.means)
@@ -125,16 +127,19 @@ class OODCheck:
         atomic_write_bytes(RunDir(run_path).ood_arrays, buffer.getvalue())
 
     @classmethod
-    def load(cls, run_path: Path) -> "OODCheck | None":
+    def load(cls, run_path: Path) -> OODCheck | None:
         path = RunDir(run_path).ood_arrays
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as saved:
                 layers = len(saved["scales"])
-                return cls([saved[f"mean{k}"].astype(np.float64) for k in range(layers)],
-                           [saved[f"precision{k}"].astype(np.float64) for k in range(layers)],
-                           [float(v) for v in saved["scales"]], float(saved["threshold"]))
+                return cls(
+                    [saved[f"mean{k}"].astype(np.float64) for k in range(layers)],
+                    [saved[f"precision{k}"].astype(np.float64) for k in range(layers)],
+                    [float(v) for v in saved["scales"]],
+                    float(saved["threshold"]),
+                )
         except (OSError, KeyError, ValueError) as exc:
             raise RunDirError(f"{path} is damaged ({exc}); fit it again with: cxrlab ood {path.parent}") from None
 
@@ -189,11 +194,16 @@ def fit_run_check(model: nn.Module, cfg, data, device, run_path: Path, echo=prin
     probe = FeatureProbe(model)
     check = fit_check(layer_features(probe, train.images, cfg, device), layer_features(probe, val.images, cfg, device))
     check.save(run_path)
-    report = {"method": METHOD, "threshold": check.threshold, "val_accepted": VAL_ACCEPT,
-              "flagged": {},  # share given no class: flagged by the check, or (constant images) refused before it
-              }
+    report = {
+        "method": METHOD,
+        "threshold": check.threshold,
+        "val_accepted": VAL_ACCEPT,
+        "flagged": {},  # share given no class: flagged by the check, or (constant images) refused before it
+    }
     if "test" in data.splits:
-        report["flagged"]["test split (chest X-rays)"] = flagged_share(check, layer_features(probe, data.splits["test"].images, cfg, device))
+        report["flagged"]["test split (chest X-rays)"] = flagged_share(
+            check, layer_features(probe, data.splits["test"].images, cfg, device)
+        )
     for group, sets in ood_sets(cfg.size, get_dataset(cfg.dataset).preprocess, cfg.seed).items():
         for name, images in sets.items():
             flat = images.reshape(len(images), -1)
@@ -203,6 +213,8 @@ def fit_run_check(model: nn.Module, cfg, data, device, run_path: Path, echo=prin
             report.setdefault("images", {})[f"{group}: {name}"] = len(images)
     report["seconds"] = time.perf_counter() - started
     atomic_write_json(RunDir(run_path).ood_report, report)
-    echo(f"out-of-distribution check (threshold {check.threshold:.2f} accepts {VAL_ACCEPT:.0%} of val): flagged "
-         + "; ".join(f"{name} {share:.1%}" for name, share in report["flagged"].items()))
+    echo(
+        f"out-of-distribution check (threshold {check.threshold:.2f} accepts {VAL_ACCEPT:.0%} of val): flagged "
+        + "; ".join(f"{name} {share:.1%}" for name, share in report["flagged"].items())
+    )
     return report

@@ -18,6 +18,7 @@ import glob
 import logging
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -85,7 +86,7 @@ def _ct_mr() -> list[np.ndarray]:
             warnings.simplefilter("ignore")
             for path in sorted(glob.glob(os.path.join(folder, "**", "*.dcm"), recursive=True)):
                 try:
-                    images.append(decode_full(open(path, "rb").read(), os.path.basename(path)))
+                    images.append(decode_full(Path(path).read_bytes(), os.path.basename(path)))
                 except ImageFileError:
                     continue  # those that cannot be decoded never reach the model either
     finally:  # pydicom's logger as it was, also when an exception escapes
@@ -105,11 +106,16 @@ def ood_sets(size: int, preprocess: str = "resize", seed: int = 0) -> dict[str, 
     """{group: {set name: uint8 (N, size, size)}}, each image prepared as an upload would be (treat as read-only)."""
     made = {
         SYNTHETIC: {"noise, constants, gradients, shapes, text": _synthetic(np.random.default_rng(seed))},
-        REAL: {"photographs (scikit-image)": _photographs(), "CT and MR slices (pydicom, scikit-image)": _ct_mr(),
-               "handwritten digits (scikit-learn)": _digits()},
+        REAL: {
+            "photographs (scikit-image)": _photographs(),
+            "CT and MR slices (pydicom, scikit-image)": _ct_mr(),
+            "handwritten digits (scikit-learn)": _digits(),
+        },
     }
-    return {group: {name: np.stack([prepare(im, size, preprocess) for im in images]) for name, images in sets.items()}
-            for group, sets in made.items()}
+    return {
+        group: {name: np.stack([prepare(im, size, preprocess) for im in images]) for name, images in sets.items()}
+        for group, sets in made.items()
+    }
 
 
 def with_ood_sets(images: np.ndarray, size: int, preprocess: str = "resize", seed: int = 0) -> np.ndarray:

@@ -42,8 +42,10 @@ def _fewest_successes(trials: int, target: float, level: float, metric: str, wha
     bounds = lower_bound(np.arange(trials + 1), trials, level)
     reached = np.flatnonzero(bounds >= target)
     if not len(reached):
-        raise ConfigError(f"a {metric} target of {target:g} cannot be shown with {trials} {what} in the evidence: the best "
-                          f"reachable {level:.0%} lower bound is {bounds[-1]:.4f} (all {trials} answered correctly)")
+        raise ConfigError(
+            f"a {metric} target of {target:g} cannot be shown with {trials} {what} in the evidence: the best "
+            f"reachable {level:.0%} lower bound is {bounds[-1]:.4f} (all {trials} answered correctly)"
+        )
     return int(reached[0])
 
 
@@ -93,17 +95,21 @@ class OperatingPoint:
 
     def describe(self) -> str:
         if not self.has_band:
-            why = (f"; {self.threshold_error}" if self.threshold_error else "") + (f"; no refer band: {self.band_error}" if self.band_error else "")
+            why = (f"; {self.threshold_error}" if self.threshold_error else "") + (
+                f"; no refer band: {self.band_error}" if self.band_error else ""
+            )
             return f"single threshold {self.threshold:.4g} ({self.rule}, chosen on {self.evidence}){why}"
-        return (f"rule-out below {self.rule_out:.4g} (sensitivity >= {self.sensitivity_target:g}), rule-in from {self.rule_in:.4g} "
-                f"(specificity >= {self.specificity_target:g}), {self.level:.0%} lower bounds on {self.evidence} "
-                f"({self.positives} positives, {self.negatives} negatives); refer between")
+        return (
+            f"rule-out below {self.rule_out:.4g} (sensitivity >= {self.sensitivity_target:g}), rule-in from {self.rule_in:.4g} "
+            f"(specificity >= {self.specificity_target:g}), {self.level:.0%} lower bounds on {self.evidence} "
+            f"({self.positives} positives, {self.negatives} negatives); refer between"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "OperatingPoint":
+    def from_dict(cls, values: dict) -> OperatingPoint:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -119,14 +125,29 @@ def refer_band(targets: np.ndarray, probs: np.ndarray, sensitivity: float, speci
     return low, high
 
 
-def choose_operating_point(targets: np.ndarray, probs: np.ndarray, threshold: float, rule: str, sensitivity: float | None,
-                           specificity: float | None, level: float, evidence: str, keep_going: bool = False) -> OperatingPoint:
+def choose_operating_point(
+    targets: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    rule: str,
+    sensitivity: float | None,
+    specificity: float | None,
+    level: float,
+    evidence: str,
+    keep_going: bool = False,
+) -> OperatingPoint:
     """The single threshold (already chosen by ``rule``) and, with both targets, the refer band. A target the evidence
     cannot show is refused naming the best reachable value; with ``keep_going`` (a finishing run) it is recorded in
     ``band_error`` instead, and the point answers with its single threshold."""
     targets = np.asarray(targets)
-    point = OperatingPoint(float(threshold), rule, evidence=evidence, negatives=int((targets == 0).sum()),
-                           positives=int((targets == 1).sum()), prevalence=float(targets.mean()))
+    point = OperatingPoint(
+        float(threshold),
+        rule,
+        evidence=evidence,
+        negatives=int((targets == 0).sum()),
+        positives=int((targets == 1).sum()),
+        prevalence=float(targets.mean()),
+    )
     if sensitivity is not None and specificity is not None:
         point.sensitivity_target, point.specificity_target, point.level = sensitivity, specificity, level
         try:
@@ -190,8 +211,10 @@ def predictive_values(sensitivity: float, specificity: float, prevalence: float)
     check_prevalence(prevalence)
     ppv_den = sensitivity * prevalence + (1 - specificity) * (1 - prevalence)
     npv_den = specificity * (1 - prevalence) + (1 - sensitivity) * prevalence
-    return (sensitivity * prevalence / ppv_den if ppv_den else float("nan"),
-            specificity * (1 - prevalence) / npv_den if npv_den else float("nan"))
+    return (
+        sensitivity * prevalence / ppv_den if ppv_den else float("nan"),
+        specificity * (1 - prevalence) / npv_den if npv_den else float("nan"),
+    )
 
 
 def estimate_prevalence(probs: np.ndarray, evidence_prevalence: float, iterations: int = 100, tol: float = 1e-6) -> float:

@@ -106,7 +106,17 @@ def roc(targets: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title
     return _save(fig, path)
 
 
-def prediction_grid(images: np.ndarray, targets: np.ndarray, probs: np.ndarray, threshold: float, classes: list[str], positive: str, path: Path, title: str, data_label: str) -> Path:
+def prediction_grid(
+    images: np.ndarray,
+    targets: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    classes: list[str],
+    positive: str,
+    path: Path,
+    title: str,
+    data_label: str,
+) -> Path:
     """Images with predicted class, P(positive) and truth; green when right, red when wrong."""
     negative = classes[0] if classes[1] == positive else classes[1]
     fig, axes = _image_grid((len(images) + 1) // 2, title_lines=(2, 2))
@@ -185,22 +195,39 @@ def pr_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
     return _save(fig, path)
 
 
-def gradcam_grid(images: np.ndarray, overlays: list[np.ndarray], truth: list[str], predicted: list[str], probs: np.ndarray, positive: str,
-                 path: Path, title: str, data_label: str) -> Path:
+def gradcam_grid(
+    images: np.ndarray,
+    overlays: list[np.ndarray],
+    truth: list[str],
+    predicted: list[str],
+    probs: np.ndarray,
+    positive: str,
+    path: Path,
+    title: str,
+    data_label: str,
+) -> Path:
     """Two rows: the images (titled with truth, prediction and P; green where right), then their Grad-CAM overlays."""
     n = len(images)
     fig, axes = _image_grid(n, title_lines=(3, 0))
     for k in range(n):
         axes[0, k].imshow(images[k], cmap="gray", vmin=0, vmax=255)
-        axes[0, k].set_title(f"true {truth[k]}\npred {predicted[k]}\nP({positive})={probs[k]:.2f}", fontsize=7,
-                             color="green" if truth[k] == predicted[k] else "crimson")
+        axes[0, k].set_title(
+            f"true {truth[k]}\npred {predicted[k]}\nP({positive})={probs[k]:.2f}",
+            fontsize=7,
+            color="green" if truth[k] == predicted[k] else "crimson",
+        )
         axes[1, k].imshow(overlays[k])
     _title(fig, title, data_label, layout=False)
     return _save(fig, path)
 
 
-def risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str, data_label: str,
-                  bands: dict[str, tuple[float, float]] | None = None) -> Path:
+def risk_coverage(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]],
+    path: Path,
+    title: str,
+    data_label: str,
+    bands: dict[str, tuple[float, float]] | None = None,
+) -> Path:
     """Error among the answered images against the share answered, referring the least certain first (nearest the
     threshold); ``curves``: name -> (targets, P(positive), threshold); ``bands``: name -> (share answered, error)
     of a refer band, marked."""
@@ -209,7 +236,7 @@ def risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path:
     fig, ax = _subplots(figsize=(5.4, 4.6))
     for name, (targets, probs, threshold) in curves.items():
         coverage, risk = curve(targets, probs, threshold)
-        line, = ax.plot(100 * coverage, 100 * risk, label=name)
+        (line,) = ax.plot(100 * coverage, 100 * risk, label=name)
         if bands and name in bands:
             ax.plot(100 * bands[name][0], 100 * bands[name][1], "o", color=line.get_color())
     ax.set_xlim(50, 100)

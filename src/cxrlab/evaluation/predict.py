@@ -9,10 +9,10 @@ import torch
 
 from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.errors import ImageFileError
-from cxrlab.evaluation.scoring import negative_class, positive_probability
 from cxrlab.evaluation.inference import TrainedModel
 from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
 from cxrlab.evaluation.operating_point import POSITIVE, REFER, REFERRED
+from cxrlab.evaluation.scoring import negative_class, positive_probability
 
 
 @dataclass
@@ -38,7 +38,9 @@ class Prediction:
         return self.reason
 
 
-def predict_files(trained: TrainedModel, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, decision: str | None = None) -> list[Prediction]:
+def predict_files(
+    trained: TrainedModel, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, decision: str | None = None
+) -> list[Prediction]:
     """One Prediction per path, in order; unreadable or oversized files get an error and do not stop the others."""
     results = [Prediction(str(p)) for p in paths]
     images, ok = [], []
@@ -89,7 +91,9 @@ def answer(result: Prediction, trained: TrainedModel, decision: str) -> None:
     kind = int(point.answers(np.array([result.probability]), decision)[0])
     if kind == REFERRED:
         result.referred = True
-        result.reason = (f"P({positive}) {result.probability:.3f} lies between the rule-out threshold {point.rule_out:.3f} and the "
-                         f"rule-in threshold {point.rule_in:.3f}: too uncertain to answer; refer to a reader")
+        result.reason = (
+            f"P({positive}) {result.probability:.3f} lies between the rule-out threshold {point.rule_out:.3f} and the "
+            f"rule-in threshold {point.rule_in:.3f}: too uncertain to answer; refer to a reader"
+        )
         return
     result.label = positive if kind == POSITIVE else negative_class(trained.classes, positive)

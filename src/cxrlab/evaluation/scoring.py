@@ -8,8 +8,14 @@ import numpy as np
 from cxrlab.config import Config
 from cxrlab.errors import ConfigError
 from cxrlab.evaluation.metrics import evaluate_probs, fit_temperature, point_metrics, sensitivity_threshold, youden_threshold
-from cxrlab.evaluation.operating_point import (OperatingPoint, answered_metrics, bayes_threshold, choose_operating_point, predictive_values,
-                                               rule_out_threshold)
+from cxrlab.evaluation.operating_point import (
+    OperatingPoint,
+    answered_metrics,
+    bayes_threshold,
+    choose_operating_point,
+    predictive_values,
+    rule_out_threshold,
+)
 
 AT_05_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")  # also reported at 0.5, the published convention
 
@@ -46,8 +52,9 @@ def choose_threshold(cfg: Config, val_targets: np.ndarray, val_probs: np.ndarray
     return 0.5
 
 
-def choose_on_evidence(cfg: Config, targets: np.ndarray, probs: np.ndarray, evidence: str = "val",
-                       keep_going: bool = False) -> tuple[OperatingPoint, float]:
+def choose_on_evidence(
+    cfg: Config, targets: np.ndarray, probs: np.ndarray, evidence: str = "val", keep_going: bool = False
+) -> tuple[OperatingPoint, float]:
     """The scoring protocol, written once: the operating point (single threshold by cfg's rule, refer band by its
     targets) and the temperature, both chosen on the evidence only (val, or a held-out fold of train with val) and
     applied unchanged to every other split."""
@@ -59,14 +66,30 @@ def choose_on_evidence(cfg: Config, targets: np.ndarray, probs: np.ndarray, evid
             raise
         threshold = float(np.min(np.asarray(probs)[np.asarray(targets) == 1]))
         why = f"{exc}; the threshold keeps every positive of the evidence instead"
-    point = choose_operating_point(targets, probs, threshold, cfg.threshold_rule, cfg.rule_out_sensitivity, cfg.rule_in_specificity,
-                                   cfg.bound_level, evidence, keep_going)
+    point = choose_operating_point(
+        targets,
+        probs,
+        threshold,
+        cfg.threshold_rule,
+        cfg.rule_out_sensitivity,
+        cfg.rule_in_specificity,
+        cfg.bound_level,
+        evidence,
+        keep_going,
+    )
     point.threshold_error = why
     return point, temperature
 
 
-def score_probs(targets: np.ndarray, probs: np.ndarray, point: OperatingPoint, temperature: float, n_boot: int, seed: int,
-                prevalence: float | None = None) -> dict:
+def score_probs(
+    targets: np.ndarray,
+    probs: np.ndarray,
+    point: OperatingPoint,
+    temperature: float,
+    n_boot: int,
+    seed: int,
+    prevalence: float | None = None,
+) -> dict:
     """Every metric of one split (the layout of metrics.json): at the single threshold with bootstrap CIs and
     calibration; at 0.5 (``<metric>_05``); the refer band's share referred and accuracy among the answered; and, at
     a deployment ``prevalence``, the PPV and NPV the single threshold's sensitivity and specificity give there."""

@@ -47,11 +47,11 @@ def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
     for name, channels_last in (("PyTorch eager (NCHW)", False), ("PyTorch eager, channels_last", True)):
         c = replace(cfg, channels_last=channels_last, precision="fp32", eval_batch_size=batch)
         model = plain_copy(trained.model, cpu, channels_last)
-        variants[name] = (lambda x, c=c, m=model: predict_logits(m, torch.as_tensor(x), c, cpu))
+        variants[name] = lambda x, c=c, m=model: predict_logits(m, torch.as_tensor(x), c, cpu)
     for path, name in ((trained.run.onnx, "onnxruntime fp32"), (trained.run.int8_onnx, "onnxruntime INT8 (shipped)")):
         if path.is_file():
             session = OnnxModel(path, cfg.norm_mean, cfg.norm_std, trained.threads)
-            variants[name] = (lambda x, s=session: s.logits(x, batch))
+            variants[name] = lambda x, s=session: s.logits(x, batch)
     rows = []
     for name, fn in variants.items():
         p50, p95 = latency_ms(fn, arrays)
@@ -62,15 +62,19 @@ def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
         r["p50_vs_eager"] = eager["p50_ms"] / r["p50_ms"]
         r["throughput_vs_eager"] = (r["images_per_s"] / eager["images_per_s"]) if r["images_per_s"] else None
     atomic_write_json(trained.run.bench_report, {"images": len(arrays), "batch": batch, "threads": torch.get_num_threads(), "rows": rows})
-    echo(f"{trained.cfg.model}, {cfg.size} px, {len(arrays)} val images, {torch.get_num_threads()} threads; ratios: eager p50 / variant p50")
+    echo(
+        f"{trained.cfg.model}, {cfg.size} px, {len(arrays)} val images, {torch.get_num_threads()} threads; ratios: eager p50 / variant p50"
+    )
     echo(f"{'variant':<44}{'p50 ms':>9}{'p95 ms':>9}{'images/s':>11}{'p50 speed-up':>14}")
     for r in rows:
         ips = f"{r['images_per_s']:>11.0f}" if r["images_per_s"] else f"{'—':>11}"
         echo(f"{r['variant']:<44}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{ips}{r['p50_vs_eager']:>13.2f}x")
     quant = trained.run.quantization_report
     if quant.is_file():
-        echo("quantisation (cxrlab export): " + "; ".join(f"{c['name']}: {'shipped' if c['shipped'] else c['why']}"
-                                                       for c in trained.run.read_json(quant)["candidates"][1:]))
+        echo(
+            "quantisation (cxrlab export): "
+            + "; ".join(f"{c['name']}: {'shipped' if c['shipped'] else c['why']}" for c in trained.run.read_json(quant)["candidates"][1:])
+        )
     else:
         echo("no INT8 model: run 'cxrlab export RUN' to try the quantisations")
     return rows
@@ -118,5 +122,9 @@ def end_to_end(trained: TrainedModel, arrays: np.ndarray) -> dict:
         t0 = time.perf_counter()
         one(i)
         times.append((time.perf_counter() - t0) * 1000)
-    return {"variant": f"predict end to end (PNG -> class, {trained.backend})", "p50_ms": float(np.percentile(times, 50)),
-            "p95_ms": float(np.percentile(times, 95)), "images_per_s": None}
+    return {
+        "variant": f"predict end to end (PNG -> class, {trained.backend})",
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+        "images_per_s": None,
+    }

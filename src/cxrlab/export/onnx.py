@@ -6,7 +6,8 @@
     RUN/export.json     how the file was checked: images, tolerance, largest differences, opset, versions
 
 The check runs the trained model and the ONNX file on the run's val images and compares logits with a relative
-tolerance, and the check's scores with the run's (float64) check. An untrained or collapsed model can give (nearly) the same output for every image, which any broken
+tolerance, and the check's scores with the run's (float64) check. An untrained or collapsed model can give (nearly) the same
+output for every image, which any broken
 export would match too, so a model whose outputs do not vary across the val images is refused, not passed.
 """
 
@@ -27,8 +28,8 @@ from cxrlab.errors import ExportError
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.evaluation.ood import ScoredModel, check_digest, layer_features
 from cxrlab.export.runtime import OnnxModel
-from cxrlab.models.probe import FeatureProbe
 from cxrlab.files import atomic_write_bytes, atomic_write_json
+from cxrlab.models.probe import FeatureProbe
 
 OPSET = 18
 RTOL, ATOL = 1e-3, 1e-4  # on logits; float32 kernels differ in summation order between the two runtimes
@@ -46,7 +47,13 @@ def write_onnx(model: nn.Module, size: int, path: Path, metadata: dict[str, str]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (dummy,), str(path), dynamo=False, opset_version=OPSET, input_names=["image"], output_names=outputs,
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=outputs,
             dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]},
         )
     if metadata:
@@ -80,12 +87,26 @@ def export_onnx(trained: TrainedModel, echo=print) -> Path:
     import onnx
     import onnxruntime
 
-    atomic_write_json(run.export_report, {**check, "opset": OPSET, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                                                 "torch": torch.__version__, "exported": time.strftime("%Y-%m-%d %H:%M:%S")})
-    echo(f"wrote {run.onnx}: logits match PyTorch on {check['images']} val images "
-         f"(largest difference {check['max_abs_diff']:.2e}, relative tolerance {RTOL:g})"
-         + (f"; the out-of-distribution check inside agrees on {check['ood_agreement']:.1%} of val and out-of-distribution images"
-            if "ood_agreement" in check else "; no out-of-distribution check in this run (cxrlab ood RUN fits one)"))
+    atomic_write_json(
+        run.export_report,
+        {
+            **check,
+            "opset": OPSET,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__,
+            "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+    echo(
+        f"wrote {run.onnx}: logits match PyTorch on {check['images']} val images "
+        f"(largest difference {check['max_abs_diff']:.2e}, relative tolerance {RTOL:g})"
+        + (
+            f"; the out-of-distribution check inside agrees on {check['ood_agreement']:.1%} of val and out-of-distribution images"
+            if "ood_agreement" in check
+            else "; no out-of-distribution check in this run (cxrlab ood RUN fits one)"
+        )
+    )
     return run.onnx
 
 
@@ -122,7 +143,12 @@ def verify_check(trained: TrainedModel, exported: OnnxModel, val_images: torch.T
     same = (got > check.threshold) == (reference > check.threshold)
     borderline = np.abs(reference - check.threshold) <= SCORE_RTOL * check.threshold
     if not np.all(same | borderline):
-        raise ExportError(f"the out-of-distribution check inside the ONNX model decides {int((~same & ~borderline).sum())} of "
-                          f"{len(images)} images otherwise than the run's check; not written")
-    return {"ood_images": len(images), "ood_agreement": float(same.mean()),
-            "ood_max_rel_diff": float(np.max(np.abs(got - reference) / np.maximum(reference, 1e-12)))}
+        raise ExportError(
+            f"the out-of-distribution check inside the ONNX model decides {int((~same & ~borderline).sum())} of "
+            f"{len(images)} images otherwise than the run's check; not written"
+        )
+    return {
+        "ood_images": len(images),
+        "ood_agreement": float(same.mean()),
+        "ood_max_rel_diff": float(np.max(np.abs(got - reference) / np.maximum(reference, 1e-12))),
+    }

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from cxrlab.data.task import task_data
-from cxrlab.evaluation.scoring import positive_view
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.evaluation.ood_sets import with_ood_sets
+from cxrlab.evaluation.scoring import positive_view
 from cxrlab.export.runtime import OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 
@@ -62,7 +62,9 @@ class _Calibration:
     """onnxruntime's CalibrationDataReader protocol over normalised val images."""
 
     def __init__(self, images: np.ndarray, mean: float, std: float):
-        self.batches = iter([{"image": ((images[i : i + 32, None].astype(np.float32) / 255) - mean) / std} for i in range(0, len(images), 32)])
+        self.batches = iter(
+            [{"image": ((images[i : i + 32, None].astype(np.float32) / 255) - mean) / std} for i in range(0, len(images), 32)]
+        )
 
     def get_next(self):
         return next(self.batches, None)
@@ -114,24 +116,44 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     base_p50, base_p95 = latency_ms(fp32.logits, images)
     check_images = with_ood_sets(images, cfg.size, trained.preprocess, cfg.seed) if fp32.has_check else None
     base_flags = fp32.outputs(check_images)[1] > trained.ood.threshold if fp32.has_check else None
-    results = [{"name": "onnxruntime fp32", "accuracy": base_acc, "p50_ms": base_p50, "p95_ms": base_p95, "shipped": False, "why": "reference"}]
+    results = [
+        {"name": "onnxruntime fp32", "accuracy": base_acc, "p50_ms": base_p50, "p95_ms": base_p95, "shipped": False, "why": "reference"}
+    ]
 
     q_torch = torch_dynamic(trained.model)
     eager = replace(cfg, channels_last=False, precision="fp32")
     cpu = torch.device("cpu")
     acc = accuracy(trained, predict_logits(q_torch, val.images, eager, cpu).numpy(), targets)
     p50, p95 = latency_ms(lambda x: predict_logits(q_torch, torch.from_numpy(x), eager, cpu), images)
-    results.append({"name": "torch dynamic INT8 (Linear layers)", "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "shipped": False,
-                    "why": "PyTorch model, not an ONNX file: measured only"})
+    results.append(
+        {
+            "name": "torch dynamic INT8 (Linear layers)",
+            "accuracy": acc,
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "shipped": False,
+            "why": "PyTorch model, not an ONNX file: measured only",
+        }
+    )
 
     with tempfile.TemporaryDirectory() as tmp, quiet_quantizer_advice():
-        files = {"onnxruntime dynamic INT8": Path(tmp) / "dynamic.onnx", "onnxruntime static INT8 (QDQ, calibrated on val)": Path(tmp) / "static.onnx"}
-        quantize_dynamic(str(run.onnx), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8,
-                         nodes_to_exclude=check_nodes(run.onnx))
-        quantize_static(str(run.onnx), str(files["onnxruntime static INT8 (QDQ, calibrated on val)"]),
-                        _Calibration(images[:CALIBRATION_IMAGES], cfg.norm_mean, cfg.norm_std), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=check_nodes(run.onnx))
+        files = {
+            "onnxruntime dynamic INT8": Path(tmp) / "dynamic.onnx",
+            "onnxruntime static INT8 (QDQ, calibrated on val)": Path(tmp) / "static.onnx",
+        }
+        quantize_dynamic(
+            str(run.onnx), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8, nodes_to_exclude=check_nodes(run.onnx)
+        )
+        quantize_static(
+            str(run.onnx),
+            str(files["onnxruntime static INT8 (QDQ, calibrated on val)"]),
+            _Calibration(images[:CALIBRATION_IMAGES], cfg.norm_mean, cfg.norm_std),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=check_nodes(run.onnx),
+        )
         shippable = []
         for name, path in files.items():
             model = OnnxModel(path, cfg.norm_mean, cfg.norm_std, trained.threads)
@@ -140,12 +162,30 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
             faster, close = base_p50 / p50 >= MIN_SPEEDUP, round((base_acc - acc) * 100, 9) <= MAX_ACCURACY_DROP
             agreement = float(((model.outputs(check_images)[1] > trained.ood.threshold) == base_flags).mean()) if model.has_check else None
             same_check = agreement is None or agreement >= MIN_CHECK_AGREEMENT
-            why = ("faster and accurate enough" if faster and close and same_check else
-                   "; ".join(([] if faster else [f"not {MIN_SPEEDUP:g}x faster than fp32 ({p50:.2f} vs {base_p50:.2f} ms at batch 1)"])
-                             + ([] if close else [f"val accuracy {100 * (base_acc - acc):.1f} points below fp32 (limit {MAX_ACCURACY_DROP})"])
-                             + ([] if same_check else [f"its out-of-distribution check decides {agreement:.1%} of images as fp32's "
-                                                        f"(limit {MIN_CHECK_AGREEMENT:.0%})"])))
-            entry = {"name": name, "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "check_agreement": agreement, "shipped": False, "why": why}
+            why = (
+                "faster and accurate enough"
+                if faster and close and same_check
+                else "; ".join(
+                    ([] if faster else [f"not {MIN_SPEEDUP:g}x faster than fp32 ({p50:.2f} vs {base_p50:.2f} ms at batch 1)"])
+                    + ([] if close else [f"val accuracy {100 * (base_acc - acc):.1f} points below fp32 (limit {MAX_ACCURACY_DROP})"])
+                    + (
+                        []
+                        if same_check
+                        else [
+                            f"its out-of-distribution check decides {agreement:.1%} of images as fp32's (limit {MIN_CHECK_AGREEMENT:.0%})"
+                        ]
+                    )
+                )
+            )
+            entry = {
+                "name": name,
+                "accuracy": acc,
+                "p50_ms": p50,
+                "p95_ms": p95,
+                "check_agreement": agreement,
+                "shipped": False,
+                "why": why,
+            }
             results.append(entry)
             if faster and close and same_check:
                 shippable.append((p50, entry, path.read_bytes()))
@@ -156,7 +196,12 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
             atomic_write_bytes(target, data)
         elif target.exists():
             target.unlink()  # an older INT8 file no longer passes: do not serve it
-    report = {"rule": f"batch-1 p50 at least {MIN_SPEEDUP:g}x faster than fp32, val accuracy within {MAX_ACCURACY_DROP} points and the same out-of-distribution decisions on {MIN_CHECK_AGREEMENT:.0%} of val and out-of-distribution images", "val_images": len(images), "candidates": results}
+    report = {
+        "rule": f"batch-1 p50 at least {MIN_SPEEDUP:g}x faster than fp32, val accuracy within {MAX_ACCURACY_DROP} points and the "
+        f"same out-of-distribution decisions on {MIN_CHECK_AGREEMENT:.0%} of val and out-of-distribution images",
+        "val_images": len(images),
+        "candidates": results,
+    }
     atomic_write_json(run.quantization_report, report)
     for r in results:
         echo(f"  {r['name']:<48} val acc {r['accuracy']:.3f}  p50 {r['p50_ms']:.2f} ms  {'SHIPPED' if r['shipped'] else r['why']}")

@@ -13,7 +13,6 @@ from cxrlab.evaluation.inference import TrainedModel
 from cxrlab.evaluation.ood import check_digest
 
 
-
 def session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
@@ -75,8 +74,10 @@ def served(trained: TrainedModel, prefer: str = "auto") -> TrainedModel:
         if path.is_file():
             model = OnnxModel(path, trained.cfg.norm_mean, trained.cfg.norm_std, trained.threads)
             if model.has_check and (trained.ood is None or model.metadata.get("ood_digest") != check_digest(trained.run.path)):
-                raise ExportError(f"{path} holds an out-of-distribution check other than {trained.run.path}'s ood.npz "
-                                  f"(fitted again or removed since the export); run: cxrlab export {trained.run.path}")
+                raise ExportError(
+                    f"{path} holds an out-of-distribution check other than {trained.run.path}'s ood.npz "
+                    f"(fitted again or removed since the export); run: cxrlab export {trained.run.path}"
+                )
             return replace(trained, runtime=model, backend=backend)
     if prefer == "onnx":
         raise ExportError(f"{trained.run.path} has no {trained.run.onnx.name}; run: cxrlab export {trained.run.path}")

@@ -22,15 +22,26 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     # the experiment's rates at batch 16 were 1e-3, 1e-4, 3e-4 (configs/seed.yaml); twice them at batch 64 won on val
-    "mobilenet_v3_large": Architecture("mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V1", "features.0.0", "classifier",
-                                       960, "Hardswish", lr=2e-3, last_blocks=3),
-    "densenet121": Architecture("densenet121", "DenseNet121_Weights.IMAGENET1K_V1", "features.conv0", "classifier", 1024, "ReLU",
-                                lr=2e-4, last_blocks=2),
-    "efficientnet_b0": Architecture("efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1", "features.0.0", "classifier", 1280,
-                                    "SiLU", lr=6e-4, last_blocks=3),
+    "mobilenet_v3_large": Architecture(
+        "mobilenet_v3_large",
+        "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
+        "features.0.0",
+        "classifier",
+        960,
+        "Hardswish",
+        lr=2e-3,
+        last_blocks=3,
+    ),
+    "densenet121": Architecture(
+        "densenet121", "DenseNet121_Weights.IMAGENET1K_V1", "features.conv0", "classifier", 1024, "ReLU", lr=2e-4, last_blocks=2
+    ),
+    "efficientnet_b0": Architecture(
+        "efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1", "features.0.0", "classifier", 1280, "SiLU", lr=6e-4, last_blocks=3
+    ),
     # MedMNIST v2's reference model and its rate (configs/medmnist_v2.yaml)
-    "resnet18": Architecture("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "conv1", "fc", 512, None, lr=1e-3, last_blocks=1,
-                             medmnist_stem=True, in_study=False),
+    "resnet18": Architecture(
+        "resnet18", "ResNet18_Weights.IMAGENET1K_V1", "conv1", "fc", 512, None, lr=1e-3, last_blocks=1, medmnist_stem=True, in_study=False
+    ),
 }
 MODEL_NAMES = tuple(ARCHITECTURES)
 STUDY_MODELS = tuple(name for name, arch in ARCHITECTURES.items() if arch.in_study)

@@ -19,6 +19,7 @@ Adaptation, per architecture (``create_model`` applies it):
   gives MobileNetV3 0.01, whose running statistics then lag the weights by ~100 steps: on PneumoniaMNIST its
   val accuracy swung by 20 points between epochs while train loss fell smoothly (README, Models).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -154,7 +155,14 @@ def model_from_config(cfg, initial_weights: bool = True) -> nn.Module:
     """The configured model. ``initial_weights=False`` skips ImageNet weights, for loading a trained run."""
     pretrained = cfg.pretrained and initial_weights
     return create_model(
-        cfg.model, tuple(cfg.dropout), pretrained, cfg.weights_file, cfg.segmentation, cfg.seg_threshold, cfg.size, cfg.num_outputs,
+        cfg.model,
+        tuple(cfg.dropout),
+        pretrained,
+        cfg.weights_file,
+        cfg.segmentation,
+        cfg.seg_threshold,
+        cfg.size,
+        cfg.num_outputs,
         cfg.bn_momentum,
     )
 
@@ -180,7 +188,7 @@ def set_trainable(model: nn.Module, name: str, part: str) -> None:
     else:
         chosen = [getattr(net, ARCHITECTURES[name].classifier)]
         if part == "last":
-            chosen += [block for _, block in feature_blocks(model)[-ARCHITECTURES[name].last_blocks:]]
+            chosen += [block for _, block in feature_blocks(model)[-ARCHITECTURES[name].last_blocks :]]
     model.requires_grad_(False)
     for module in chosen:
         module.requires_grad_(True)

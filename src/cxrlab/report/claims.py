@@ -12,11 +12,25 @@ from cxrlab.evaluation.operating_point import estimate_prevalence, risk_coverage
 from cxrlab.report.study import Entry
 from cxrlab.report.tables import mean_sd, values
 
-HEADLINE_RULE = ("the entry with the highest mean ROC-AUC over seeds on the evidence its operating point was chosen on "
-                 "(the held-out fold and val, or val); ties: fewer parameters")
-HEADLINE_KEYS = (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("precision", "PPV"), ("npv", "NPV"),
-                 ("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("roc_auc", "ROC-AUC"))
-PAIRED_KEYS = (("roc_auc", "ROC-AUC"), ("balanced_accuracy", "balanced acc."), ("specificity", "specificity"), ("sensitivity", "sensitivity"))
+HEADLINE_RULE = (
+    "the entry with the highest mean ROC-AUC over seeds on the evidence its operating point was chosen on "
+    "(the held-out fold and val, or val); ties: fewer parameters"
+)
+HEADLINE_KEYS = (
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("precision", "PPV"),
+    ("npv", "NPV"),
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced acc."),
+    ("roc_auc", "ROC-AUC"),
+)
+PAIRED_KEYS = (
+    ("roc_auc", "ROC-AUC"),
+    ("balanced_accuracy", "balanced acc."),
+    ("specificity", "specificity"),
+    ("sensitivity", "sensitivity"),
+)
 COVERAGES = (1.0, 0.95, 0.9, 0.85, 0.8)
 
 
@@ -70,20 +84,31 @@ def operating_point_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
     rows = []
     for name, group in groups.items():
         points = [e.info["point"] for e in group]
-        spreads = ["—" if points[0].get(k) is None else f"{min(p[k] for p in points):.3f}–{max(p[k] for p in points):.3f}"
-                   for k in ("threshold", "rule_out", "rule_in")]
+        spreads = [
+            "—" if points[0].get(k) is None else f"{min(p[k] for p in points):.3f}–{max(p[k] for p in points):.3f}"
+            for k in ("threshold", "rule_out", "rule_in")
+        ]
         checks = [e.info.get("check") for e in group]
         if None in checks:
             rows.append([name, *spreads, *["—"] * len(CHECKED)])
             continue
-        column = lambda key: np.array([np.nan if c[f"val_{key}"] is None else c[f"val_{key}"] for c in checks], dtype=float)  # noqa: E731
+        column = lambda key, checks=checks: np.array([np.nan if c[f"val_{key}"] is None else c[f"val_{key}"] for c in checks], dtype=float)  # noqa: E731
         rows.append([name, *spreads, *(mean_sd(100 * column(k), 1) + " %" if k == "referred" else mean_sd(column(k)) for k in CHECKED)])
     return rows
 
 
 CHECKED = ("sensitivity", "specificity", "referred", "answered_sensitivity", "answered_specificity")
-OPERATING_POINT_HEADER = ["entry", "threshold (seeds)", "rule-out (seeds)", "rule-in (seeds)", "val sensitivity", "val specificity",
-                          "val referred", "val answered sensitivity", "val answered specificity"]
+OPERATING_POINT_HEADER = [
+    "entry",
+    "threshold (seeds)",
+    "rule-out (seeds)",
+    "rule-in (seeds)",
+    "val sensitivity",
+    "val specificity",
+    "val referred",
+    "val answered sensitivity",
+    "val answered specificity",
+]
 
 
 def coverage_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
@@ -106,8 +131,15 @@ COVERAGE_HEADER = ["entry", "images", *(f"error at {c:.0%} answered" for c in CO
 def anchor_rows(published: tuple, groups: dict[str, list[Entry]]) -> list[list[str]]:
     """Published figures on the split with their convention, then cxrlab's at the same convention (ACC at 0.5)."""
     rows = [[m, f"{auc:.3f}", f"{acc:.3f}", "published; ACC at 0.5"] for m, auc, acc in sorted(published, key=lambda r: -r[1])]
-    rows += [[f"cxrlab {name} (mean of {len(g)} seeds)", mean_sd(values(g, "roc_auc", "test")), mean_sd(values(g, "accuracy_05", "test")),
-              "measured here; ACC at 0.5"] for name, g in groups.items()]
+    rows += [
+        [
+            f"cxrlab {name} (mean of {len(g)} seeds)",
+            mean_sd(values(g, "roc_auc", "test")),
+            mean_sd(values(g, "accuracy_05", "test")),
+            "measured here; ACC at 0.5",
+        ]
+        for name, g in groups.items()
+    ]
     return rows
 
 
@@ -115,9 +147,13 @@ def prevalence_note(group: list[Entry], positive: str) -> str:
     """Label shift seen without labels: the test share of ``positive`` estimated by EM from the entry's calibrated
     probabilities on the unlabelled test images, beside the true share. It looks at the test images, so it is
     reported apart and chooses nothing."""
-    estimates = [estimate_prevalence(apply_temperature(e.curves["test"][1], e.test["temperature"]), e.info["point"]["prevalence"]) for e in group]
+    estimates = [
+        estimate_prevalence(apply_temperature(e.curves["test"][1], e.test["temperature"]), e.info["point"]["prevalence"]) for e in group
+    ]
     truth = float(np.mean(group[0].curves["test"][0]))
     evidence = float(np.mean([e.info["point"]["prevalence"] for e in group]))
-    return (f"Label shift, estimated without labels (a separate row: it looks at the test images and chooses nothing): the share of "
-            f"{positive} on test by EM over {group[0].name}'s calibrated probabilities (Saerens et al. 2002) is "
-            f"{mean_sd(np.array(estimates))} over seeds; the labels give {truth:.3f}, the evidence {evidence:.3f}.")
+    return (
+        f"Label shift, estimated without labels (a separate row: it looks at the test images and chooses nothing): the share of "
+        f"{positive} on test by EM over {group[0].name}'s calibrated probabilities (Saerens et al. 2002) is "
+        f"{mean_sd(np.array(estimates))} over seeds; the labels give {truth:.3f}, the evidence {evidence:.3f}."
+    )

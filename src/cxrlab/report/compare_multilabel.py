@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from cxrlab.config import Config
 from cxrlab.errors import ConfigError
 from cxrlab.report.document import Document
-
-from cxrlab.report.study import Entry, save_study, Study, train_runs
+from cxrlab.report.study import Entry, Study, save_study, train_runs
 from cxrlab.report.tables import grouped, mean_sd, values
 
 
 def compare_multilabel(base: Config, study: Study, progress, echo, workers: int | None = None) -> list[Entry]:
     if study.tta > 1 or isinstance(study.ensemble, list):
-        raise ConfigError("ensemble weights and TTA rows are for the binary task; compare --task multilabel reports medmnist's AUC and ACC per model")
+        raise ConfigError(
+            "ensemble weights and TTA rows are for the binary task; compare --task multilabel reports medmnist's AUC and ACC per model"
+        )
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
@@ -24,12 +24,31 @@ def compare_multilabel(base: Config, study: Study, progress, echo, workers: int 
     for (name, seed), run in runs.items():
         summary = run.read_json(run.summary)
         info = {k: summary[k] for k in ("parameters", "model_size_mb", "best_epoch", "seconds_per_epoch", "train_seconds", "device")}
-        entries.append(Entry(name, "model", seed, run.read_json(run.metrics("val")), run.read_json(run.metrics("test")), {}, {**info, "runs": [str(run.path)]}))
+        entries.append(
+            Entry(
+                name,
+                "model",
+                seed,
+                run.read_json(run.metrics("val")),
+                run.read_json(run.metrics("test")),
+                {},
+                {**info, "runs": [str(run.path)]},
+            )
+        )
     label = runs[study.models[0], study.seeds[0]].read_json(runs[study.models[0], study.seeds[0]].summary)["data_label"]
     doc = Document("cxrlab model comparison: all 14 labels", warning=label if "PHANTOM" in label else None)
     doc.text(f"Data: {label}. Metrics are medmnist's Evaluator AUC and ACC (mean over seeds ± sd).")
-    rows = [[name, str(len(g)), mean_sd(values(g, "auc", "val")), mean_sd(values(g, "auc", "test")), mean_sd(values(g, "acc", "test")),
-             mean_sd(values(g, "seconds_per_epoch", "info"), 1)] for name, g in grouped(entries).items()]
+    rows = [
+        [
+            name,
+            str(len(g)),
+            mean_sd(values(g, "auc", "val")),
+            mean_sd(values(g, "auc", "test")),
+            mean_sd(values(g, "acc", "test")),
+            mean_sd(values(g, "seconds_per_epoch", "info"), 1),
+        ]
+        for name, g in grouped(entries).items()
+    ]
     doc.table(["model", "seeds", "val AUC", "test AUC", "test ACC", "s/epoch"], rows)
     doc.table(["entry", "seed", "run"], [[e.name, str(e.seed), f"`{e.info['runs'][0]}`"] for e in entries])
     md, page = doc.write(out)

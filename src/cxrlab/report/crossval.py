@@ -17,24 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlab.config import Config
+from cxrlab.config import Config, resolve
 from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError
-from cxrlab.evaluation.scoring import positive_view, score_probs
 from cxrlab.evaluation.inference import load_trained
+from cxrlab.evaluation.scoring import positive_view, score_probs
 from cxrlab.files import atomic_write_text
+from cxrlab.report.document import Document
 from cxrlab.report.study import check_compatible, check_data_once, score
 from cxrlab.report.tables import mean_sd
-from cxrlab.report.document import Document
-from cxrlab.config import resolve
 from cxrlab.training.runner import run_all
 
 CV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "ece")
 
 
-def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | None = None, echo: Callable[[str], None] = print,
-                   workers: int | None = None) -> dict:
-    """Train (or reuse) the fold runs, ``workers`` at a time (default: training/runner.py's rule); return {'folds': [{'val': ..., 'test': ...}], 'ensemble': {...}}."""
+def cross_validate(
+    base: Config, folds: int, out: str | Path, progress: bool | None = None, echo: Callable[[str], None] = print, workers: int | None = None
+) -> dict:
+    """Train (or reuse) the fold runs, ``workers`` at a time (default: training/runner.py's rule); return
+    {'folds': [{'val': ..., 'test': ...}], 'ensemble': {...}}."""
     if folds < 2:
         raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
     base = base.validate()
@@ -47,13 +48,17 @@ def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | N
     check_compatible(runs)
     data = task_data(base, task="binary")
     results, fold_probs = [], {"val": [], "test": []}
-    targets = {split: positive_view(data.splits[split].targets.numpy(), np.zeros(len(data.splits[split])), data.classes, base.positive)[0]
-               for split in ("val", "test")}  # the same for every fold model
+    targets = {
+        split: positive_view(data.splits[split].targets.numpy(), np.zeros(len(data.splits[split])), data.classes, base.positive)[0]
+        for split in ("val", "test")
+    }  # the same for every fold model
     for run in runs:
         trained = load_trained(run.path)
         scored = {}
         for split in ("val", "test"):
-            probs = positive_view(data.splits[split].targets.numpy(), trained.probs(data.splits[split].images)[:, 0], data.classes, trained.cfg.positive)[1]
+            probs = positive_view(
+                data.splits[split].targets.numpy(), trained.probs(data.splits[split].images)[:, 0], data.classes, trained.cfg.positive
+            )[1]
             fold_probs[split].append(probs)
             scored[split] = score_probs(targets[split], probs, trained.point, trained.temperature, base.n_bootstrap, base.seed)
         results.append({"run": str(run.path), "val": scored["val"], "test": scored["test"]})
@@ -62,8 +67,11 @@ def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | N
     ensemble = {"val": ens_val, "test": ens_test, "runs": [r["run"] for r in results]}
     write_cv_report(out, base, results, ensemble, data_label(data.provenance), data.is_phantom)
     for split in ("val", "test"):
-        echo(f"{split}: " + "  ".join(f"{k} {mean_sd(np.array([r[split][k] for r in results]))}" for k in ("accuracy", "roc_auc"))
-             + f"   fold ensemble: accuracy {ensemble[split]['accuracy']:.3f} roc_auc {ensemble[split]['roc_auc']:.3f}")
+        echo(
+            f"{split}: "
+            + "  ".join(f"{k} {mean_sd(np.array([r[split][k] for r in results]))}" for k in ("accuracy", "roc_auc"))
+            + f"   fold ensemble: accuracy {ensemble[split]['accuracy']:.3f} roc_auc {ensemble[split]['roc_auc']:.3f}"
+        )
     echo(f"written: {out / 'cv.md'}, {out / 'cv.html'}, {out / 'cv.csv'}")
     return {"folds": results, "ensemble": ensemble}
 
@@ -78,17 +86,36 @@ def write_cv_report(out: Path, base: Config, results: list[dict], ensemble: dict
     atomic_write_text(out / "cv.csv", buffer.getvalue())
 
     doc = Document(f"cxrlab {len(results)}-fold cross-validation: {base.model}", warning=label if phantom else None)
-    doc.text(f"Data: {label}. Stratified {len(results)}-fold split of train (the same folds for every model and seed); fold k trains "
-             "on the other folds and chooses its best epoch, threshold and temperature on fold k. Every fold model is scored on the "
-             "official val and test splits. The fold ensemble averages the fold models' probabilities; its threshold "
-             f"(rule `{base.threshold_rule}`) is chosen on the official val.")
+    doc.text(
+        f"Data: {label}. Stratified {len(results)}-fold split of train (the same folds for every model and seed); fold k trains "
+        "on the other folds and chooses its best epoch, threshold and temperature on fold k. Every fold model is scored on the "
+        "official val and test splits. The fold ensemble averages the fold models' probabilities; its threshold "
+        f"(rule `{base.threshold_rule}`) is chosen on the official val."
+    )
     header = ["entry", *(f"{split} {k}" for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))]
-    rows = [[f"fold {i}", *(f"{r[split][k]:.3f}" for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))] for i, r in enumerate(results)]
-    rows.append(["**mean ± sd**", *(mean_sd(np.array([r[split][k] for r in results])) for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))])
-    rows.append(["fold ensemble", *(f"{ensemble[split][k]:.3f}" for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))])
+    rows = [
+        [f"fold {i}", *(f"{r[split][k]:.3f}" for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))]
+        for i, r in enumerate(results)
+    ]
+    rows.append(
+        [
+            "**mean ± sd**",
+            *(
+                mean_sd(np.array([r[split][k] for r in results]))
+                for split in ("val", "test")
+                for k in ("accuracy", "roc_auc", "balanced_accuracy")
+            ),
+        ]
+    )
+    rows.append(
+        ["fold ensemble", *(f"{ensemble[split][k]:.3f}" for split in ("val", "test") for k in ("accuracy", "roc_auc", "balanced_accuracy"))]
+    )
     doc.table(header, rows)
     doc.heading("All metrics on test, mean ± sd over folds")
-    doc.table(["metric", "folds", "fold ensemble"], [[k, mean_sd(np.array([r["test"][k] for r in results])), f"{ensemble['test'][k]:.3f}"] for k in CV_KEYS])
+    doc.table(
+        ["metric", "folds", "fold ensemble"],
+        [[k, mean_sd(np.array([r["test"][k] for r in results])), f"{ensemble['test'][k]:.3f}"] for k in CV_KEYS],
+    )
     doc.heading("Runs")
     doc.bullets([f"fold {i}: `{r['run']}`" for i, r in enumerate(results)])
     doc.write(out, "cv")

@@ -62,13 +62,15 @@ def open_study(method: str, storage: str, name: str, base: Config, worker: int =
 def objective(base: Config, out: Path, echo: Callable[[str], None]) -> Callable[[optuna.Trial], float]:
     def run_trial(trial: optuna.Trial) -> float:
         dropout = trial.suggest_categorical("dropout", SPACE["dropout"])
-        cfg = resolve(replace(
-            base,
-            batch_size=trial.suggest_categorical("batch_size", SPACE["batch_size"]),
-            lr=trial.suggest_categorical("lr", SPACE["lr"]),
-            dropout=[dropout, dropout],
-            out=str(out / "trials" / f"trial{trial.number:03d}"),
-        ))
+        cfg = resolve(
+            replace(
+                base,
+                batch_size=trial.suggest_categorical("batch_size", SPACE["batch_size"]),
+                lr=trial.suggest_categorical("lr", SPACE["lr"]),
+                dropout=[dropout, dropout],
+                out=str(out / "trials" / f"trial{trial.number:03d}"),
+            )
+        )
         trial.set_user_attr("run", cfg.out)
 
         def report(epoch: int, row: dict) -> None:
@@ -93,8 +95,16 @@ def _worker(base: Config, method: str, storage: str, name: str, out: Path, trial
     study.optimize(objective(base, out, print), n_trials=trials)
 
 
-def search(base: Config, method: str = "optuna", trials: int | None = None, workers: int | None = None, storage: str | None = None,
-           study_name: str | None = None, out: str | Path = "runs/search", echo: Callable[[str], None] = print) -> dict:
+def search(
+    base: Config,
+    method: str = "optuna",
+    trials: int | None = None,
+    workers: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | Path = "runs/search",
+    echo: Callable[[str], None] = print,
+) -> dict:
     """Run the search (continuing the study if it exists); write the results and best.yaml. Returns the best trial."""
     if method not in METHODS:
         raise ConfigError(f"unknown search method {method!r}; choose grid or optuna")
@@ -116,13 +126,17 @@ def search(base: Config, method: str = "optuna", trials: int | None = None, work
         _worker(base, method, storage, name, out, trials, how.threads or base.threads or torch.get_num_threads(), 0)
     else:
         context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(base, method, storage, name, out, per_worker, how.threads, i)) for i in range(workers)]
+        processes = [
+            context.Process(target=_worker, args=(base, method, storage, name, out, per_worker, how.threads, i)) for i in range(workers)
+        ]
         for p in processes:
             p.start()
         for p in processes:
             p.join()
         if any(p.exitcode != 0 for p in processes):
-            raise ConfigError(f"a search worker failed (exit codes {[p.exitcode for p in processes]}); the study keeps every finished trial")
+            raise ConfigError(
+                f"a search worker failed (exit codes {[p.exitcode for p in processes]}); the study keeps every finished trial"
+            )
     study = open_study(method, storage, name, base)
     return write_results(study, base, out, echo)
 
@@ -137,8 +151,18 @@ def write_results(study: optuna.Study, base: Config, out: Path, echo) -> dict:
     for t in trials:
         value = "—" if t.value is None else f"{t.value:.4f}"
         last = max(t.intermediate_values) if t.intermediate_values else 0
-        rows.append([str(t.number), str(t.params.get("batch_size")), f"{t.params.get('lr', float('nan')):g}", str(t.params.get("dropout")),
-                     value, t.state.name.lower(), str(last), f"`{t.user_attrs.get('run', '')}`"])
+        rows.append(
+            [
+                str(t.number),
+                str(t.params.get("batch_size")),
+                f"{t.params.get('lr', float('nan')):g}",
+                str(t.params.get("dropout")),
+                value,
+                t.state.name.lower(),
+                str(last),
+                f"`{t.user_attrs.get('run', '')}`",
+            ]
+        )
     header = ["trial", "batch", "lr", "dropout", f"val {base.select_metric}", "state", "epochs run", "run"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -148,14 +172,19 @@ def write_results(study: optuna.Study, base: Config, out: Path, echo) -> dict:
 
     best_cfg = yaml.safe_load(Path(best.user_attrs["run"], "config.yaml").read_text())
     best_cfg.pop("out")  # a new run of the best config gets its own directory
-    atomic_write_text(out / "best.yaml", f"# best trial {best.number} of study {study.study_name}: val {base.select_metric} {best.value:.4f}\n"
-                      + yaml.safe_dump(best_cfg, sort_keys=False))
+    atomic_write_text(
+        out / "best.yaml",
+        f"# best trial {best.number} of study {study.study_name}: val {base.select_metric} {best.value:.4f}\n"
+        + yaml.safe_dump(best_cfg, sort_keys=False),
+    )
     best_run = RunDir(best.user_attrs["run"])
     phantom = is_phantom(best_run.read_json(best_run.data))
     doc = Document(f"cxrlab hyperparameter search: {study.study_name}", warning="PHANTOM data: not a result" if phantom else None)
-    doc.text(f"{len(trials)} trials ({len(complete)} complete), objective: best val {base.select_metric} of the run "
-             f"({'higher' if HIGHER_IS_BETTER[base.select_metric] else 'lower'} is better); the test split is never looked at. "
-             f"Best: trial {best.number}, {best.params}, val {base.select_metric} {best.value:.4f}.")
+    doc.text(
+        f"{len(trials)} trials ({len(complete)} complete), objective: best val {base.select_metric} of the run "
+        f"({'higher' if HIGHER_IS_BETTER[base.select_metric] else 'lower'} is better); the test split is never looked at. "
+        f"Best: trial {best.number}, {best.params}, val {base.select_metric} {best.value:.4f}."
+    )
     doc.table(header, rows)
     doc.text(f"Train the best config: `cxrlab train --config {out / 'best.yaml'}`")
     doc.write(out, "search")

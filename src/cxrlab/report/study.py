@@ -10,19 +10,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cxrlab.config import Config, from_dict, load_yaml
-from cxrlab.models.architectures import MODEL_NAMES, STUDY_MODELS
+from cxrlab.config import Config, from_dict, load_yaml, resolve
+from cxrlab.core.runs import RunDir
 from cxrlab.data.datafile import locate, provenance
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation.ensemble import check_weights
 from cxrlab.evaluation.metrics import roc_auc
 from cxrlab.evaluation.scoring import choose_on_evidence, score_probs
 from cxrlab.files import atomic_write_text
-from cxrlab.core.runs import RunDir
-from cxrlab.config import resolve
+from cxrlab.models.architectures import MODEL_NAMES, STUDY_MODELS
 from cxrlab.training.runner import run_all
-
-
 
 STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out", "recipes", "holdout")
 
@@ -47,18 +44,17 @@ class Study:
     # (seed mod K) for choosing its best epoch and operating point, beside val; 0: train on all of train
     holdout: int = 0
 
-    def validate(self) -> "Study":
+    def validate(self) -> Study:
         unknown = [m for m in self.models if m not in MODEL_NAMES]
         if unknown or not self.models or len(set(self.models)) != len(self.models):
             raise ConfigError(f"models must be distinct names from {', '.join(MODEL_NAMES)}, got {self.models}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct integers, got {self.seeds}")
-        if isinstance(self.ensemble, str):
-            if self.ensemble not in ENSEMBLE_RULES:
-                try:
-                    self.ensemble = [float(w) for w in self.ensemble.replace(",", " ").split()]
-                except ValueError:
-                    raise ConfigError(f"ensemble must be 'equal', 'fit', 'off' or one weight per model, got {self.ensemble!r}") from None
+        if isinstance(self.ensemble, str) and self.ensemble not in ENSEMBLE_RULES:
+            try:
+                self.ensemble = [float(w) for w in self.ensemble.replace(",", " ").split()]
+            except ValueError:
+                raise ConfigError(f"ensemble must be 'equal', 'fit', 'off' or one weight per model, got {self.ensemble!r}") from None
         if isinstance(self.ensemble, list):
             try:
                 self.ensemble = [float(w) for w in self.ensemble]
@@ -82,8 +78,13 @@ class Study:
 
     def config_for(self, base: Config, model: str, seed: int) -> Config:
         """The resolved config of one run: shared options, the model's recipe on top, then model, seed and run folder."""
-        values = {**base.to_dict(), **self.recipes.get(model, {}), "model": model, "seed": seed,
-                  "out": str(Path(self.out) / "runs" / f"{model}-seed{seed}")}
+        values = {
+            **base.to_dict(),
+            **self.recipes.get(model, {}),
+            "model": model,
+            "seed": seed,
+            "out": str(Path(self.out) / "runs" / f"{model}-seed{seed}"),
+        }
         if self.holdout:
             values.update(cv_folds=self.holdout, cv_fold=seed % self.holdout)
         return resolve(from_dict(values, source=f"recipe for {model}"))
@@ -97,7 +98,9 @@ def study_from(section: dict | None, overrides: dict, source: str = "config") ->
     """A Study from a config file's `compare:` section, with command-line values on top."""
     section = dict(section or {})
     if set(section) - set(STUDY_KEYS):
-        raise ConfigError(f"{source}: the compare section takes {', '.join(STUDY_KEYS)}, got {', '.join(sorted(set(section) - set(STUDY_KEYS)))}")
+        raise ConfigError(
+            f"{source}: the compare section takes {', '.join(STUDY_KEYS)}, got {', '.join(sorted(set(section) - set(STUDY_KEYS)))}"
+        )
     section.update(overrides)
     if isinstance(section.get("ensemble"), list) and len(section["ensemble"]) == 1:
         section["ensemble"] = str(section["ensemble"][0])  # --ensemble equal / fit / off
@@ -123,12 +126,23 @@ def check_compatible(runs: list[RunDir]) -> None:
     for run in runs:
         summary = run.require_finished()
         dataset = run.read_json(run.data).get("dataset", "chestmnist") if run.data.is_file() else "chestmnist"
-        key = (dataset, summary["data_md5"], summary["size"], summary.get("task", "binary"), tuple(summary["classes"]), summary.get("positive_class"))
+        key = (
+            dataset,
+            summary["data_md5"],
+            summary["size"],
+            summary.get("task", "binary"),
+            tuple(summary["classes"]),
+            summary.get("positive_class"),
+        )
         seen.setdefault(key, []).append(str(run.path))
     if len(seen) > 1:
-        groups = "; ".join(f"data set {k[0]}, data MD5 {k[1][:8]}…, size {k[2]}, task {k[3]}, classes {'/'.join(k[4])}: {', '.join(v)}"
-                           for k, v in seen.items())
-        raise RunDirError(f"these runs do not share data set, data file, size, task and classes, so they cannot be compared or ensembled: {groups}")
+        groups = "; ".join(
+            f"data set {k[0]}, data MD5 {k[1][:8]}…, size {k[2]}, task {k[3]}, classes {'/'.join(k[4])}: {', '.join(v)}"
+            for k, v in seen.items()
+        )
+        raise RunDirError(
+            f"these runs do not share data set, data file, size, task and classes, so they cannot be compared or ensembled: {groups}"
+        )
 
 
 def check_data_once(base: Config, configs: list[Config]) -> None:
@@ -142,8 +156,10 @@ def check_data_once(base: Config, configs: list[Config]) -> None:
         if run.data.is_file() and run.read_json(run.data).get("md5") != md5:
             other.append(str(run.path))
     if other:
-        raise RunDirError(f"the data file {path} (MD5 {md5}) is not the one these runs were trained on: {', '.join(other)}; "
-                          "point --data-root at their file, or choose another --out")
+        raise RunDirError(
+            f"the data file {path} (MD5 {md5}) is not the one these runs were trained on: {', '.join(other)}; "
+            "point --data-root at their file, or choose another --out"
+        )
 
 
 def train_runs(base: Config, study: Study, echo, progress, workers: int | None = None) -> dict[tuple[str, int], RunDir]:
@@ -164,13 +180,19 @@ def score(cfg: Config, curves: dict) -> tuple[dict, dict, dict]:
     evidence = [curves[s] for s in ("fold", "val") if s in curves]
     targets, probs = np.concatenate([t for t, _ in evidence]), np.concatenate([p for _, p in evidence])
     point, temperature = choose_on_evidence(cfg, targets, probs, "held-out fold + val" if "fold" in curves else "val", keep_going=True)
-    val, test = (score_probs(t, p, point, temperature, cfg.n_bootstrap, cfg.seed, cfg.prevalence) for t, p in (curves["val"], curves["test"]))
+    val, test = (
+        score_probs(t, p, point, temperature, cfg.n_bootstrap, cfg.seed, cfg.prevalence) for t, p in (curves["val"], curves["test"])
+    )
     extra = {"point": point.to_dict(), "evidence_roc_auc": roc_auc(targets, probs)}
     if "fold" in curves:
         alone, _ = choose_on_evidence(cfg, *curves["fold"], "held-out fold", keep_going=True)
         realised = score_probs(*curves["val"], alone, 1.0, 0, cfg.seed)
-        extra["check"] = {"threshold": alone.threshold, "rule_out": alone.rule_out, "rule_in": alone.rule_in,
-                          **{f"val_{k}": realised.get(k) for k in CHECK_KEYS}}
+        extra["check"] = {
+            "threshold": alone.threshold,
+            "rule_out": alone.rule_out,
+            "rule_in": alone.rule_in,
+            **{f"val_{k}": realised.get(k) for k in CHECK_KEYS},
+        }
     return val, test, extra
 
 

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrlab.files import atomic_write_text
-
 from cxrlab.report.study import Entry
-
 
 METRIC_COLUMNS = (  # (key, title, source): source 'test', 'val' or 'info'
     ("train_accuracy", "train acc", "info"),
@@ -54,26 +52,37 @@ def grouped(entries: list[Entry]) -> dict[str, list[Entry]]:
 def sharing_note(singles: list[Entry]) -> str:
     """How the training timings were taken: s/epoch of runs that shared the machine is not one run's speed alone."""
     ways = sorted({(e.info.get("side_by_side"), e.info.get("threads")) for e in singles}, key=str)
-    text = "; ".join("not recorded (runs from before cxrlab recorded it)" if n is None else
-                     f"{n} run{'s' * (n != 1)} at a time, {t} thread{'s' * (t != 1)} each" for n, t in ways)
-    return (f"training timings (s/epoch, train s) were measured with {text}: runs side by side each take longer per epoch, "
-            "and the study finishes sooner (benchmarks/README.md)")
+    text = "; ".join(
+        "not recorded (runs from before cxrlab recorded it)"
+        if n is None
+        else f"{n} run{'s' * (n != 1)} at a time, {t} thread{'s' * (t != 1)} each"
+        for n, t in ways
+    )
+    return (
+        f"training timings (s/epoch, train s) were measured with {text}: runs side by side each take longer per epoch, "
+        "and the study finishes sooner (benchmarks/README.md)"
+    )
 
 
 def speed_note(singles: list[Entry]) -> str:
     first = singles[0].info
-    return (f"inference columns: {first['backend']}, the backend predict and serve deploy, measured in this process after training "
-            f"on the first seed's run: median batch-1 latency over test images, and throughput at batch {first['batch']}; "
-            "INT8 only where `cxrlab export` shipped an INT8 model")
+    return (
+        f"inference columns: {first['backend']}, the backend predict and serve deploy, measured in this process after training "
+        f"on the first seed's run: median batch-1 latency over test images, and throughput at batch {first['batch']}; "
+        "INT8 only where `cxrlab export` shipped an INT8 model"
+    )
 
 
 def comparison_rows(groups: dict[str, list[Entry]], intervals: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """One row per entry: mean ± sd over seeds, and for test metrics in ``intervals`` (entry -> key -> Interval)
     the 95% interval over seeds and test resampling in brackets."""
     int8 = any("int8_ms_per_image" in e.info for g in groups.values() for e in g)
-    header = ["entry", "seeds", "params", "size MB"] + [t for _, t, _ in METRIC_COLUMNS] + [
-        "epochs to best", "s/epoch", "train s (total)", "device", "ms/image (ORT fp32, batch 1)", "images/s (ORT fp32, batched)"] + (
-        ["ms/image (ORT INT8, batch 1)", "images/s (ORT INT8, batched)"] if int8 else [])
+    header = (
+        ["entry", "seeds", "params", "size MB"]
+        + [t for _, t, _ in METRIC_COLUMNS]
+        + ["epochs to best", "s/epoch", "train s (total)", "device", "ms/image (ORT fp32, batch 1)", "images/s (ORT fp32, batched)"]
+        + (["ms/image (ORT INT8, batch 1)", "images/s (ORT INT8, batched)"] if int8 else [])
+    )
     rows = []
     for name, group in groups.items():
         first = group[0]
@@ -111,7 +120,9 @@ def winners(groups: dict[str, list[Entry]]) -> list[list[str]]:
     """The best entry per criterion by its mean over seeds; ties and entries without the value are named."""
     rows = []
     for title, key, source, higher in WINNER_CRITERIA:
-        means = {name: np.nanmean(values(g, key, source)) if not np.isnan(values(g, key, source)).all() else np.nan for name, g in groups.items()}
+        means = {
+            name: np.nanmean(values(g, key, source)) if not np.isnan(values(g, key, source)).all() else np.nan for name, g in groups.items()
+        }
         means = {k: v for k, v in means.items() if not np.isnan(v)}
         if not means:
             continue
@@ -123,8 +134,15 @@ def winners(groups: dict[str, list[Entry]]) -> list[list[str]]:
 
 def calibration_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
     return [
-        [name, mean_sd(values(g, "temperature", "test"), 2), mean_sd(values(g, "ece", "test")), mean_sd(values(g, "ece_calibrated", "test")),
-         mean_sd(values(g, "brier", "test")), mean_sd(values(g, "brier_calibrated", "test")), mean_sd(values(g, "threshold", "test"))]
+        [
+            name,
+            mean_sd(values(g, "temperature", "test"), 2),
+            mean_sd(values(g, "ece", "test")),
+            mean_sd(values(g, "ece_calibrated", "test")),
+            mean_sd(values(g, "brier", "test")),
+            mean_sd(values(g, "brier_calibrated", "test")),
+            mean_sd(values(g, "threshold", "test")),
+        ]
         for name, g in groups.items()
     ]
 
@@ -137,7 +155,10 @@ def ood_rows(singles: list[Entry]) -> tuple[list[str], list[list[str]]] | None:
     sets = list(measured[0].info["ood_flagged"])
     rows = []
     for name, group in grouped(measured).items():
-        rows.append([name, str(len(group))] + [mean_sd(np.array([100 * e.info["ood_flagged"].get(k, np.nan) for e in group]), 1) + " %" for k in sets])
+        rows.append(
+            [name, str(len(group))]
+            + [mean_sd(np.array([100 * e.info["ood_flagged"].get(k, np.nan) for e in group]), 1) + " %" for k in sets]
+        )
     missing = sorted({e.name for e in singles} - {e.name for e in measured})
     if missing:
         rows += [[name, "0"] + ["no check (cxrlab ood RUN)"] * len(sets) for name in missing]
@@ -147,22 +168,68 @@ def ood_rows(singles: list[Entry]) -> tuple[list[str], list[list[str]]] | None:
 SPEED_KEYS = ("ms_per_image", "images_per_s", "int8_ms_per_image", "int8_images_per_s")  # onnxruntime fp32, then the shipped INT8 model
 
 
-CSV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "roc_auc_ci_low",
-            "roc_auc_ci_high", "pr_auc", "ece", "ece_calibrated", "brier", "brier_calibrated", "temperature", "threshold",
-            "accuracy_05", "balanced_accuracy_05", "sensitivity_05", "specificity_05",
-            "rule_out", "rule_in", "referred", "answered_accuracy", "answered_sensitivity", "answered_specificity")
+CSV_KEYS = (
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "f1",
+    "roc_auc",
+    "roc_auc_ci_low",
+    "roc_auc_ci_high",
+    "pr_auc",
+    "ece",
+    "ece_calibrated",
+    "brier",
+    "brier_calibrated",
+    "temperature",
+    "threshold",
+    "accuracy_05",
+    "balanced_accuracy_05",
+    "sensitivity_05",
+    "specificity_05",
+    "rule_out",
+    "rule_in",
+    "referred",
+    "answered_accuracy",
+    "answered_sensitivity",
+    "answered_specificity",
+)
 
 
 def write_csv(path: Path, entries: list[Entry]) -> None:
     buffer = io.StringIO()
-    fields = ["entry", "kind", "seed", "val_accuracy", "val_roc_auc", "evidence_roc_auc", *CSV_KEYS, "parameters", "train_seconds", *SPEED_KEYS, "weights", "runs"]
+    fields = [
+        "entry",
+        "kind",
+        "seed",
+        "val_accuracy",
+        "val_roc_auc",
+        "evidence_roc_auc",
+        *CSV_KEYS,
+        "parameters",
+        "train_seconds",
+        *SPEED_KEYS,
+        "weights",
+        "runs",
+    ]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for e in entries:
-        writer.writerow({
-            "entry": e.name, "kind": e.kind, "seed": e.seed, "val_accuracy": e.val["accuracy"], "val_roc_auc": e.val["roc_auc"],
-            "evidence_roc_auc": e.info.get("evidence_roc_auc"),
-            **{k: e.test.get(k) for k in CSV_KEYS}, **{k: e.info.get(k) for k in ("parameters", "train_seconds", *SPEED_KEYS)},
-            "weights": " ".join(f"{k}={v:.2f}" for k, v in e.info.get("weights", {}).items()), "runs": " ".join(e.info["runs"]),
-        })
+        writer.writerow(
+            {
+                "entry": e.name,
+                "kind": e.kind,
+                "seed": e.seed,
+                "val_accuracy": e.val["accuracy"],
+                "val_roc_auc": e.val["roc_auc"],
+                "evidence_roc_auc": e.info.get("evidence_roc_auc"),
+                **{k: e.test.get(k) for k in CSV_KEYS},
+                **{k: e.info.get(k) for k in ("parameters", "train_seconds", *SPEED_KEYS)},
+                "weights": " ".join(f"{k}={v:.2f}" for k, v in e.info.get("weights", {}).items()),
+                "runs": " ".join(e.info["runs"]),
+            }
+        )
     atomic_write_text(path, buffer.getvalue())

@@ -19,10 +19,10 @@ Retry-After when busy, so explanations never starve predictions. Uploads stay in
 
 from __future__ import annotations
 
-import os
 import hmac
 import logging
 import math
+import os
 import re
 import threading
 from html import escape
@@ -48,8 +48,10 @@ from cxrlab.evaluation.scoring import negative_class
 from cxrlab.export.runtime import served
 from cxrlab.limits import DEFAULT_MAX_PIXELS, EXPLAIN_SLOTS, default
 
-DISCLAIMER = ("Decision support only, not a diagnosis: a research model's output for a qualified reader to weigh. "
-              "It must not be the basis of a clinical decision on its own.")
+DISCLAIMER = (
+    "Decision support only, not a diagnosis: a research model's output for a qualified reader to weigh. "
+    "It must not be the basis of a clinical decision on its own."
+)
 PHANTOM_NOTE = "This model was trained on PHANTOM (synthetic) data: its outputs mean nothing clinically."
 RETRY_AFTER_S = 5
 OPEN_PATHS = ("/health", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect")  # the page asks for the token itself
@@ -68,8 +70,9 @@ class RequestTooLarge(Exception):
 class Service:
     """What every request shares: the model (loaded once), its explainer and the response constants."""
 
-    def __init__(self, run_path, backend: str = "auto", device: str | None = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 threads: int | None = None):
+    def __init__(
+        self, run_path, backend: str = "auto", device: str | None = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None
+    ):
         trained = load_trained(run_path, device, threads=threads)
         if trained.cfg.task != "binary":
             raise ConfigError("the service serves binary-task runs (one class and probability per image)")
@@ -87,8 +90,9 @@ class Service:
             gray = decode_full(data, name, limit, self.trained.cfg.size)
         except ImageTooLarge:
             if budget is not None and budget[0] < self.max_pixels:
-                raise RequestTooLarge(f"{name}: this request's images together are over its limit of decoded pixels; "
-                                      "send fewer or smaller images per request") from None
+                raise RequestTooLarge(
+                    f"{name}: this request's images together are over its limit of decoded pixels; send fewer or smaller images per request"
+                ) from None
             raise
         if budget is not None:
             budget[0] -= gray.size
@@ -138,8 +142,10 @@ class Service:
         t = self.trained
         negative = negative_class(t.classes, t.cfg.positive)
         how = "center-cropped to a square" if t.preprocess == "center-crop" else "resized"
-        return (f"{t.cfg.model} trained on {get_dataset(t.cfg.dataset).title}: {t.cfg.positive} vs {negative}. "
-                f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were.")
+        return (
+            f"{t.cfg.model} trained on {get_dataset(t.cfg.dataset).title}: {t.cfg.positive} vs {negative}. "
+            f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were."
+        )
 
     def model_card(self) -> dict:
         """What a reader needs to judge the model; nothing of the server's file system and no secret."""
@@ -153,7 +159,7 @@ class Service:
             "gradcam_layer": self.explainer.layer_name,
             "dataset": get_dataset(cfg.dataset).title,
             "preprocessing": ("center-crop to the short side, then " if self.trained.preprocess == "center-crop" else "")
-                             + f"resize to {cfg.size} x {cfg.size} px",
+            + f"resize to {cfg.size} x {cfg.size} px",
             "max_image_megapixels": self.max_pixels / 1e6,
             "classes": self.trained.classes,
             "positive_class": cfg.positive,
@@ -232,23 +238,42 @@ class BodyLimit:
         return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
 
 
-def create_app(run_path, backend: str = "auto", max_upload_mb: float = default("max_upload_mb"), device: str | None = "cpu",
-               max_image_mp: float = default("max_image_mp"), token: str | None = None, max_files: int = default("max_files"),
-               max_request_mp: float = default("max_request_mp"), explain_slots: int = EXPLAIN_SLOTS, threads: int | None = None) -> FastAPI:
-    for name, value in (("max_upload_mb", max_upload_mb), ("max_image_mp", max_image_mp), ("max_files", max_files),
-                        ("max_request_mp", max_request_mp), ("explain_slots", explain_slots)):
+def create_app(
+    run_path,
+    backend: str = "auto",
+    max_upload_mb: float = default("max_upload_mb"),
+    device: str | None = "cpu",
+    max_image_mp: float = default("max_image_mp"),
+    token: str | None = None,
+    max_files: int = default("max_files"),
+    max_request_mp: float = default("max_request_mp"),
+    explain_slots: int = EXPLAIN_SLOTS,
+    threads: int | None = None,
+) -> FastAPI:
+    for name, value in (
+        ("max_upload_mb", max_upload_mb),
+        ("max_image_mp", max_image_mp),
+        ("max_files", max_files),
+        ("max_request_mp", max_request_mp),
+        ("explain_slots", explain_slots),
+    ):
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     if token is not None and len(token) < 16:
-        raise ConfigError("the access token must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+        raise ConfigError(
+            "the access token must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be at least 1 (or unset: one per core), got {threads}")
     service = Service(run_path, backend, device, int(max_image_mp * 1e6), threads)
     limit = int(max_upload_mb * 2**20)
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit + 1)  # uploads stay in memory, never on disk
     explaining = threading.BoundedSemaphore(explain_slots)
-    app = FastAPI(title="cxrlab", version=cxrlab.__version__,
-                  description=f"Chest X-ray decision support: {' vs '.join(service.trained.classes)}. {DISCLAIMER}")
+    app = FastAPI(
+        title="cxrlab",
+        version=cxrlab.__version__,
+        description=f"Chest X-ray decision support: {' vs '.join(service.trained.classes)}. {DISCLAIMER}",
+    )
     app.state.service = service
     app.state.locked = token is not None
 
@@ -257,8 +282,11 @@ def create_app(run_path, backend: str = "auto", max_upload_mb: float = default("
     @app.middleware("http")  # added last, so it runs first: an unauthorised request's body is never read
     async def require_token(request: Request, call_next):
         if request.url.path not in OPEN_PATHS and not authorized(token, request):
-            return JSONResponse({"detail": "missing or wrong access token: send 'Authorization: Bearer TOKEN'"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"detail": "missing or wrong access token: send 'Authorization: Bearer TOKEN'"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return await call_next(request)
 
     def read(upload: UploadFile) -> bytes:
@@ -273,10 +301,12 @@ def create_app(run_path, backend: str = "auto", max_upload_mb: float = default("
     def page(request: Request) -> str:
         html = resources.files("cxrlab.serve").joinpath("static/index.html").read_text()
         shown = authorized(token, request)  # without the token the page shows only its token field
-        return (html.replace("{{DISCLAIMER}}", DISCLAIMER)
-                .replace("{{PHANTOM}}", PHANTOM_NOTE if shown and service.trained.is_phantom else "")
-                .replace("{{TASK}}", escape(service.task_line()) if shown else "")
-                .replace("{{LOCKED}}", "true" if token is not None else "false"))
+        return (
+            html.replace("{{DISCLAIMER}}", DISCLAIMER)
+            .replace("{{PHANTOM}}", PHANTOM_NOTE if shown and service.trained.is_phantom else "")
+            .replace("{{TASK}}", escape(service.task_line()) if shown else "")
+            .replace("{{LOCKED}}", "true" if token is not None else "false")
+        )
 
     @app.get("/health")
     def health() -> dict:
@@ -287,7 +317,9 @@ def create_app(run_path, backend: str = "auto", max_upload_mb: float = default("
         return _json_safe(service.model_card())
 
     @app.post("/predict")
-    def predict(files: list[UploadFile] = File(..., description=f"one to {max_files} images: PNG, JPEG, TIFF, BMP or DICOM")) -> JSONResponse:
+    def predict(
+        files: list[UploadFile] = File(..., description=f"one to {max_files} images: PNG, JPEG, TIFF, BMP or DICOM"),
+    ) -> JSONResponse:
         if len(files) > max_files:
             raise _error(413, f"{len(files)} files in one request; at most {max_files} are taken (send them in several requests)")
         budget = [int(max_request_mp * 1e6)]
@@ -299,11 +331,15 @@ def create_app(run_path, backend: str = "auto", max_upload_mb: float = default("
             except (ImageFileError, RequestTooLarge) as exc:
                 results.append({"filename": name, "error": str(exc), "status": status_of(exc)})
         if all("error" in r for r in results):  # nothing to show: the request fails with the first file's reason
-            raise _error(results[0]["status"], results[0]["error"] if len(results) == 1 else
-                         "no file could be read: " + "; ".join(r["error"] for r in results))
+            raise _error(
+                results[0]["status"],
+                results[0]["error"] if len(results) == 1 else "no file could be read: " + "; ".join(r["error"] for r in results),
+            )
         return JSONResponse({"results": results, "disclaimer": DISCLAIMER})
 
-    @app.post("/explain", responses={200: {"content": {"image/png": {}}}, 503: {"description": "busy: retry after the Retry-After seconds"}})
+    @app.post(
+        "/explain", responses={200: {"content": {"image/png": {}}}, 503: {"description": "busy: retry after the Retry-After seconds"}}
+    )
     def explain(file: UploadFile = File(..., description="one image")) -> Response:
         if not explaining.acquire(blocking=False):
             raise _error(503, f"busy explaining other images; retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
@@ -329,22 +365,47 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(run_path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto", max_upload_mb: float = default("max_upload_mb"),
-          max_image_mp: float = default("max_image_mp"), token: str | None = None, unauthenticated: bool = False,
-          max_files: int = default("max_files"), max_request_mp: float = default("max_request_mp"), threads: int | None = None) -> None:
+def serve(
+    run_path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    backend: str = "auto",
+    max_upload_mb: float = default("max_upload_mb"),
+    max_image_mp: float = default("max_image_mp"),
+    token: str | None = None,
+    unauthenticated: bool = False,
+    max_files: int = default("max_files"),
+    max_request_mp: float = default("max_request_mp"),
+    threads: int | None = None,
+) -> None:
     import uvicorn
 
     if token is None and not unauthenticated and not is_loopback(host):
-        raise ConfigError(f"serving on {host}, beyond this machine, needs an access token: --token-file PATH or CXRLAB_TOKEN "
-                          "(or --no-auth to serve without one, e.g. behind a proxy that authenticates)")
-    app = create_app(run_path, backend, max_upload_mb, max_image_mp=max_image_mp, token=token, max_files=max_files, max_request_mp=max_request_mp,
-                     threads=threads)
+        raise ConfigError(
+            f"serving on {host}, beyond this machine, needs an access token: --token-file PATH or CXRLAB_TOKEN "
+            "(or --no-auth to serve without one, e.g. behind a proxy that authenticates)"
+        )
+    app = create_app(
+        run_path,
+        backend,
+        max_upload_mb,
+        max_image_mp=max_image_mp,
+        token=token,
+        max_files=max_files,
+        max_request_mp=max_request_mp,
+        threads=threads,
+    )
     service = app.state.service
     threads = service.trained.threads or os.cpu_count()
-    print(f"serving {service.trained.cfg.model} ({service.backend}, {threads} thread{'s' if threads != 1 else ''}) on http://{host}:{port}  (docs: /docs)")
+    print(
+        f"serving {service.trained.cfg.model} ({service.backend}, {threads} thread{'s' if threads != 1 else ''}) on "
+        f"http://{host}:{port}  (docs: /docs)"
+    )
     if token is not None:  # the token itself is never printed or logged: whoever started the server has it
-        print(f"open http://{host}:{port}/ and enter the access token (from --token-file or CXRLAB_TOKEN), or open "
-              f"http://{host}:{port}/?token=TOKEN with it")
+        print(
+            f"open http://{host}:{port}/ and enter the access token (from --token-file or CXRLAB_TOKEN), or open "
+            f"http://{host}:{port}/?token=TOKEN with it"
+        )
     else:
         print("no access token: every client that reaches this address can use the service")
     if service.trained.is_phantom:

@@ -48,7 +48,9 @@ def _count(variable: str, default: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ConfigError(f"{variable}={value!r} is not a whole number; torchrun sets it (torchrun --nproc_per_node N -m cxrlab train ...)") from None
+        raise ConfigError(
+            f"{variable}={value!r} is not a whole number; torchrun sets it (torchrun --nproc_per_node N -m cxrlab train ...)"
+        ) from None
 
 
 def check_launch(device_name: str) -> None:
@@ -57,14 +59,18 @@ def check_launch(device_name: str) -> None:
     world = _count("WORLD_SIZE", "1")
     missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
     if missing:
-        raise ConfigError(f"WORLD_SIZE is {world} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start distributed "
-                          "training with torchrun (torchrun --nproc_per_node N -m cxrlab train ...), or unset WORLD_SIZE for one process")
+        raise ConfigError(
+            f"WORLD_SIZE is {world} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start distributed "
+            "training with torchrun (torchrun --nproc_per_node N -m cxrlab train ...), or unset WORLD_SIZE for one process"
+        )
     local = _count("LOCAL_WORLD_SIZE", str(world))
     if device_name in ("auto", "cuda") and torch.cuda.is_available() and local > torch.cuda.device_count():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        raise ConfigError(f"torchrun started {local} processes on this machine but {torch.cuda.device_count()} GPU(s) are visible"
-                          + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
-                          + f": use --nproc_per_node {torch.cuda.device_count()}, or --device cpu to train on the CPU with gloo")
+        raise ConfigError(
+            f"torchrun started {local} processes on this machine but {torch.cuda.device_count()} GPU(s) are visible"
+            + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+            + f": use --nproc_per_node {torch.cuda.device_count()}, or --device cpu to train on the CPU with gloo"
+        )
 
 
 def init_process(device_name: str) -> Process:

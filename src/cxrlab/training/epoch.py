@@ -39,8 +39,10 @@ def place_training_images(images: torch.Tensor, device: torch.device) -> tuple[t
     size_gb, free_gb = images.numel() * images.element_size() / 1e9, free / 1e9
     if images.numel() * images.element_size() <= DEVICE_DATA_SHARE * free:
         return images.to(device), f"training images on {device}: {size_gb:.2f} GB of {free_gb:.1f} GB free"
-    return images.pin_memory(), (f"training images in pinned host memory, copied per batch: {size_gb:.2f} GB is over "
-                                 f"{DEVICE_DATA_SHARE:.0%} of the {free_gb:.1f} GB free on {device}")
+    return images.pin_memory(), (
+        f"training images in pinned host memory, copied per batch: {size_gb:.2f} GB is over "
+        f"{DEVICE_DATA_SHARE:.0%} of the {free_gb:.1f} GB free on {device}"
+    )
 
 
 @dataclass
@@ -68,8 +70,12 @@ class Learner:
             self.net = self.model
 
     def state_dicts(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
@@ -79,8 +85,9 @@ class Learner:
             self.scaler.load_state_dict(saved["scaler"])
 
 
-def regularised_batch(x: torch.Tensor, y: torch.Tensor, mix: torch.distributions.Beta | None, smoothing: float,
-                      gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def regularised_batch(
+    x: torch.Tensor, y: torch.Tensor, mix: torch.distributions.Beta | None, smoothing: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup (each image and target blended with a shuffled partner, lambda ~ mix) then label smoothing
     (targets y(1-e) + e/2). The global torch seed set per epoch makes the lambda draws replay on resume."""
     if mix is not None:
@@ -95,8 +102,9 @@ def regularised_batch(x: torch.Tensor, y: torch.Tensor, mix: torch.distributions
 CHECK_EVERY = 32  # steps between the one device-to-host read that checks the loss (and refreshes the progress bar)
 
 
-def train_one_epoch(learner: Learner, inputs: EpochInputs, cfg: Config, epoch: int, device, process: Process, progress: bool | None,
-                    last_checkpoint: Path) -> dict:
+def train_one_epoch(
+    learner: Learner, inputs: EpochInputs, cfg: Config, epoch: int, device, process: Process, progress: bool | None, last_checkpoint: Path
+) -> dict:
     """One pass over this process's shard of the shuffled training set; loss and accuracy summed over all processes.
     Sums stay on the device: the host reads them every CHECK_EVERY steps (a non-finite loss stops the run there,
     naming the batch it first appeared in) and once at the end, so a GPU is not stalled by a sync per step."""

@@ -27,11 +27,31 @@ from cxrlab.errors import ConfigError, RunDirError, TrainingDiverged
 from cxrlab.evaluation.evaluate import finalize_run
 from cxrlab.files import atomic_write_json, atomic_write_text
 from cxrlab.models.registry import count_parameters, model_from_config, set_trainable
-from cxrlab.training.distributed import Process, backend_name, barrier, from_main, init_process, main_first, process_device, shutdown, sync_buffers
+from cxrlab.training.distributed import (
+    Process,
+    backend_name,
+    barrier,
+    from_main,
+    init_process,
+    main_first,
+    process_device,
+    shutdown,
+    sync_buffers,
+)
 from cxrlab.training.epoch import EpochInputs, Learner, place_training_images, train_one_epoch, validation_row
 from cxrlab.training.tracking import log_run, tracking_uri
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_roc_auc", "lr", "seconds")
+HISTORY_FIELDS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_roc_auc",
+    "lr",
+    "seconds",
+)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
@@ -92,8 +112,15 @@ def stage_at(stages: list[tuple[str, int, float]], epoch: int) -> tuple[int, str
     raise ValueError(f"epoch {epoch} is past the last stage")
 
 
-def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print,
-          on_epoch: EpochCallback | None = None, side_by_side: int = 1, search_trial: bool = False) -> RunDir:
+def train(
+    cfg: Config,
+    resume: bool = False,
+    progress: bool | None = None,
+    echo: Callable[[str], None] = print,
+    on_epoch: EpochCallback | None = None,
+    side_by_side: int = 1,
+    search_trial: bool = False,
+) -> RunDir:
     """Train one model; return its finished run directory. ``resume`` continues ``cfg.out`` from its last checkpoint.
     ``on_epoch(epoch, row)`` is called after every epoch (hyperparameter search prunes trials by raising there).
     ``side_by_side``: how many runs shared the machine (recorded with the timings, so s/epoch is not misread).
@@ -113,8 +140,16 @@ def _silent(_: str) -> None:
     pass
 
 
-def _train(cfg: Config, resume: bool, progress: bool | None, echo: Callable[[str], None], process: Process, on_epoch: EpochCallback | None,
-           side_by_side: int, search_trial: bool) -> RunDir:
+def _train(
+    cfg: Config,
+    resume: bool,
+    progress: bool | None,
+    echo: Callable[[str], None],
+    process: Process,
+    on_epoch: EpochCallback | None,
+    side_by_side: int,
+    search_trial: bool,
+) -> RunDir:
     cfg, run = open_run(cfg, resume, process)
     device = setup_device(process_device(cfg.device, process), cfg.threads)
     cfg.precision = resolve_precision(cfg.precision, device)  # 'auto' saved as what it chose
@@ -177,7 +212,9 @@ def training_data(cfg: Config, run: RunDir, resume: bool, process: Process, spli
     if cfg.cv_folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
     if cfg.finetune and process.distributed:
-        raise ConfigError("progressive fine-tuning (finetune) freezes parameters, which DistributedDataParallel does not allow; train it in one process")
+        raise ConfigError(
+            "progressive fine-tuning (finetune) freezes parameters, which DistributedDataParallel does not allow; train it in one process"
+        )
     if resume and process.is_main and run.data.is_file() and run.read_json(run.data)["md5"] != data.provenance["md5"]:
         raise RunDirError(f"the data file {data.provenance['file']} changed since {run.path} started (MD5 differs); cannot resume")
     if data.task == "binary" and (min(data.splits["train"].counts()) == 0 or min(data.splits["val"].counts()) == 0):
@@ -235,8 +272,18 @@ def epoch_inputs(cfg: Config, data: TaskData, device: torch.device, echo: Callab
     )
 
 
-def run_epoch(learner: Learner, inputs: EpochInputs, state: TrainingState, cfg: Config, data: TaskData, device, process: Process,
-              progress: bool | None, run: RunDir, echo: Callable[[str], None]) -> tuple[dict, bool]:
+def run_epoch(
+    learner: Learner,
+    inputs: EpochInputs,
+    state: TrainingState,
+    cfg: Config,
+    data: TaskData,
+    device,
+    process: Process,
+    progress: bool | None,
+    run: RunDir,
+    echo: Callable[[str], None],
+) -> tuple[dict, bool]:
     """Train one epoch, validate, step the schedule and record the epoch's decisions. Returns (row, is the best)."""
     epoch = state.epoch
     stage, part, stage_lr, stage_starts = stage_at(cfg.stages, epoch)
@@ -245,8 +292,9 @@ def run_epoch(learner: Learner, inputs: EpochInputs, state: TrainingState, cfg: 
         if stage_starts:  # a new stage: its own learning rate, a fresh plateau schedule and patience
             for group in learner.optimizer.param_groups:
                 group["lr"] = stage_lr
-            learner.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(learner.optimizer, mode="min", factor=cfg.plateau_factor,
-                                                                           patience=cfg.plateau_patience)
+            learner.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                learner.optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
             state.bad_epochs = 0
             echo(f"fine-tuning stage {stage + 1}/{len(cfg.stages)}: train {part}, lr {stage_lr:g}, {cfg.stages[stage][1]} epochs")
     t0 = time.perf_counter()
@@ -276,9 +324,11 @@ def save_epoch(run: RunDir, learner: Learner, state: TrainingState, is_best: boo
 
 
 def epoch_line(row: dict, total_epochs: int, is_best: bool) -> str:
-    return (f"epoch {row['epoch']:3d}/{total_epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_roc_auc']:.3f}  "
-            f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + (" *" if is_best else ""))
+    return (
+        f"epoch {row['epoch']:3d}/{total_epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
+        f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_roc_auc']:.3f}  "
+        f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + (" *" if is_best else "")
+    )
 
 
 def _counts(data: TaskData) -> dict:
@@ -289,10 +339,14 @@ def _counts_text(data: TaskData) -> str:
     return "; ".join(f"{split}: {c}" for split, c in _counts(data).items())
 
 
-def resume_training(run_path, progress: bool | None = None, echo: Callable[[str], None] = print, side_by_side: int = 1,
-                    on_epoch: EpochCallback | None = None) -> RunDir:
+def resume_training(
+    run_path,
+    progress: bool | None = None,
+    echo: Callable[[str], None] = print,
+    side_by_side: int = 1,
+    on_epoch: EpochCallback | None = None,
+) -> RunDir:
     run = RunDir(run_path)
     cfg = run.load_config()
     cfg.out = str(run.path.resolve())
     return train(cfg, resume=True, progress=progress, echo=echo, on_epoch=on_epoch, side_by_side=side_by_side)
-

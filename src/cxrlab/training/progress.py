@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from cxrlab.errors import RunDirError
 from cxrlab.files import atomic_write_json
 
@@ -99,8 +98,17 @@ def run_progress(planned: PlannedRun) -> RunProgress:
     scores = [float(r[f"val_{planned.select_metric}"]) for r in rows]
     best = (min if planned.select_metric == "loss" else max)(range(len(scores)), key=lambda i: scores[i], default=None)
     seconds = [float(r["seconds"]) for r in rows]
-    return RunProgress(planned.tag, str(folder), planned.model, state, len(rows), planned.max_epochs,
-                       0 if best is None else len(rows) - 1 - best, planned.patience, statistics.median(seconds) if seconds else None)
+    return RunProgress(
+        planned.tag,
+        str(folder),
+        planned.model,
+        state,
+        len(rows),
+        planned.max_epochs,
+        0 if best is None else len(rows) - 1 - best,
+        planned.patience,
+        statistics.median(seconds) if seconds else None,
+    )
 
 
 @dataclass
@@ -132,16 +140,20 @@ class StudyProgress:
     def lines(self) -> list[str]:
         counts = self.counts()
         done = sum(r.epochs_done for r in self.runs)
-        head = (f"{counts['finished']}/{len(self.runs)} runs finished, {counts['running']} running, "
-                f"{counts['interrupted'] + counts['waiting']} left ({counts['interrupted']} interrupted); {done} epochs done")
+        head = (
+            f"{counts['finished']}/{len(self.runs)} runs finished, {counts['running']} running, "
+            f"{counts['interrupted'] + counts['waiting']} left ({counts['interrupted']} interrupted); {done} epochs done"
+        )
         left = self.seconds_left()
         if left is None:
             timing = "time left: not yet known (a model has no finished epoch to measure)"
         elif left[1] == 0:
             timing = "training done"
         else:
-            timing = (f"time left: {duration(left[0])} to {duration(left[1])} ({self.workers} at a time; the low end if every run "
-                      "stops early at its patience, the high end if none does; from the measured s/epoch)")
+            timing = (
+                f"time left: {duration(left[0])} to {duration(left[1])} ({self.workers} at a time; the low end if every run "
+                "stops early at its patience, the high end if none does; from the measured s/epoch)"
+            )
         out = [head, timing]
         for r in self.runs:
             speed = f", {r.seconds_per_epoch:.0f} s/epoch" if r.seconds_per_epoch else ""
@@ -150,8 +162,13 @@ class StudyProgress:
         return out
 
     def to_dict(self) -> dict:
-        return {"updated": self.updated, "workers": self.workers, "counts": self.counts(), "seconds_left": self.seconds_left(),
-                "runs": [asdict(r) for r in self.runs]}
+        return {
+            "updated": self.updated,
+            "workers": self.workers,
+            "counts": self.counts(),
+            "seconds_left": self.seconds_left(),
+            "runs": [asdict(r) for r in self.runs],
+        }
 
 
 def duration(seconds: float) -> str:

@@ -3,7 +3,8 @@ interrupted, train the rest, one after another or side by side in separate proce
 
 How many at once (``plan``): on a CPU one run per core, one thread each, and never more threads in total than
 cores: side by side at one thread each finishes a study sooner than one run at a time with every thread, and runs
-that each take every core slow each other down several-fold (measured: benchmarks/README.md). With CUDA, small images leave a GPU mostly idle, so two runs share each visible
+that each take every core slow each other down several-fold (measured: benchmarks/README.md). With CUDA, small images leave a GPU
+mostly idle, so two runs share each visible
 GPU at up to 64 px and one run per GPU above (not yet timed on a GPU: benchmarks/gpu_check.sh measures it).
 A run's results do not depend on how many ran beside it (same seed, same threads: tests/test_studies.py).
 """
@@ -13,8 +14,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,8 +23,8 @@ from pathlib import Path
 import torch
 
 from cxrlab.config import SCORING_OPTIONS, Config
-from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.core.runs import RunDir
+from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.training.loop import resume_training, train
 from cxrlab.training.progress import PlannedRun, clear_running, mark_running, write_status
 
@@ -61,8 +62,15 @@ class Plan:
         return f"{self.workers} at a time{each}{on}"
 
 
-def plan(pending: int, device: str, size: int, workers: int | None = None, threads: int | None = None,
-         cores: int | None = None, gpus: list[str] | None = None) -> Plan:
+def plan(
+    pending: int,
+    device: str,
+    size: int,
+    workers: int | None = None,
+    threads: int | None = None,
+    cores: int | None = None,
+    gpus: list[str] | None = None,
+) -> Plan:
     """How many of ``pending`` runs to train at once and with how many threads each: the measured rule for what
     was not given, a clear error for what cannot pay (more threads in total than cores)."""
     if workers is not None and workers < 1:
@@ -71,12 +79,16 @@ def plan(pending: int, device: str, size: int, workers: int | None = None, threa
         raise ConfigError(f"threads must be at least 1, got {threads}")
     cores = cores or available_cores()
     if workers and threads and workers * threads > cores:
-        raise ConfigError(f"{workers} workers x {threads} threads = {workers * threads} threads on {cores} cores: runs that share cores "
-                          f"slow each other down several-fold; use at most {cores // threads or 1} workers with {threads} threads, "
-                          f"or leave --workers out for the measured default")
+        raise ConfigError(
+            f"{workers} workers x {threads} threads = {workers * threads} threads on {cores} cores: runs that share cores "
+            f"slow each other down several-fold; use at most {cores // threads or 1} workers with {threads} threads, "
+            f"or leave --workers out for the measured default"
+        )
     if workers and not threads and workers > cores:
-        raise ConfigError(f"{workers} workers on {cores} cores: at most one run per core pays (each run at one thread); "
-                          f"use --workers {cores} or fewer, or leave it out for the measured default")
+        raise ConfigError(
+            f"{workers} workers on {cores} cores: at most one run per core pays (each run at one thread); "
+            f"use --workers {cores} or fewer, or leave it out for the measured default"
+        )
     if pending == 0:
         return Plan(0, threads)
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -100,8 +112,11 @@ def differing_options(asked: Config, saved: Config) -> list[str]:
     """The training options in which a run on disk differs from the one asked for. Scoring options do not count, and
     precision 'auto' matches whatever the run resolved it to on its device (a run saves what it chose)."""
     existing = saved.to_dict()
-    return sorted(k for k, v in asked.to_dict().items()
-                  if existing.get(k) != v and k not in SCORING_OPTIONS and not (k == "precision" and v == "auto"))
+    return sorted(
+        k
+        for k, v in asked.to_dict().items()
+        if existing.get(k) != v and k not in SCORING_OPTIONS and not (k == "precision" and v == "auto")
+    )
 
 
 def run_state(cfg: Config) -> str:
@@ -136,8 +151,10 @@ class StudyStatus:
 
     def __init__(self, folder: str | Path | None, configs: dict, echo: Callable[[str], None]):
         self.folder, self.echo = folder, echo
-        self.runs = [PlannedRun(tag_of(cfg), str(RunDir(cfg.out).path), cfg.model, cfg.total_epochs, cfg.early_stopping, cfg.select_metric)
-                     for cfg in configs.values()]
+        self.runs = [
+            PlannedRun(tag_of(cfg), str(RunDir(cfg.out).path), cfg.model, cfg.total_epochs, cfg.early_stopping, cfg.select_metric)
+            for cfg in configs.values()
+        ]
         self.workers, self.printed = 1, 0.0
 
     def update(self, say: bool = False) -> None:
@@ -149,8 +166,14 @@ class StudyStatus:
             self.echo("[study] " + "\n[study] ".join(progress.lines()[:2]))
 
 
-def run_all(configs: dict, echo: Callable[[str], None], progress: bool | None, workers: int | None = None,
-            threads: int | None = None, status_dir: str | Path | None = None) -> dict:
+def run_all(
+    configs: dict,
+    echo: Callable[[str], None],
+    progress: bool | None,
+    workers: int | None = None,
+    threads: int | None = None,
+    status_dir: str | Path | None = None,
+) -> dict:
     """Every config's run (keys are the caller's; ``config.out`` the run folder), in the callers' order. Finished runs
     are reused here; the rest are trained by ``plan``: in this process when one at a time, else in spawned worker
     processes that print one prefixed line per epoch and run. A run that fails is named after the others finish;
@@ -199,7 +222,7 @@ def _side_by_side(configs: dict, how: Plan, echo: Callable[[str], None], status:
                 key = futures[future]
                 try:
                     runs[key] = RunDir(future.result())
-                except Exception as exc:  # noqa: BLE001 - reported by name after the others finish
+                except Exception as exc:
                     failed.append(f"{tag_of(configs[key])}: {type(exc).__name__}: {exc}")
             status.update(say=bool(ended))
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """Optional MLflow tracking (``pip install cxrlab[tracking]``; off unless ``--track``): each finished run is
 logged from its run directory, which stays the source of truth: the config as parameters, every epoch of
-history.csv as step-wise metrics, the val and test metrics of the best checkpoint (``val/roc_auc``, ``test/...``), summary.json, config.yaml and the plots as artifacts.
+history.csv as step-wise metrics, the val and test metrics of the best checkpoint (``val/roc_auc``, ``test/...``), summary.json,
+config.yaml and the plots as artifacts.
 Phantom runs are tagged as such, like every other output.
 
 The store: ``--tracking-uri`` (a server such as http://host:5000, or a database URL), else ``mlflow.db`` (SQLite)
@@ -15,8 +16,8 @@ import json
 import math
 from pathlib import Path
 
-from cxrlab.errors import ConfigError
 from cxrlab.core.runs import RunDir
+from cxrlab.errors import ConfigError
 
 DEFAULT_DATABASE = "mlflow.db"
 
@@ -55,8 +56,15 @@ def log_run(run_path, uri: str | None = None) -> str:
     with open(run.history) as fh:
         history = list(csv.DictReader(fh))
     with mlflow.start_run(run_name=run.path.name) as active:
-        mlflow.set_tags({"cxrlab.run_dir": str(run.path.resolve()), "cxrlab.data_kind": summary["data_kind"],
-                         "cxrlab.data_label": summary["data_label"], "cxrlab.data_md5": summary["data_md5"], "cxrlab.model": cfg.model})
+        mlflow.set_tags(
+            {
+                "cxrlab.run_dir": str(run.path.resolve()),
+                "cxrlab.data_kind": summary["data_kind"],
+                "cxrlab.data_label": summary["data_label"],
+                "cxrlab.data_md5": summary["data_md5"],
+                "cxrlab.model": cfg.model,
+            }
+        )
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in cfg.to_dict().items()})
         for row in history:
             step = int(row["epoch"])
@@ -65,7 +73,9 @@ def log_run(run_path, uri: str | None = None) -> str:
             metrics = json.loads(run.metrics(split).read_text())
             # split/metric: the best checkpoint at the val-chosen threshold, apart from the per-epoch history's val_* curves
             mlflow.log_metrics({f"{split}/{k}": float(v) for k, v in metrics.items() if _is_number(v)})
-        mlflow.log_metrics({"best_epoch": summary["best_epoch"], "threshold": summary["threshold"], "train_seconds": summary["train_seconds"]})
+        mlflow.log_metrics(
+            {"best_epoch": summary["best_epoch"], "threshold": summary["threshold"], "train_seconds": summary["train_seconds"]}
+        )
         for path in (run.config, run.summary, run.metrics("val"), run.metrics("test")):
             mlflow.log_artifact(str(path))
         if run.plots.is_dir():
