@@ -60,3 +60,11 @@ def test_the_layering_test_sees_an_upward_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from cxrlab.training.loop import train\n")
     assert imports_of(module) == [("cxrlab.training.loop", 2)] and layer("cxrlab.training.loop") > layer("cxrlab.evaluation.ood")
+
+
+def test_the_command_line_reaches_the_package_only_through_the_api():
+    """cli.py parses, calls the API and prints: besides the API it may read the options schema (config), the error
+    types, the input limits (its flags are built from them) and start the server (serve, its own layer)."""
+    allowed = ("cxrlab.__version__", "cxrlab.api", "cxrlab.config", "cxrlab.errors", "cxrlab.limits", "cxrlab.serve")
+    found = [(target, line) for target, line in imports_of(PACKAGE / "cli.py") if not target.startswith(allowed)]
+    assert found == [], f"cli.py reaches past the API: {found}"

@@ -21,16 +21,20 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from cxrlab.config import Config, from_dict
 from cxrlab.core.runs import RunDir
 from cxrlab.data.datasets import get_dataset
-from cxrlab.data.images import DEFAULT_MAX_PIXELS
-from cxrlab.data.task import SPLITS, TaskData, is_real, task_data
-from cxrlab.evaluation.predict import Prediction, predict_files, predict_images
+from cxrlab.limits import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:  # the API imports torch, numpy and the rest where a function needs them: `cxrlab status` stays quick
+    import numpy as np
+
+    from cxrlab.data.task import TaskData
+    from cxrlab.evaluation.predict import Prediction
+    from cxrlab.report.study import Study
+    from cxrlab.training.progress import StudyProgress
 
 HEADLINE = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc")
 
@@ -43,12 +47,55 @@ def config(base: Config | None = None, **options) -> Config:
     return from_dict({**values, **options}, source="options")
 
 
-def load_data(cfg: Config | None = None, splits=SPLITS, **options) -> TaskData:
+def load_data(cfg: Config | None = None, splits=("train", "val", "test"), **options) -> TaskData:
     """The task's splits (uint8 images, 0/1 targets), its classes and the file's provenance, for ``cfg`` with
     ``options`` on top (dataset, size, data_root, download, task, classes). A missing file gets the CLI's message
     (file, URL, MD5, where to put it); ``download=True`` fetches it from Zenodo."""
+    from cxrlab.data.task import task_data
+
     cfg = config(cfg, **options)
     return task_data(cfg, splits=splits, download=cfg.download)
+
+
+def describe_data(cfg: Config, duplicate_threshold: float | None = None, duplicates_csv: str | None = None) -> str:
+    """What ``cxrlab data`` prints: the file, its provenance, the task's images per split and class, and with
+    ``duplicate_threshold`` the near-duplicate pairs within and across splits (written to ``duplicates_csv``).
+    Reads numpy arrays only: no torch."""
+    from cxrlab.data.task import class_counts, data_label, task_arrays
+
+    data = task_arrays(cfg.data_root, cfg.size, cfg.classes, download=cfg.download, task=cfg.task, dataset=cfg.dataset)
+    prov = data.provenance
+    counts = {split: class_counts(targets) for split, (_, targets) in data.splits.items()}
+    lines = [f"file:   {prov['file']}", f"md5:    {prov['md5']} (official: {prov['official_md5']})", f"data:   {data_label(prov)}"]
+    if data.task == "multilabel":
+        lines += [f"task:   multilabel, all images, {len(data.classes)} labels (positives per label)", ""]
+        lines.append(f"{'label':<20}" + "".join(f"{split:>10}" for split in data.splits))
+        lines += [f"{label:<20}" + "".join(f"{counts[split][i]:>10,}" for split in data.splits) for i, label in enumerate(data.classes)]
+        lines.append(f"{'images':<20}" + "".join(f"{len(targets):>10,}" for _, targets in data.splits.values()))
+        return "\n".join(lines)
+    which = "every image" if get_dataset(cfg.dataset).binary_task == "all-images" else "images whose only positive label is one of them"
+    lines += [f"task:   {data.classes[0]} (label 0) vs {data.classes[1]} (label 1), {which}", ""]
+    lines.append(f"{'split':<8}{data.classes[0]:>16}{data.classes[1]:>16}{'total':>10}")
+    lines += [f"{split:<8}{a:>16,}{b:>16,}{a + b:>10,}" for split, (a, b) in counts.items()]
+    if duplicate_threshold is not None:
+        from cxrlab.data.duplicates import near_duplicates, summary_lines, write_pairs
+
+        images = {split: arrays for split, (arrays, _) in data.splits.items()}
+        pairs = near_duplicates(images, duplicate_threshold)
+        lines += ["", *summary_lines(pairs, images, duplicate_threshold)]
+        if duplicates_csv:
+            write_pairs(pairs, duplicates_csv)
+            lines.append(f"wrote {len(pairs):,} pairs (rows within each split's task images) to {duplicates_csv}")
+    return "\n".join(lines)
+
+
+def phantom(
+    out, size: int = 28, dataset: str = "chestmnist", official_counts: bool = False, seed: int = 0, split_sizes: dict | None = None
+) -> Path:
+    """Write a PHANTOM (synthetic) data file in the official layout into ``out``, for tests and demos; its path."""
+    from cxrlab.data.phantom import write_phantom
+
+    return write_phantom(out, size, official_counts, seed, split_sizes, dataset)
 
 
 def train(cfg: Config | None = None, progress: bool | None = None, echo=print, **options) -> Run:
@@ -66,6 +113,14 @@ def resume(path, progress: bool | None = None, echo=print) -> Run:
     return load_run(resume_training(path, progress=progress, echo=echo).path)
 
 
+def study(section: dict | None = None, source: str = "options", **overrides) -> Study:
+    """A validated study plan (models, seeds, ensemble, tta, out, recipes, holdout): a config file's ``compare:``
+    section with ``overrides`` on top."""
+    from cxrlab.report.study import study_from
+
+    return study_from(section, overrides, source=source)
+
+
 def compare(
     cfg: Config | None = None,
     models: list[str] | None = None,
@@ -78,16 +133,55 @@ def compare(
     workers: int | None = None,
     progress: bool | None = None,
     echo=print,
+    plan: Study | None = None,
     **options,
 ) -> Report:
-    """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report."""
+    """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report.
+    ``plan`` (from ``study``) replaces models ... holdout."""
+    from cxrlab.errors import ConfigError
     from cxrlab.report.compare import compare as compare_study
-    from cxrlab.report.study import study_from
+    from cxrlab.training.distributed import launched_by_torchrun
 
-    given = {"models": models, "seeds": seeds, "ensemble": ensemble, "tta": tta, "out": out, "recipes": recipes, "holdout": holdout}
-    study = study_from(None, {k: v for k, v in given.items() if v is not None}, source="cxrlab.compare")
-    compare_study(config(cfg, **options), study, progress=progress, workers=workers, echo=echo)
-    return Report(Path(study.out))
+    if launched_by_torchrun():
+        raise ConfigError("compare trains one model after another in one process; run 'torchrun ... -m cxrlab train' per model instead")
+    if plan is None:
+        given = {"models": models, "seeds": seeds, "ensemble": ensemble, "tta": tta, "out": out, "recipes": recipes, "holdout": holdout}
+        plan = study(None, "cxrlab.compare", **{k: v for k, v in given.items() if v is not None})
+    compare_study(config(cfg, **options), plan, progress=progress, workers=workers, echo=echo)
+    return Report(Path(plan.out))
+
+
+def cross_validate(
+    cfg: Config, folds: int = 5, out="runs/cv", workers: int | None = None, progress: bool | None = None, echo=print
+) -> dict:
+    """k-fold cross-validation over train: one run per fold (reused when finished), each scored on val and test,
+    and the folds' ensemble. Returns {'folds': [...], 'ensemble': {...}}."""
+    from cxrlab.report.crossval import cross_validate as cv
+
+    return cv(cfg, folds, out, progress=progress, echo=echo, workers=workers)
+
+
+def search(
+    cfg: Config,
+    method: str = "optuna",
+    trials: int | None = None,
+    workers: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out="runs/search",
+    echo=print,
+) -> dict:
+    """A hyperparameter search (grid or Optuna; continued when its study exists), chosen on val. Returns the best trial."""
+    from cxrlab.report.search import search as run_search
+
+    return run_search(cfg, method, trials, workers, storage, study_name, out, echo)
+
+
+def status(folder) -> StudyProgress:
+    """Where a study stands (runs finished / running / left, time left), read from its folder; no torch."""
+    from cxrlab.training.progress import read_status
+
+    return read_status(folder)
 
 
 def operating_point(path, echo=print, **options):
@@ -110,6 +204,21 @@ def fit_ood(path, echo=print) -> dict:
     if run.onnx.is_file():
         load_run(path).export(quantize=run.quantization_report.is_file(), echo=echo)
     return report
+
+
+def evaluate(path, split: str = "test", device: str | None = None, echo=print) -> dict:
+    """Score a finished run on ``split`` again at its operating point; the metrics."""
+    from cxrlab.evaluation.evaluate import evaluate_run
+
+    return evaluate_run(path, split, device, echo)
+
+
+def bench(path, batch: int = 256, echo=print) -> list[dict]:
+    """Time a finished run's inference backends (PyTorch eager, channels_last, onnxruntime fp32 / INT8, predict end
+    to end); writes RUN/bench.json and returns its rows."""
+    from cxrlab.export.bench import bench_run
+
+    return bench_run(path, batch, echo)
 
 
 def load_run(path) -> Run:
@@ -172,6 +281,11 @@ class Run:
         check flags or whose probability lies in the refer band; file paths (PNG, JPEG, DICOM, ...; prepared as the
         data set was made) or arrays already at the run's size (uint8 (N, S, S) or one (S, S)). ``decision``
         'single' answers every in-distribution image at the single threshold (default: the run's config)."""
+        import numpy as np
+        import torch
+
+        from cxrlab.evaluation.predict import predict_files, predict_images
+
         trained = self.trained()
         if decision not in (None, "refer", "single"):
             raise ValueError(f"decision must be 'refer' or 'single', got {decision!r}")
@@ -241,6 +355,8 @@ class Run:
             for k, v in self.metrics("test").items()
             if k in HEADLINE
         )
+        from cxrlab.data.task import is_real
+
         colour = "black" if is_real(s["data_label"]) else "crimson"
         return (
             f"<div><b>{html.escape(s['model'])}</b> — <code>{html.escape(str(self.path))}</code><br>"
@@ -295,6 +411,7 @@ class Report:
 
 
 def png_figure(path: Path):
+    import numpy as np
     from matplotlib.figure import Figure
     from PIL import Image
 
@@ -311,6 +428,9 @@ def _cell(value) -> str:
 
 
 def _as_batch(images, size: int) -> np.ndarray:
+    import numpy as np
+    import torch
+
     arrays = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if arrays.ndim == 2:
         arrays = arrays[None]

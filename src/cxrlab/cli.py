@@ -6,9 +6,8 @@ import argparse
 import sys
 import textwrap
 
-from cxrlab import __version__
+from cxrlab import __version__, api
 from cxrlab.config import MODEL_NAMES, OPTION_TYPES, POINT_OPTIONS, Config, config_fields, from_dict, load_yaml
-from cxrlab.core.runs import RunDir
 from cxrlab.errors import CxrlabError
 from cxrlab.limits import LIMITS
 
@@ -343,45 +342,16 @@ def _progress_option(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args) -> int:
-    from cxrlab.data.datasets import get_dataset
-    from cxrlab.data.task import class_counts, data_label, task_arrays
-
-    cfg = config_from_args(args)
-    data = task_arrays(cfg.data_root, cfg.size, cfg.classes, download=cfg.download, task=cfg.task, dataset=cfg.dataset)  # numpy: no torch
-    prov = data.provenance
-    counts = {split: class_counts(targets) for split, (_, targets) in data.splits.items()}
-    print(f"file:   {prov['file']}\nmd5:    {prov['md5']} (official: {prov['official_md5']})\ndata:   {data_label(prov)}")
-    if data.task == "multilabel":
-        print(f"task:   multilabel, all images, {len(data.classes)} labels (positives per label)\n")
-        print(f"{'label':<20}" + "".join(f"{split:>10}" for split in data.splits))
-        for i, label in enumerate(data.classes):
-            print(f"{label:<20}" + "".join(f"{counts[split][i]:>10,}" for split in data.splits))
-        print(f"{'images':<20}" + "".join(f"{len(targets):>10,}" for _, targets in data.splits.values()))
-        return 0
-    which = "every image" if get_dataset(cfg.dataset).binary_task == "all-images" else "images whose only positive label is one of them"
-    print(f"task:   {data.classes[0]} (label 0) vs {data.classes[1]} (label 1), {which}\n")
-    print(f"{'split':<8}{data.classes[0]:>16}{data.classes[1]:>16}{'total':>10}")
-    for split, (a, b) in counts.items():
-        print(f"{split:<8}{a:>16,}{b:>16,}{a + b:>10,}")
-    if args.duplicates or args.duplicates_csv:
-        from cxrlab.data.duplicates import near_duplicates, summary_lines, write_pairs
-
-        images = {split: arrays for split, (arrays, _) in data.splits.items()}
-        pairs = near_duplicates(images, args.duplicate_threshold)
-        print("\n" + "\n".join(summary_lines(pairs, images, args.duplicate_threshold)))
-        if args.duplicates_csv:
-            write_pairs(pairs, args.duplicates_csv)
-            print(f"wrote {len(pairs):,} pairs (rows within each split's task images) to {args.duplicates_csv}")
+    threshold = args.duplicate_threshold if args.duplicates or args.duplicates_csv else None
+    print(api.describe_data(config_from_args(args), threshold, args.duplicates_csv))
     return 0
 
 
 def cmd_phantom(args) -> int:
-    from cxrlab.data.phantom import write_phantom
-
     sizes = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None}
     defaults = Config()
     dataset, size = getattr(args, "dataset", defaults.dataset), getattr(args, "size", defaults.size)
-    path = write_phantom(args.out, size, args.official_counts, args.seed, sizes or None, dataset)
+    path = api.phantom(args.out, size, dataset, args.official_counts, args.seed, sizes or None)
     print(f"wrote PHANTOM data (synthetic; for tests and demos, never a result): {path}")
     print(
         f"next: cxrlab data --data-root {args.out}"
@@ -392,8 +362,6 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cxrlab import api
-
     if args.resume:
         given = [k for k in vars(args) if k in {f.name for f in config_fields()}] + (["config"] if args.config else [])
         if given:
@@ -407,15 +375,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from cxrlab.evaluation.evaluate import evaluate_run
-
-    evaluate_run(args.run, args.split, args.device)
+    api.evaluate(args.run, args.split, args.device)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from cxrlab import api
-
     run = api.load_run(args.run)
     trained = run.trained(args.device)  # the exported ONNX model when the run has one: 3-5x faster on CPU
     if trained.is_phantom:
@@ -445,13 +409,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cxrlab import api
-    from cxrlab.report.study import study_from
-    from cxrlab.training.distributed import launched_by_torchrun
-
-    if launched_by_torchrun():
-        raise CxrlabError("compare trains one model after another in one process; run 'torchrun ... -m cxrlab train' per model instead")
-
     values = load_yaml(args.config) if args.config else {}
     flags = {"models": "models", "seeds": "seeds", "ensemble": "ensemble", "tta": "tta", "compare_out": "out", "holdout": "holdout"}
     overrides = {key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)}
@@ -460,25 +417,12 @@ def cmd_compare(args) -> int:
         if any(not model or not sep or not path for model, sep, path in pairs):
             raise CxrlabError(f"--recipe takes MODEL=FILE, got {' '.join(args.recipe)}")
         overrides["recipes"] = {model: path for model, _, path in pairs}
-    study = study_from(values.pop("compare", None), overrides, source=args.config or "options")
-    api.compare(
-        config_from_args(args, values),
-        study.models,
-        study.seeds,
-        study.ensemble,
-        study.tta,
-        study.out,
-        study.recipes,
-        holdout=study.holdout,
-        workers=args.workers,
-        progress=args.progress,
-    )
+    plan = api.study(values.pop("compare", None), args.config or "options", **overrides)
+    api.compare(config_from_args(args, values), plan=plan, workers=args.workers, progress=args.progress)
     return 0
 
 
 def cmd_ood(args) -> int:
-    from cxrlab import api
-
     for run in args.runs:
         print(f"{run}:")
         api.fit_ood(run)
@@ -486,8 +430,6 @@ def cmd_ood(args) -> int:
 
 
 def cmd_operating_point(args) -> int:
-    from cxrlab import api
-
     options = {k: getattr(args, k) for k in POINT_OPTIONS if hasattr(args, k)}
     for run in args.runs:
         api.operating_point(run, **options)
@@ -495,31 +437,22 @@ def cmd_operating_point(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from cxrlab.training.progress import read_status
-
-    progress = read_status(args.study)
-    print("\n".join(progress.lines()))
+    print("\n".join(api.status(args.study).lines()))
     return 0
 
 
 def cmd_cv(args) -> int:
-    from cxrlab.report.crossval import cross_validate
-
-    cross_validate(config_from_args(args), args.folds, args.cv_out, progress=args.progress, workers=args.workers)
+    api.cross_validate(config_from_args(args), args.folds, args.cv_out, workers=args.workers, progress=args.progress)
     return 0
 
 
 def cmd_search(args) -> int:
-    from cxrlab.report.search import search
-
-    search(config_from_args(args), args.method, args.trials, args.workers, args.storage, args.study, args.search_out)
+    api.search(config_from_args(args), args.method, args.trials, args.workers, args.storage, args.study, args.search_out)
     return 0
 
 
 def cmd_explain(args) -> int:
     from pathlib import Path
-
-    from cxrlab import api
 
     if not args.images and not args.val_grid:
         raise CxrlabError("give image files to explain, or --val-grid")
@@ -545,16 +478,12 @@ def cmd_explain(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from cxrlab import api
-
     api.load_run(args.run).export(quantize=args.quantize)
     return 0
 
 
 def cmd_bench(args) -> int:
-    from cxrlab.export.bench import bench_run
-
-    bench_run(args.run, args.batch)
+    api.bench(args.run, args.batch)
     return 0
 
 
@@ -616,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in RUN_COMMANDS:
-            RunDir(args.run).require_finished()  # a wrong path is named at once, before torch is imported
+            api.load_run(args.run)  # a wrong path is named at once, before torch is imported
         return COMMANDS[args.command](args)
     except CxrlabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -25,9 +25,9 @@ import torch
 from cxrlab.config import POINT_OPTIONS, Config
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.task import TaskData, data_label, fold_view, task_data
-from cxrlab.errors import RunDirError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.ensemble import check_weights, combine, fit_weights
+from cxrlab.evaluation.evaluate import check_same_data
 from cxrlab.evaluation.explain import Explainer, val_grid
 from cxrlab.evaluation.inference import load_trained, predict_probs, predict_probs_tta
 from cxrlab.evaluation.scoring import positive_view
@@ -378,9 +378,8 @@ def compare(
     save_study(out, base, study)
     runs = train_runs(base, study, echo, progress, workers)
     data = task_data(base)
-    recorded = runs[study.models[0], study.seeds[0]].read_json(runs[study.models[0], study.seeds[0]].summary)["data_md5"]
-    if recorded != data.provenance["md5"]:
-        raise RunDirError(f"the data file {data.provenance['file']} is not the one the runs in {out} were trained on")
+    for run in runs.values():  # every run, each named: a study folder may hold runs copied in from elsewhere
+        check_same_data(run, data)
     echo("\nscoring runs" + (f", {study.tta}-view TTA" if study.tta > 1 else "") + (", ensemble" if study.ensemble_on else ""))
     entries = model_entries(runs, data, study, base, echo)
     if study.ensemble_on:
