@@ -1,0 +1,228 @@
+"""The commands: each parses what its flags say, calls the API and prints. No rule of their own."""
+
+from __future__ import annotations
+
+import sys
+
+from cxrlab import api
+from cxrlab.cli.parser import build_parser, config_from_args, max_pixels_of
+from cxrlab.config import POINT_OPTIONS, Config, config_fields, load_yaml
+from cxrlab.errors import CxrlabError
+
+
+def cmd_data(args) -> int:
+    threshold = args.duplicate_threshold if args.duplicates or args.duplicates_csv else None
+    print(api.describe_data(config_from_args(args), threshold, args.duplicates_csv))
+    return 0
+
+
+def cmd_phantom(args) -> int:
+    sizes = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None}
+    defaults = Config()
+    dataset, size = getattr(args, "dataset", defaults.dataset), getattr(args, "size", defaults.size)
+    path = api.phantom(args.out, size, dataset, args.official_counts, args.seed, sizes or None)
+    print(f"wrote PHANTOM data (synthetic; for tests and demos, never a result): {path}")
+    print(
+        f"next: cxrlab data --data-root {args.out}"
+        + (f" --size {size}" if size != defaults.size else "")
+        + (f" --dataset {dataset}" if dataset != defaults.dataset else "")
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    if args.resume:
+        given = [k for k in vars(args) if k in {f.name for f in config_fields()}] + (["config"] if args.config else [])
+        if given:
+            raise CxrlabError(
+                f"--resume takes the run's own config; do not combine it with {', '.join('--' + g.replace('_', '-') for g in given)}"
+            )
+        api.resume(args.resume, progress=args.progress)
+    else:
+        api.train(config_from_args(args), progress=args.progress)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    api.evaluate(args.run, args.split, args.device)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    run = api.load_run(args.run)
+    trained = run.trained(args.device)  # the exported ONNX model when the run has one: 3-5x faster on CPU
+    if trained.is_phantom:
+        print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
+    if trained.ood is None and trained.cfg.task == "binary":
+        print(
+            f"note: this run has no out-of-distribution check, so images unlike its training images are classified too; "
+            f"fit one with: cxrlab ood {args.run}",
+            file=sys.stderr,
+        )
+    if trained.point is not None:
+        print(f"operating point: {trained.point.describe()}; answering by {args.decision or trained.cfg.decision}", file=sys.stderr)
+    failed = 0
+    for result in run.predict(args.images, max_pixels_of(args), decision=args.decision):
+        if result.error:
+            failed += 1
+            print(f"error: {result.error}", file=sys.stderr)
+        elif result.in_distribution is False:
+            print(f"{result.path}\trefer\t{result.reason} (score {result.ood_score:.2f} > threshold {result.ood_threshold:.2f})")
+        elif trained.cfg.task == "multilabel":
+            top = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[:3]
+            print(f"{result.path}\t{result.label}\t" + "  ".join(f"P({k})={v:.4f}" for k, v in top))
+        else:
+            why = f"\t{result.reason}" if result.referred else ""
+            print(f"{result.path}\t{result.answer}\tP({trained.cfg.positive})={result.probability:.4f}{why}")
+    return 1 if failed else 0
+
+
+def cmd_compare(args) -> int:
+    values = load_yaml(args.config) if args.config else {}
+    flags = {"models": "models", "seeds": "seeds", "ensemble": "ensemble", "tta": "tta", "compare_out": "out", "holdout": "holdout"}
+    overrides = {key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)}
+    if hasattr(args, "recipe"):
+        pairs = [item.partition("=") for item in args.recipe]
+        if any(not model or not sep or not path for model, sep, path in pairs):
+            raise CxrlabError(f"--recipe takes MODEL=FILE, got {' '.join(args.recipe)}")
+        overrides["recipes"] = {model: path for model, _, path in pairs}
+    plan = api.study(values.pop("compare", None), args.config or "options", **overrides)
+    api.compare(config_from_args(args, values), plan=plan, workers=args.workers, progress=args.progress)
+    return 0
+
+
+def cmd_ood(args) -> int:
+    for run in args.runs:
+        print(f"{run}:")
+        api.fit_ood(run)
+    return 0
+
+
+def cmd_operating_point(args) -> int:
+    options = {k: getattr(args, k) for k in POINT_OPTIONS if hasattr(args, k)}
+    for run in args.runs:
+        api.operating_point(run, **options)
+    return 0
+
+
+def cmd_status(args) -> int:
+    print("\n".join(api.status(args.study).lines()))
+    return 0
+
+
+def cmd_cv(args) -> int:
+    api.cross_validate(config_from_args(args), args.folds, args.cv_out, workers=args.workers, progress=args.progress)
+    return 0
+
+
+def cmd_search(args) -> int:
+    api.search(config_from_args(args), args.method, args.trials, args.workers, args.storage, args.study, args.search_out)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from pathlib import Path
+
+    if not args.images and not args.val_grid:
+        raise CxrlabError("give image files to explain, or --val-grid")
+    run = api.load_run(args.run)
+    explainer = run.explainer()
+    print(
+        f"Grad-CAM on {run.config.model} layer {explainer.layer_name}"
+        + ("  (PHANTOM-trained model)" if explainer.trained.is_phantom else "")
+    )
+    failed = 0
+    for result in run.explain(args.images, Path(args.out), max_pixels_of(args)):
+        if result.error:
+            failed += 1
+            print(f"error: {result.error}", file=sys.stderr)
+        elif result.overlay is None:
+            print(f"{result.path}\trefer\t{result.reason}")
+        else:
+            shows = f"\t(evidence for {result.explained}; {result.reason})" if result.referred else ""
+            print(f"{result.path}\t{result.answer}\tP({explainer.trained.cfg.positive})={result.probability:.4f}\t{result.overlay}{shows}")
+    if args.val_grid:
+        print(f"wrote {run.explain_val(Path(args.out) / 'gradcam_val_grid.png')}")
+    return 1 if failed else 0
+
+
+def cmd_export(args) -> int:
+    api.load_run(args.run).export(quantize=args.quantize)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    api.bench(args.run, args.batch)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+    from pathlib import Path
+
+    from cxrlab.serve.app import serve
+
+    token = os.environ.get("CXRLAB_TOKEN") or None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise CxrlabError(f"cannot read the token file {args.token_file}: {exc.strerror}") from None
+        if not token:
+            raise CxrlabError(f"the token file {args.token_file} is empty")
+    if token and args.no_auth:
+        raise CxrlabError("--no-auth and an access token (--token-file or CXRLAB_TOKEN) contradict each other; give one")
+    serve(
+        args.run,
+        args.host,
+        args.port,
+        args.backend,
+        args.max_upload_mb,
+        max_pixels_of(args) / 1e6,
+        token=token,
+        unauthenticated=args.no_auth,
+        max_files=args.max_files,
+        max_request_mp=args.max_request_mp,
+        threads=args.threads,
+    )
+    return 0
+
+
+RUN_COMMANDS = ("evaluate", "predict", "explain", "export", "bench", "serve")  # the commands that take one finished run
+
+
+COMMANDS = {
+    "explain": cmd_explain,
+    "export": cmd_export,
+    "bench": cmd_bench,
+    "serve": cmd_serve,
+    "cv": cmd_cv,
+    "search": cmd_search,
+    "data": cmd_data,
+    "phantom": cmd_phantom,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "compare": cmd_compare,
+    "status": cmd_status,
+    "ood": cmd_ood,
+    "operating-point": cmd_operating_point,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in RUN_COMMANDS:
+            api.load_run(args.run)  # a wrong path is named at once, before torch is imported
+        return COMMANDS[args.command](args)
+    except CxrlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted; every run keeps its last finished epoch: continue one with cxrlab train --resume RUN, or run "
+            "the same compare / cv command again",
+            file=sys.stderr,
+        )
+        return 130
