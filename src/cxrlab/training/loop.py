@@ -292,9 +292,7 @@ def run_epoch(
         if stage_starts:  # a new stage: its own learning rate, a fresh plateau schedule and patience
             for group in learner.optimizer.param_groups:
                 group["lr"] = stage_lr
-            learner.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                learner.optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
-            )
+            learner.scheduler = make_scheduler(learner.optimizer, cfg)  # plateau: finetune refuses multistep
             state.bad_epochs = 0
             echo(f"fine-tuning stage {stage + 1}/{len(cfg.stages)}: train {part}, lr {stage_lr:g}, {cfg.stages[stage][1]} epochs")
     t0 = time.perf_counter()
