@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,13 +120,13 @@ def test_every_number_traces_to_a_run(study):
     assert sorted((r["entry"], r["seed"]) for r in rows if r["kind"] == "model") == sorted((m, s) for m in MODELS for s in seeds)
     assert len(rows) == len(seeds) * (2 + 2 + 1)  # seeds x (models + TTA rows + ensemble)
     for row in rows:
-        for run in row["runs"].split():
-            assert (RunDir(run).config).is_file()
+        for run in row["runs"].split():  # named relative to the study's folder: no machine's absolute paths
+            assert not Path(run).is_absolute() and (RunDir(study / run).config).is_file()
         if row["kind"] == "model":
-            metrics = json.loads(RunDir(row["runs"]).metrics("test").read_text())
+            metrics = json.loads(RunDir(study / row["runs"]).metrics("test").read_text())
             assert float(row["accuracy"]) == pytest.approx(metrics["accuracy"])
             assert float(row["roc_auc"]) == pytest.approx(metrics["roc_auc"])
-            val = json.loads(RunDir(row["runs"]).metrics("val").read_text())
+            val = json.loads(RunDir(study / row["runs"]).metrics("val").read_text())
             assert val["sensitivity"] >= 0.8  # threshold rule 'sensitivity' met on val, where it was chosen
         assert float(row["temperature"]) > 0 and 0 <= float(row["ece_calibrated"]) <= 1
 

@@ -49,7 +49,7 @@ from cxrlab.report.claims import (
 )
 from cxrlab.report.compare_multilabel import compare_multilabel
 from cxrlab.report.document import Document
-from cxrlab.report.study import Entry, Study, recipe_differences, save_study, score, train_accuracy_at_best, train_runs
+from cxrlab.report.study import Entry, Study, recipe_differences, save_study, score, train_accuracy_at_best, train_runs, within
 from cxrlab.report.tables import (
     INTERVAL_KEYS,
     calibration_rows,
@@ -98,7 +98,7 @@ def model_entries(runs: dict, data: TaskData, study: Study, base: Config, echo) 
             "side_by_side": summary.get("side_by_side"),  # not recorded by runs older than this field
             "threads": summary.get("threads"),
             **speed[name],
-            "runs": [str(run.path)],
+            "runs": [within(run.path, study.out)],
             "ood_flagged": (summary.get("ood") or {}).get("flagged"),  # None: a run fitted before the check (cxrlab ood RUN)
         }
         val, test, extra = score(cfg, curves)
@@ -230,7 +230,7 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
     doc.bullets(
         [
             label,
-            f"file `{prov['file']}`, MD5 `{prov['md5']}` (official: `{prov['official_md5']}`)",
+            f"file `{Path(prov['file']).name}`, MD5 `{prov['md5']}` (official: `{prov['official_md5']}`)",
             f"{data.size} px; images per split and class: {counts}",
         ]
     )

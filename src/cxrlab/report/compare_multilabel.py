@@ -7,7 +7,7 @@ from pathlib import Path
 from cxrlab.config import Config
 from cxrlab.errors import ConfigError
 from cxrlab.report.document import Document
-from cxrlab.report.study import Entry, Study, save_study, train_runs
+from cxrlab.report.study import Entry, Study, save_study, train_runs, within
 from cxrlab.report.tables import grouped, mean_sd, values
 
 
@@ -32,7 +32,7 @@ def compare_multilabel(base: Config, study: Study, progress, echo, workers: int 
                 run.read_json(run.metrics("val")),
                 run.read_json(run.metrics("test")),
                 {},
-                {**info, "runs": [str(run.path)]},
+                {**info, "runs": [within(run.path, study.out)]},
             )
         )
     label = runs[study.models[0], study.seeds[0]].read_json(runs[study.models[0], study.seeds[0]].summary)["data_label"]

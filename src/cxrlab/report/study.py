@@ -4,6 +4,7 @@ belong together, and training its runs."""
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from cxrlab.evaluation.scoring import choose_on_evidence, score_probs
 from cxrlab.files import atomic_write_text
 from cxrlab.models.architectures import MODEL_NAMES, STUDY_MODELS
 from cxrlab.training.runner import run_all
+
+
+def within(path, folder) -> str:
+    """A run's path as a study's files (report, CSV) name it: relative to the study's folder, so that the files hold
+    no machine's absolute paths and stay true when the folder moves."""
+    return os.path.relpath(path, folder)
+
 
 STUDY_KEYS = ("models", "seeds", "ensemble", "tta", "out", "recipes", "holdout")
 
