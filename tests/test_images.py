@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
 from cxrlab.cli import main
-from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_image, to_model_size
+from cxrlab.data.images import decode_image, to_model_size
 from cxrlab.errors import ImageTooLarge
+from cxrlab.limits import DEFAULT_MAX_PIXELS
 from cxrlab.serve.app import create_app
 from tests.test_serve import dicom
 

@@ -23,7 +23,6 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from cxrlab.data.augment import eval_batch
-from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError, ImageFileError
 from cxrlab.evaluation import plots
@@ -32,6 +31,7 @@ from cxrlab.evaluation.operating_point import REFER
 from cxrlab.evaluation.predict import predict_images
 from cxrlab.evaluation.scoring import positive_probability, predicted_class
 from cxrlab.files import atomic_write_bytes
+from cxrlab.limits import DEFAULT_MAX_PIXELS
 from cxrlab.models.registry import feature_blocks
 
 MIN_MAP = 7  # smallest useful Grad-CAM map side

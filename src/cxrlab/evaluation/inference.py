@@ -16,10 +16,11 @@ from cxrlab.core.device import autocast, setup_device
 from cxrlab.core.runs import RunDir
 from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize, to_float
 from cxrlab.data.datasets import get_dataset
-from cxrlab.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
+from cxrlab.data.images import decode_image, load_image
 from cxrlab.data.task import is_phantom
 from cxrlab.evaluation.ood import OODCheck, probe_outputs
 from cxrlab.evaluation.operating_point import OperatingPoint
+from cxrlab.limits import DEFAULT_MAX_PIXELS
 from cxrlab.models.probe import FeatureProbe
 from cxrlab.models.registry import model_from_config
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cxrlab.data.images import DEFAULT_MAX_PIXELS
 from cxrlab.errors import ImageFileError
 from cxrlab.evaluation.inference import TrainedModel
 from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
 from cxrlab.evaluation.operating_point import POSITIVE, REFER, REFERRED
 from cxrlab.evaluation.scoring import negative_class, positive_probability
+from cxrlab.limits import DEFAULT_MAX_PIXELS
 
 
 @dataclass
