@@ -26,6 +26,7 @@ import safetensors.torch
 import torch
 
 from cxrlab.config import Config
+from cxrlab.console import set_prefix
 from cxrlab.core.runs import RunDir
 
 EPOCHS = 30
@@ -93,7 +94,8 @@ def train_one(name: str, data_root: str, out: str, epochs: int) -> str:
     resume = run.last_checkpoint.is_file()
     if resume:
         cfg = run.load_config()
-    train(cfg, resume=resume, progress=False, echo=lambda text: print(f"[{name}] {text}", flush=True), on_epoch=keep_epoch(Path(cfg.out)))
+    set_prefix(f"[{name}] ")
+    train(cfg, resume=resume, progress=False, on_epoch=keep_epoch(Path(cfg.out)))
     return f"{name}: finished"
 
 

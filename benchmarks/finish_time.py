@@ -54,7 +54,7 @@ def main() -> None:
             values.append(0.0)
         cfg = Config(data_root=str(work / "phantom"), epochs=1, batch_size=32, n_bootstrap=50, device="cpu", out=str(work / f"run{i}"))
         start = time.perf_counter()
-        loop.train(cfg, progress=False, echo=lambda _: None)
+        loop.train(cfg, progress=False)
         totals.append(time.perf_counter() - start)
     warm = slice(1, None) if args.runs > 1 else slice(None)
     print(f"{args.runs} one-epoch runs (the first not counted), median seconds")

@@ -57,7 +57,7 @@ def main() -> None:
                         device="cuda",
                         out=str(out),
                     )
-                    run = train(cfg, progress=False, echo=lambda _: None)
+                    run = train(cfg, progress=False)
                     with open(run.history) as fh:
                         seconds = float(list(csv.DictReader(fh))[-1]["seconds"])
                     print(f"| {model} | {size} | {precision} | {seconds:.2f} | {SPLITS['train'] // 2 / seconds:,.0f} |", flush=True)

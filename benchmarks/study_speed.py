@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from cxrlab.config import Config, resolve
+from cxrlab.console import set_prefix
 from cxrlab.data.phantom import write_phantom
 from cxrlab.models.architectures import STUDY_MODELS
 from cxrlab.training.runner import available_cores, plan, run_all
@@ -32,7 +33,8 @@ def study_configs(base: Config, out: Path, models: list[str], seeds: list[int]) 
 
 def timed(configs: dict, workers: int | None, threads: int | None) -> float:
     started = time.perf_counter()
-    run_all(configs, echo=lambda text: print(f"    {text.strip()}", flush=True), progress=False, workers=workers, threads=threads)
+    set_prefix("    ")
+    run_all(configs, progress=False, workers=workers, threads=threads)
     return time.perf_counter() - started
 
 

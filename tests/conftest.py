@@ -108,7 +108,7 @@ def learned_run(learning_root, tmp_path_factory):
         out=str(tmp_path_factory.mktemp("served") / "run"),
         **no_aug,
     )
-    return train(cfg, progress=False, echo=lambda _: None)
+    return train(cfg, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +117,7 @@ def exported_run(learned_run):
     from cxrlab.evaluation.inference import load_trained
     from cxrlab.export.onnx import export_onnx
 
-    export_onnx(load_trained(learned_run.path, "cpu"), echo=lambda _: None)
+    export_onnx(load_trained(learned_run.path, "cpu"))
     return learned_run.path
 
 

@@ -50,8 +50,7 @@ def test_the_shipped_example_config_is_valid():
 def test_the_shipped_study_config_is_valid():
     from pathlib import Path
 
-    from cxrlab.config import from_dict, load_yaml
-    from cxrlab.report.study import Study
+    from cxrlab.config import Study, from_dict, load_yaml
 
     values = load_yaml(Path(__file__).parent.parent / "configs" / "study.yaml")
     study = Study(**values.pop("compare")).validate()

@@ -24,7 +24,7 @@ def test_auto_picks_the_gpu():
 @pytest.mark.parametrize("model", ["mobilenet_v3_large", "densenet121", "efficientnet_b0", "resnet18"])
 def test_bf16_channels_last_training_learns_on_the_gpu(quick_config, model):
     cfg = replace(quick_config, model=model, device="auto", precision="bf16", channels_last=True, epochs=3, lr=1e-3)
-    run = train(cfg, progress=False, echo=lambda _: None)
+    run = train(cfg, progress=False)
     summary = json.loads(run.summary.read_text())
     assert summary["device"].startswith("cuda")
     assert json.loads(run.metrics("val").read_text())["roc_auc"] > 0.75
@@ -33,10 +33,10 @@ def test_bf16_channels_last_training_learns_on_the_gpu(quick_config, model):
 def test_two_runs_share_one_gpu_and_match_one_after_another(quick_config, tmp_path):
     assert plan(2, "cuda", 28, gpus=["0"]).workers == 2  # small images: two runs per GPU by default
     configs = {seed: replace(quick_config, device="cuda", seed=seed, out=str(tmp_path / "side" / f"seed{seed}")) for seed in (0, 1)}
-    side = run_all(configs, echo=print, progress=False)
+    side = run_all(configs, progress=False)
     for seed, run in side.items():
         assert json.loads(run.summary.read_text())["side_by_side"] == 2
-        alone = train(replace(configs[seed], out=str(tmp_path / "alone" / f"seed{seed}")), progress=False, echo=lambda _: None)
+        alone = train(replace(configs[seed], out=str(tmp_path / "alone" / f"seed{seed}")), progress=False)
         a, b = (json.loads(r.metrics("val").read_text())["roc_auc"] for r in (run, alone))
         assert a == pytest.approx(b, abs=0.05)  # cuDNN picks kernels per process: close, not bitwise
 
@@ -81,18 +81,17 @@ def test_auto_precision_matches_the_gpu_and_an_fp16_run_resumes_with_its_scaler(
     from cxrlab.core.runs import RunDir
 
     cfg = replace(quick_config, device="cuda", precision="auto", epochs=1, out=str(tmp_path / "auto"))
-    run = train(cfg, progress=False, echo=lambda _: None)
+    run = train(cfg, progress=False)
     assert RunDir(run.path).load_config().precision == ("bf16" if native_bf16(torch.device("cuda")) else "fp16")
-    fp16 = train(replace(cfg, precision="fp16", epochs=2, out=str(tmp_path / "fp16")), progress=False, echo=lambda _: None)
+    fp16 = train(replace(cfg, precision="fp16", epochs=2, out=str(tmp_path / "fp16")), progress=False)
     assert load_state(RunDir(fp16.path).last_checkpoint)["scaler"]["scale"] > 0
     assert json.loads(fp16.metrics("val").read_text())["roc_auc"] > 0.6
 
 
-def test_training_images_that_do_not_fit_stay_in_pinned_host_memory_and_the_run_still_learns(quick_config, monkeypatch):
+def test_training_images_that_do_not_fit_stay_in_pinned_host_memory_and_the_run_still_learns(quick_config, monkeypatch, capsys):
     import cxrlab.training.epoch as epoch
 
     monkeypatch.setattr(epoch, "DEVICE_DATA_SHARE", 0.0)  # nothing fits: the host path
-    lines = []
-    run = train(replace(quick_config, device="cuda", epochs=3, lr=1e-3), progress=False, echo=lines.append)
-    assert any("pinned host memory" in line for line in lines)
+    run = train(replace(quick_config, device="cuda", epochs=3, lr=1e-3), progress=False)
+    assert "pinned host memory" in capsys.readouterr().out
     assert json.loads(run.metrics("val").read_text())["roc_auc"] > 0.75

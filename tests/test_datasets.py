@@ -18,10 +18,6 @@ from tests.conftest import SMALL
 PNEUMONIA = DATASETS["pneumoniamnist"]
 
 
-def quiet(_):
-    pass
-
-
 @pytest.fixture(scope="module")
 def pneumonia_phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("pneumonia")
@@ -98,7 +94,7 @@ def test_pneumonia_phantom_trains_and_its_run_records_the_dataset(tmp_path, caps
         device="cpu",
         out=str(tmp_path / "run"),
     )
-    run = train(cfg, progress=False, echo=quiet)
+    run = train(cfg, progress=False)
     assert json.loads(run.data.read_text())["dataset"] == "pneumoniamnist"
     assert run.load_config().dataset == "pneumoniamnist"
     summary = json.loads(run.summary.read_text())
@@ -129,7 +125,7 @@ def test_one_epoch_on_real_xrays_reaches_a_val_auc_no_broken_pipeline_can(real_p
     cfg = Config(
         dataset="pneumoniamnist", data_root=str(real_pneumonia_root), epochs=1, n_bootstrap=20, device="cpu", out=str(tmp_path / "run")
     )
-    run = train(cfg, progress=False, echo=quiet)
+    run = train(cfg, progress=False)
     val = json.loads(run.metrics("val").read_text())
     assert val["roc_auc"] > 0.9, val
     assert json.loads(run.summary.read_text())["data_label"] == "PneumoniaMNIST (official file, MD5 verified)"

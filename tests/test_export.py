@@ -49,13 +49,13 @@ def test_quantisation_ships_the_fastest_passing_int8_model_and_removes_one_that_
     monkeypatch.setattr(quantize, "MIN_SPEEDUP", 0.0)
     monkeypatch.setattr(quantize, "MAX_ACCURACY_DROP", 100.0)
     monkeypatch.setattr(quantize, "MIN_CHECK_AGREEMENT", 0.0)
-    _, *candidates = quantize.quantize_run(load_trained(copy, "cpu"), echo=lambda _: None)["candidates"]
+    _, *candidates = quantize.quantize_run(load_trained(copy, "cpu"))["candidates"]
     onnx = [c for c in candidates if c["name"].startswith("onnxruntime")]
     assert [c["shipped"] for c in onnx].count(True) == 1 and not any(c["shipped"] for c in candidates if c not in onnx)
     assert next(c for c in onnx if c["shipped"])["p50_ms"] == min(c["p50_ms"] for c in onnx)
     assert (copy / "model.int8.onnx").is_file()
     monkeypatch.setattr(quantize, "MIN_SPEEDUP", float("inf"))
-    _, *candidates = quantize.quantize_run(load_trained(copy, "cpu"), echo=lambda _: None)["candidates"]
+    _, *candidates = quantize.quantize_run(load_trained(copy, "cpu"))["candidates"]
     assert not any(c["shipped"] for c in candidates) and not (copy / "model.int8.onnx").exists()
     assert all("faster than fp32" in c["why"] for c in candidates if c["name"].startswith("onnxruntime"))
 
@@ -68,7 +68,7 @@ def test_a_model_with_constant_outputs_is_not_exported(exported_run, tmp_path):
     with torch.no_grad():  # the last layer ignores its input: every image gets the same logit
         trained.model.classifier[-1].weight.zero_()
     with pytest.raises(ExportError, match="same output for every val image"):
-        export_onnx(trained, echo=lambda _: None)
+        export_onnx(trained)
     assert not (copy / "model.onnx").exists()
 
 

@@ -8,7 +8,7 @@ import cxrlab
 
 # Bottom first; a module may import from its own layer and the layers below.
 LAYERS = [
-    ("errors", "files", "layout", "limits"),
+    ("errors", "files", "layout", "limits", "console"),
     ("data", "models"),
     ("config",),
     ("core",),
@@ -62,10 +62,17 @@ def test_the_layering_test_sees_an_upward_import(tmp_path):
     assert imports_of(module) == [("cxrlab.training.loop", 2)] and layer("cxrlab.training.loop") > layer("cxrlab.evaluation.ood")
 
 
-def test_the_command_line_reaches_the_package_only_through_the_api():
-    """cli/ parses, calls the API and prints: besides the API it may read the options schema (config), the error
-    types, the input limits (its flags are built from them) and start the server (serve, its own layer)."""
-    allowed = ("cxrlab.__version__", "cxrlab.api", "cxrlab.cli", "cxrlab.config", "cxrlab.errors", "cxrlab.limits", "cxrlab.serve")
-    modules = sorted((PACKAGE / "cli").glob("*.py"))
-    found = [(path.name, target, line) for path in modules for target, line in imports_of(path) if not target.startswith(allowed)]
-    assert len(modules) == 3 and found == [], f"the command line reaches past the API: {found}"
+def test_the_command_line_and_the_service_reach_the_package_only_through_the_api():
+    """cli/ and serve/ parse, call the API and answer: besides the API they may read the options schema (config), the
+    error types and the input limits (their flags and bounds are built from them); the CLI starts the server."""
+    allowed = ("cxrlab.__version__", "cxrlab.api", "cxrlab.config", "cxrlab.errors", "cxrlab.limits")
+    front = {"cli": (*allowed, "cxrlab.cli", "cxrlab.serve"), "serve": (*allowed, "cxrlab.serve")}
+    modules = {name: sorted((PACKAGE / name).glob("*.py")) for name in front}
+    found = [
+        (path.name, target, line)
+        for name, paths in modules.items()
+        for path in paths
+        for target, line in imports_of(path)
+        if not target.startswith(front[name])
+    ]
+    assert len(modules["cli"]) == 3 and len(modules["serve"]) == 4 and found == [], f"past the API: {found}"

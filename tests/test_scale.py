@@ -23,10 +23,6 @@ LABEL_NAMES = DATASETS["chestmnist"].label_names
 NO_AUG = {"aug_rotation": 0.0, "aug_translate": 0.0, "aug_hflip": 0.0, "aug_brightness": 0.0, "aug_contrast": 0.0, "aug_blur": False}
 
 
-def quiet(_):
-    pass
-
-
 @pytest.mark.parametrize("size, stride, final", [(64, 1, 4), (128, 2, 4), (224, 2, 7)])
 def test_stem_stride_keeps_a_useful_final_map(size, stride, final):
     model = create_model("mobilenet_v3_large", image_size=size)
@@ -38,7 +34,7 @@ def test_stem_stride_keeps_a_useful_final_map(size, stride, final):
 def test_a_size_the_data_root_does_not_have_fails_before_training(phantom_root, tmp_path):
     cfg = Config(data_root=str(phantom_root), size=64, epochs=1, out=str(tmp_path / "run"))
     with pytest.raises(DataNotFoundError, match="chestmnist_64.npz"):
-        train(cfg, progress=False, echo=quiet)
+        train(cfg, progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -52,7 +48,7 @@ def test_binary_task_at_128_px_from_a_memory_mapped_file(tmp_path):
     data = load_task(tmp_path, 128, ["cardiomegaly", "pneumothorax"])
     assert data.splits["train"].images.shape == (80, 128, 128)
     cfg = Config(data_root=str(tmp_path), size=128, epochs=1, batch_size=16, n_bootstrap=20, out=str(tmp_path / "run"), device="cpu")
-    run = train(cfg, progress=False, echo=quiet)
+    run = train(cfg, progress=False)
     summary = json.loads(run.summary.read_text())
     assert summary["size"] == 128
     trained = load_trained(run.path)
@@ -61,7 +57,7 @@ def test_binary_task_at_128_px_from_a_memory_mapped_file(tmp_path):
 
 def test_multilabel_task_learns_and_matches_medmnist_evaluator(quick_config, tmp_path, capsys):
     cfg = replace(quick_config, task="multilabel", model="efficientnet_b0", epochs=4, lr=1e-3, **NO_AUG)
-    run = train(cfg, progress=False, echo=quiet)
+    run = train(cfg, progress=False)
     test = json.loads(run.metrics("test").read_text())
     assert {f"auc_{name}" for name in LABEL_NAMES} <= set(test)
     # the two labels the phantom draws distinctly are learnt. One label alone is too noisy after 4 epochs (test

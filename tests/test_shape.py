@@ -8,16 +8,10 @@ import cxrlab
 
 PACKAGE = Path(cxrlab.__file__).parent
 MODULE_LINES, FUNCTION_LINES = 400, 60
-# To split next; the number is the most lines each may keep.
-OVER_MODULES = {"api.py": 445, "config.py": 470, "serve/app.py": 440}
+# Declarative tables may stay over the limit (the number is the most lines each may keep); everything else splits.
+OVER_MODULES: dict[str, int] = {}
 OVER_FUNCTIONS = {
-    "cli/parser.py:build_parser": 185,  # one declarative block per subcommand
-    "config.py:validate": 94,
-    "data/phantom.py:render": 68,
-    "evaluation/evaluate.py:finalize_run": 91,
-    "export/quantize.py:quantize_run": 102,
-    "report/compare.py:write_report": 160,
-    "serve/app.py:create_app": 114,
+    "cli/parser.py:build_parser": 152,  # one declarative block per subcommand
 }
 
 

@@ -183,7 +183,7 @@ def test_runs_side_by_side_give_the_results_of_a_run_alone_and_a_recipe_applies_
     assert "[mobilenet_v3_large-seed1] epoch   1/1" in capfd.readouterr().out  # workers print one prefixed line per epoch and run
     side_by_side = RunDir(tmp_path / "two" / "runs" / "mobilenet_v3_large-seed1")
     cfg = load_config(side_by_side.config)
-    alone = train(replace(cfg, out=str(tmp_path / "alone"), threads=1), progress=False, echo=lambda _: None)
+    alone = train(replace(cfg, out=str(tmp_path / "alone"), threads=1), progress=False)
     histories = [read_csv(run.history) for run in (side_by_side, alone)]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in histories[0]] == [
         {k: v for k, v in r.items() if k != "seconds"} for r in histories[1]
@@ -327,7 +327,7 @@ def test_a_pruned_trial_stops_after_the_epoch_the_pruner_rejects(phantom_root, t
 
     base = Config(data_root=str(phantom_root), model="mobilenet_v3_large", epochs=3, n_bootstrap=20, device="cpu")
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.1))  # no AUC reaches 1.1
-    study.optimize(objective(base, tmp_path, lambda _: None), n_trials=1)
+    study.optimize(objective(base, tmp_path), n_trials=1)
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [1]
     with open(tmp_path / "trials" / "trial000" / "history.csv") as fh:

@@ -21,10 +21,6 @@ from tests.conftest import BINARY
 NO_AUG = {"aug_rotation": 0.0, "aug_translate": 0.0, "aug_hflip": 0.0, "aug_brightness": 0.0, "aug_contrast": 0.0, "aug_blur": False}
 
 
-def quiet(_):
-    pass
-
-
 def history(run: RunDir) -> list[dict]:
     with open(run.history) as fh:
         return [{k: float(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
@@ -44,13 +40,13 @@ def test_a_short_run_really_learns(learned_run):
     for name in ("curves.png", "confusion_test.png", "roc_test.png", "val_grid.png"):
         assert (run.plots / name).stat().st_size > 1000
     # a run directory alone is enough to evaluate later, and gives the same numbers
-    again = evaluate_run(run.path, "test", echo=quiet)
+    again = evaluate_run(run.path, "test")
     assert again["roc_auc"] == pytest.approx(test["roc_auc"]) and again["accuracy"] == pytest.approx(test["accuracy"])
 
 
 def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(quick_config, tmp_path):
     cfg = replace(quick_config, epochs=3, threads=2, out=str(tmp_path / "whole"))
-    whole = train(cfg, progress=False, echo=quiet)
+    whole = train(cfg, progress=False)
 
     killed = RunDir(tmp_path / "killed")
     cmd = [
@@ -85,7 +81,7 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(quick_config, t
     assert not killed.summary.exists(), "the run must be killed before it finished"
     assert load_state(killed.last_checkpoint)["epoch"] < cfg.epochs, "the resume must train an epoch again"
 
-    resumed = resume_training(killed.path, progress=False, echo=quiet)
+    resumed = resume_training(killed.path, progress=False)
     assert history(resumed) == history(whole)
     assert json.loads(resumed.metrics("test").read_text()) == json.loads(whole.metrics("test").read_text())
     from safetensors.torch import load_file
@@ -111,7 +107,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(quick_
     monkeypatch.setattr(F, "binary_cross_entropy_with_logits", poisoned)
     cfg = replace(quick_config, epochs=3)
     with pytest.raises(TrainingDiverged, match="epoch 2, batch 3") as err:
-        train(cfg, progress=False, echo=quiet)
+        train(cfg, progress=False)
     assert "after epoch 1" in str(err.value)
     run = RunDir(cfg.out)
     assert load_state(run.last_checkpoint)["epoch"] == 1
@@ -122,7 +118,7 @@ def test_an_existing_run_is_never_overwritten(one_epoch_run):
     run = one_epoch_run
     before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
     with pytest.raises(RunDirError, match="already holds a run"):
-        train(run.load_config(), progress=False, echo=quiet)
+        train(run.load_config(), progress=False)
     assert before == {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
 
 
@@ -130,10 +126,10 @@ def test_a_damaged_checkpoint_is_refused_by_name(one_epoch_run, tmp_path):
     run = RunDir(shutil.copytree(one_epoch_run.path, tmp_path / "run"))
     run.last_checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(RunDirError, match="last.pt"):
-        resume_training(run.path, progress=False, echo=quiet)
+        resume_training(run.path, progress=False)
     run.weights.write_bytes(b"\x00" * 10)
     with pytest.raises(RunDirError, match="model.safetensors"):
-        evaluate_run(run.path, echo=quiet)
+        evaluate_run(run.path)
 
 
 def test_resume_before_the_first_epoch_finished_starts_over(one_epoch_run, tmp_path):
@@ -142,7 +138,7 @@ def test_resume_before_the_first_epoch_finished_starts_over(one_epoch_run, tmp_p
     early.path.mkdir()
     # what a kill during the first epoch leaves: the config, no checkpoint
     early.config.write_text(whole.config.read_text().replace(str(whole.path), str(early.path)))
-    resumed = resume_training(early.path, progress=False, echo=quiet)
+    resumed = resume_training(early.path, progress=False)
     assert history(resumed) == history(whole)
 
 
@@ -180,7 +176,7 @@ def test_bf16_autocast_computes_in_bf16_and_trains_with_finite_losses(tmp_path):
         out=str(tmp_path / "run"),
         **NO_AUG,
     )
-    run = train(cfg, progress=False, echo=quiet)
+    run = train(cfg, progress=False)
     assert all(torch.isfinite(torch.tensor([r["train_loss"], r["val_loss"]])).all() for r in history(run))
     assert run.load_config().precision == "bf16"
     model = model_from_config(cfg).eval()
@@ -201,7 +197,7 @@ def test_label_smoothing_and_mixup_still_learn(quick_config, learning_root):
         select_metric="roc_auc",
         **NO_AUG,
     )
-    run = train(cfg, progress=False, echo=quiet)
+    run = train(cfg, progress=False)
     rows = history(run)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert json.loads(run.metrics("val").read_text())["roc_auc"] > 0.7
@@ -224,9 +220,7 @@ def test_progressive_fine_tuning_trains_head_then_last_blocks_then_all(quick_con
         **NO_AUG,
     )
     states = []
-    run = train(
-        cfg, progress=False, echo=quiet, on_epoch=lambda epoch, row: states.append(load_state(RunDir(cfg.out).last_checkpoint)["model"])
-    )
+    run = train(cfg, progress=False, on_epoch=lambda epoch, row: states.append(load_state(RunDir(cfg.out).last_checkpoint)["model"]))
     assert [r["lr"] for r in history(run)] == [1e-3, 5e-4, 2e-4]  # each stage starts at its own rate
     head, last, full = states
     folded_stem = imagenet["features.0.0.weight"].sum(1, keepdim=True)

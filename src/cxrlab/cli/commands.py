@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from cxrlab import api
-from cxrlab.cli.parser import build_parser, config_from_args, max_pixels_of
-from cxrlab.config import POINT_OPTIONS, Config, config_fields, load_yaml
+from cxrlab.cli.parser import STUDY_DEST, build_parser, config_from_args, max_pixels_of
+from cxrlab.config import POINT_OPTIONS, STUDY_KEYS, Config, config_fields, load_yaml
 from cxrlab.errors import CxrlabError
 
 
@@ -79,13 +79,7 @@ def cmd_predict(args) -> int:
 
 def cmd_compare(args) -> int:
     values = load_yaml(args.config) if args.config else {}
-    flags = {"models": "models", "seeds": "seeds", "ensemble": "ensemble", "tta": "tta", "compare_out": "out", "holdout": "holdout"}
-    overrides = {key: getattr(args, flag) for flag, key in flags.items() if hasattr(args, flag)}
-    if hasattr(args, "recipe"):
-        pairs = [item.partition("=") for item in args.recipe]
-        if any(not model or not sep or not path for model, sep, path in pairs):
-            raise CxrlabError(f"--recipe takes MODEL=FILE, got {' '.join(args.recipe)}")
-        overrides["recipes"] = {model: path for model, _, path in pairs}
+    overrides = {key: getattr(args, STUDY_DEST + key) for key in STUDY_KEYS if hasattr(args, STUDY_DEST + key)}
     plan = api.study(values.pop("compare", None), args.config or "options", **overrides)
     api.compare(config_from_args(args, values), plan=plan, workers=args.workers, progress=args.progress)
     return 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from dataclasses import fields
 
 from cxrlab import __version__
-from cxrlab.config import MODEL_NAMES, OPTION_TYPES, POINT_OPTIONS, Config, config_fields, from_dict, load_yaml
+from cxrlab.config import POINT_OPTIONS, Config, Study, config_fields, from_dict, load_yaml, option_types
 from cxrlab.errors import CxrlabError
 from cxrlab.limits import LIMITS
 
+STUDY_DEST = "study_"  # a study's flags land apart from the run options of the same name (--out)
 EXAMPLES = {
     "data": """
         cxrlab data                                   # official file in ~/.medmnist
@@ -87,31 +89,38 @@ def _subparser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     )
 
 
-def add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> None:
-    """One flag per Config field (``--data-root`` for ``data_root``); unset flags stay out of the namespace,
-    so a YAML file given with --config keeps its values unless a flag overrides them."""
-    defaults = Config()
-    for f in config_fields():
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    only: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = (),
+    schema: type = Config,
+    prefix: str = "",
+) -> None:
+    """One flag per option of ``schema`` (``--data-root`` for ``data_root``; a study's under ``dest`` ``prefix`` +
+    name); unset flags stay out of the namespace, so a YAML file given with --config keeps its values unless a flag
+    overrides them."""
+    defaults, types = schema(), option_types(schema)
+    for f in fields(schema):
         if (only and f.name not in only) or f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        stated = default is None or "(default:" in f.metadata["help"]  # None, or a default the help words itself
+        default, kind, meta = getattr(defaults, f.name), types[f.name], f.metadata
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default or "none" if isinstance(default, dict) else default
+        stated = default is None or "(default:" in meta["help"]  # None, or a default the help words itself
         kwargs = {
-            "dest": f.name,
+            "dest": prefix + f.name,
             "default": argparse.SUPPRESS,
-            "help": (f.metadata["help"] + ("" if stated else f" (default: {default})")).replace("%", "%%"),
+            "help": (meta["help"] + ("" if stated else f" (default: {shown})")).replace("%", "%%"),
         }
-        kind = OPTION_TYPES[f.name]
         if kind.item is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        else:
+        elif kind.item is not None:
             kwargs["type"] = kind.item
-        if kind.is_list:
-            kwargs.update(nargs=f.metadata.get("nargs", len(default)), metavar=f.name.split("_")[-1].upper())
-        if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kwargs)
+        if kind.is_list or "nargs" in meta:
+            kwargs.update(nargs=meta.get("nargs", len(default)), metavar=f.name.split("_")[-1].upper())
+        kwargs.update({k: meta[k] for k in ("choices", "metavar", "action") if k in meta})
+        if kwargs.get("choices"):
+            kwargs.pop("metavar", None)
+        parser.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), **kwargs)
 
 
 def config_from_args(args: argparse.Namespace, values: dict | None = None) -> Config:
@@ -191,40 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML file with training options and a 'compare:' section (models, seeds, "
         "ensemble, tta, out), as OUT/compare.yaml holds; flags override it",
     )
-    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=argparse.SUPPRESS, help="models to compare (default: all three)")
-    p.add_argument("--seeds", nargs="+", type=int, default=argparse.SUPPRESS, help="seeds per model (default: 0 1 2)")
-    p.add_argument(
-        "--ensemble",
-        nargs="+",
-        default=argparse.SUPPRESS,
-        metavar="W",
-        help="'equal' (the default), 'fit' (weights fitted on val), 'off', or one weight per model in --models order",
-    )
-    p.add_argument(
-        "--tta",
-        type=int,
-        default=argparse.SUPPRESS,
-        metavar="N",
-        help="test-time augmentation with N views, shown beside each model (default: 4; 0: off)",
-    )
-    p.add_argument(
-        "--out", dest="compare_out", default=argparse.SUPPRESS, help="folder for the runs and the report (default: runs/compare)"
-    )
-    p.add_argument(
-        "--holdout",
-        type=int,
-        default=argparse.SUPPRESS,
-        metavar="K",
-        help="each seed's run trains on K-1 folds of train and holds out fold (seed mod K) for its best epoch and "
-        "operating point, beside val (default: 0, train on all of train)",
-    )
-    p.add_argument(
-        "--recipe",
-        action="append",
-        default=argparse.SUPPRESS,
-        metavar="MODEL=FILE",
-        help="training options of one model's own, over the shared ones (e.g. resnet18=configs/medmnist_v2.yaml); repeatable",
-    )
+    add_config_options(p, schema=Study, prefix=STUDY_DEST)
     _workers_option(p, "runs")
     _progress_option(p)
     add_config_options(p, skip=("model", "out"))

@@ -52,6 +52,18 @@ class RunDir:
         except json.JSONDecodeError as exc:
             raise RunDirError(f"{path} is damaged ({exc})") from None
 
+    def data_differs(self, provenance: dict) -> bool:
+        """The run recorded a data file (data.json) whose MD5 is not ``provenance``'s."""
+        return self.data.is_file() and self.read_json(self.data).get("md5") != provenance["md5"]
+
+    def check_data(self, provenance: dict, then: str = "") -> None:
+        """Refuse a data file other than the one this run was trained on (by MD5), naming both."""
+        if self.data_differs(provenance):
+            raise RunDirError(
+                f"the data file {provenance['file']} (MD5 {provenance['md5']}) is not the one {self.path} was trained on "
+                f"(MD5 {self.read_json(self.data).get('md5')}){then}"
+            )
+
     def require_finished(self) -> dict:
         """The run's summary; a clear error when training did not finish."""
         if not self.path.is_dir():

@@ -94,26 +94,10 @@ def plan_binary_labels(n: int, n_normal: int, n_pneumonia: int, rng: np.random.G
 PHANTOMS = {"chestmnist": (plan_labels, chest_findings), "pneumoniamnist": (plan_binary_labels, pneumonia_findings)}
 
 
-def render(findings: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw one uint8 (size, size) picture per row of the boolean ``findings`` arrays."""
-    n = len(findings["cardiomegaly"])
+def _draw_lungs(img: np.ndarray, x: np.ndarray, y: np.ndarray, pneumo: np.ndarray, rng: np.random.Generator, sharp: float):
+    """Both lungs into ``img`` (in place), one collapsed towards its hilum where ``pneumo``; their radii."""
+    n, size = img.shape[0], img.shape[1]
     col = lambda a: np.asarray(a, dtype=np.float32).reshape(n, 1, 1)  # noqa: E731 - per-image scalars
-    sharp = size / 2.5
-    lin = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    gy, gx = np.meshgrid(lin, lin, indexing="ij")
-
-    # pose: each picture is shifted, rotated and scaled a little
-    angle = np.deg2rad(rng.uniform(-6, 6, n))
-    scale = rng.uniform(0.9, 1.06, n)
-    cos, sin = col(np.cos(angle) / scale), col(np.sin(angle) / scale)
-    x0, y0 = gx[None] - col(rng.uniform(-0.07, 0.07, n)), gy[None] - col(rng.uniform(-0.06, 0.06, n))
-    x, y = cos * x0 + sin * y0, -sin * x0 + cos * y0
-
-    cardio, pneumo = findings["cardiomegaly"], findings["pneumothorax"]
-    img = np.full((n, size, size), 0.04, dtype=np.float32)
-    body = _inside(_ellipse(x, y, 0, 0.08, col(rng.uniform(0.8, 0.9, n)), 0.98), sharp)
-    img += body * col(rng.uniform(0.5, 0.6, n))
-
     lung_rx, lung_ry = col(rng.uniform(0.28, 0.33, n)), col(rng.uniform(0.55, 0.62, n))
     texture = 0.06 * _smooth_noise(rng, n, size, max(4, size // 4))
     side = rng.integers(0, 2, n)  # which lung collapses in a pneumothorax
@@ -132,6 +116,31 @@ def render(findings: dict[str, np.ndarray], size: int, rng: np.random.Generator)
         img += aerated * texture
         edge = np.exp(-(((d_lung - 1.0) * lung_rx * shrink * size / 1.2) ** 2)) * lung
         img += edge * collapsed_here * col(rng.uniform(0.08, 0.2, n))
+
+    return lung_rx, lung_ry
+
+
+def render(findings: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw one uint8 (size, size) picture per row of the boolean ``findings`` arrays."""
+    n = len(findings["cardiomegaly"])
+    col = lambda a: np.asarray(a, dtype=np.float32).reshape(n, 1, 1)  # noqa: E731 - per-image scalars
+    sharp = size / 2.5
+    lin = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    gy, gx = np.meshgrid(lin, lin, indexing="ij")
+
+    # pose: each picture is shifted, rotated and scaled a little
+    angle = np.deg2rad(rng.uniform(-6, 6, n))
+    scale = rng.uniform(0.9, 1.06, n)
+    cos, sin = col(np.cos(angle) / scale), col(np.sin(angle) / scale)
+    x0, y0 = gx[None] - col(rng.uniform(-0.07, 0.07, n)), gy[None] - col(rng.uniform(-0.06, 0.06, n))
+    x, y = cos * x0 + sin * y0, -sin * x0 + cos * y0
+
+    cardio = findings["cardiomegaly"]
+    img = np.full((n, size, size), 0.04, dtype=np.float32)
+    body = _inside(_ellipse(x, y, 0, 0.08, col(rng.uniform(0.8, 0.9, n)), 0.98), sharp)
+    img += body * col(rng.uniform(0.5, 0.6, n))
+
+    lung_rx, lung_ry = _draw_lungs(img, x, y, findings["pneumothorax"], rng, sharp)
 
     mediastinum = _inside(np.abs(x) / 0.09, sharp) * _inside(_ellipse(x, y, 0, -0.1, 0.2, 0.85), sharp)
     img += mediastinum * 0.12

@@ -7,22 +7,14 @@ import itertools
 import numpy as np
 from sklearn.metrics import log_loss
 
-from cxrlab.errors import ConfigError
+from cxrlab.config import normalised_weights
 
 WEIGHT_STEP = 0.05  # grid step on the simplex when fitting weights: 231 candidates for three models
 
 
 def check_weights(weights: list[float], models: list[str]) -> np.ndarray:
-    """Given weights, one per model, non-negative, normalised to sum 1; a clear error when they do not fit."""
-    if len(weights) != len(models):
-        raise ConfigError(
-            f"{len(weights)} ensemble weights given for {len(models)} models ({', '.join(models)}); give one weight per model, in "
-            f"that order"
-        )
-    w = np.asarray(weights, dtype=float)
-    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
-        raise ConfigError(f"ensemble weights must be non-negative numbers with a positive sum, got {weights}")
-    return w / w.sum()
+    """Given weights, one per model, non-negative, normalised to sum 1 (the study's own check, config/study.py)."""
+    return np.asarray(normalised_weights(weights, models))
 
 
 def fit_weights(val_targets: np.ndarray, val_probs: list[np.ndarray], step: float = WEIGHT_STEP) -> np.ndarray:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
 import cxrlab
 from cxrlab.config import POINT_OPTIONS, Config
+from cxrlab.console import logger
 from cxrlab.core.checkpoint import TrainingState, load_weights
 from cxrlab.core.runs import RunDir
 from cxrlab.data.task import TaskData, data_label, fold_view, task_data
@@ -24,6 +24,8 @@ from cxrlab.evaluation.operating_point import OperatingPoint
 from cxrlab.evaluation.scoring import choose_on_evidence, positive_view, score_probs
 from cxrlab.files import atomic_write_json
 from cxrlab.models.registry import count_parameters, model_from_config
+
+log = logger(__name__)
 
 GRID_IMAGES = 10
 
@@ -119,7 +121,6 @@ def finalize_run(
     device,
     state: TrainingState,
     side_by_side: int = 1,
-    echo: Callable[[str], None] = print,
     search_trial: bool = False,
 ) -> dict:
     """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary.
@@ -143,16 +144,41 @@ def finalize_run(
         else:
             write_split_outputs(run, split, metrics, targets, split_probs, cfg, data)
 
-    label = data_label(data.provenance)
+    summary = run_summary(
+        run, cfg, data, state, model, side_by_side, {"device": str(device), "threshold": threshold, "temperature": temperature}
+    )
+    if search_trial:
+        summary["search_trial"] = "scored on val only; test never loaded"
+    elif data.task == "binary":
+        from cxrlab.evaluation.ood import fit_run_check
+
+        summary["ood"] = fit_run_check(model, cfg, data, device, run.path)
+    atomic_write_json(run.summary, summary)
+
+    label = summary["data_label"]
+    plots.training_curves(state.history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state.best_epoch)
+    if data.task == "binary" and not search_trial:
+        _, val_targets, val_positive = results["val"]
+        val_grid(run, cfg, data, val_targets, val_positive, threshold, label)
+        log.info(f"\n{cfg.model}, best epoch {state.best_epoch} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
+    else:
+        log.info(f"\n{cfg.model}, multilabel, best epoch {state.best_epoch} by val {cfg.select_metric}; {label}")
+    log.info(results_table(data, {split: r[0] for split, r in results.items()}))
+    return summary
+
+
+def run_summary(run: RunDir, cfg: Config, data: TaskData, state: TrainingState, model, side_by_side: int, chosen: dict) -> dict:
+    """summary.json: what was trained, how it was chosen (``chosen``: device, threshold, temperature), on which data
+    and machine."""
     history, train_seconds = state.history, state.train_seconds
-    summary = {
+    return {
         "model": cfg.model,
         "task": data.task,
         "classes": data.classes,
         "positive_class": cfg.positive if data.task == "binary" else None,
-        "threshold": threshold,
+        "threshold": chosen["threshold"],
         "threshold_rule": cfg.threshold_rule,
-        "temperature": temperature,
+        "temperature": chosen["temperature"],
         "select_metric": cfg.select_metric,
         "best_epoch": state.best_epoch,
         "best_val_score": state.best_score,
@@ -162,59 +188,38 @@ def finalize_run(
         "model_size_mb": run.weights.stat().st_size / 2**20,
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(len(history), 1),
-        "device": str(device),
+        "device": chosen["device"],
         "world_size": state.world_size,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "threads": torch.get_num_threads(),
         "side_by_side": side_by_side,  # runs training on the machine at once, this one included
         "data_kind": data.provenance["kind"],
-        "data_label": label,
+        "data_label": data_label(data.provenance),
         "data_md5": data.provenance["md5"],
         "size": data.size,
         "torch": torch.__version__,
         "cxrlab": cxrlab.__version__,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if search_trial:
-        summary["search_trial"] = "scored on val only; test never loaded"
-    elif data.task == "binary":
-        from cxrlab.evaluation.ood import fit_run_check
-
-        summary["ood"] = fit_run_check(model, cfg, data, device, run.path, echo)
-    atomic_write_json(run.summary, summary)
-
-    plots.training_curves(history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state.best_epoch)
-    if data.task == "binary" and not search_trial:
-        _, val_targets, val_positive = results["val"]
-        pick = np.random.default_rng(cfg.seed).choice(len(val_targets), size=min(GRID_IMAGES, len(val_targets)), replace=False)
-        plots.prediction_grid(
-            data.splits["val"].images.numpy()[pick],
-            val_targets[pick],
-            val_positive[pick],
-            threshold,
-            data.classes,
-            cfg.positive,
-            run.plots / "val_grid.png",
-            f"{cfg.model}: random val images (P = P({cfg.positive}))",
-            label,
-        )
-        echo(f"\n{cfg.model}, best epoch {state.best_epoch} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
-    else:
-        echo(f"\n{cfg.model}, multilabel, best epoch {state.best_epoch} by val {cfg.select_metric}; {label}")
-    echo(results_table(data, {split: r[0] for split, r in results.items()}))
-    return summary
 
 
-def check_same_data(run: RunDir, data: TaskData) -> None:
-    recorded = run.read_json(run.data)["md5"]
-    if recorded != data.provenance["md5"]:
-        raise RunDirError(
-            f"the data file {data.provenance['file']} is not the one {run.path} was trained on "
-            f"(MD5 {data.provenance['md5']}, run recorded {recorded})"
-        )
+def val_grid(run: RunDir, cfg: Config, data: TaskData, targets: np.ndarray, positive: np.ndarray, threshold: float, label: str) -> None:
+    """plots/val_grid.png: random val images (fixed by the seed) with truth, P(positive) and the class answered."""
+    pick = np.random.default_rng(cfg.seed).choice(len(targets), size=min(GRID_IMAGES, len(targets)), replace=False)
+    plots.prediction_grid(
+        data.splits["val"].images.numpy()[pick],
+        targets[pick],
+        positive[pick],
+        threshold,
+        data.classes,
+        cfg.positive,
+        run.plots / "val_grid.png",
+        f"{cfg.model}: random val images (P = P({cfg.positive}))",
+        label,
+    )
 
 
-def evaluate_run(run_path, split: str = "test", device: str | None = None, echo: Callable[[str], None] = print) -> dict:
+def evaluate_run(run_path, split: str = "test", device: str | None = None) -> dict:
     """Recompute a finished run's metrics on one split with its saved threshold; writes metrics and plots."""
     trained = load_trained(run_path, device)
     cfg, run = trained.cfg, trained.run
@@ -222,16 +227,16 @@ def evaluate_run(run_path, split: str = "test", device: str | None = None, echo:
     data = task_data(cfg, splits=("train", split) if folds else (split,))
     if folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
-    check_same_data(run, data)
+    run.check_data(data.provenance)
     metrics, targets, probs = split_metrics(data, split, cfg, trained.probs(data.splits[split].images), trained.point, trained.temperature)
     write_split_outputs(run, split, metrics, targets, probs, cfg, data)
     what = f"positive class {cfg.positive}; {trained.point.describe()}" if data.task == "binary" else "multilabel"
-    echo(f"{cfg.model} on {split}; {what}; {data_label(data.provenance)}")
-    echo(results_table(data, {split: metrics}))
+    log.info(f"{cfg.model} on {split}; {what}; {data_label(data.provenance)}")
+    log.info(results_table(data, {split: metrics}))
     return metrics
 
 
-def fit_ood(run_path, echo: Callable[[str], None] = print) -> dict:
+def fit_ood(run_path) -> dict:
     """Fit the out-of-distribution check for a finished run (one trained before the check existed, or again):
     from its weights and its data, no retraining; the summary records the measurements."""
     from cxrlab.evaluation.ood import fit_run_check
@@ -243,15 +248,15 @@ def fit_ood(run_path, echo: Callable[[str], None] = print) -> dict:
     data = task_data(cfg)
     if cfg.cv_folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
-    check_same_data(run, data)
-    report = fit_run_check(trained.model, cfg, data, trained.device, run.path, echo)
+    run.check_data(data.provenance)
+    report = fit_run_check(trained.model, cfg, data, trained.device, run.path)
     summary = run.read_json(run.summary)
     summary["ood"] = report
     atomic_write_json(run.summary, summary)
     return report
 
 
-def refit_operating_point(run_path, options: dict | None = None, echo: Callable[[str], None] = print) -> OperatingPoint:
+def refit_operating_point(run_path, options: dict | None = None) -> OperatingPoint:
     """Choose a finished run's operating point again, on its own evidence, with ``options`` (POINT_OPTIONS) over its
     config: for a run trained before operating points, or other targets. Writes operating_point.json, and the config
     and summary with the new rule; metrics files keep their numbers until ``cxrlab evaluate`` recomputes them. A
@@ -269,7 +274,7 @@ def refit_operating_point(run_path, options: dict | None = None, echo: Callable[
     data = task_data(cfg, splits=("train", "val") if cfg.cv_folds else ("val",))
     if cfg.cv_folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
-    check_same_data(run, data)
+    run.check_data(data.provenance)
     probs = {s: trained.probs(data.splits[s].images) for s in ("val", "official_val") if s in data.splits}
     targets, positive, evidence = evidence_of(data, cfg, probs)
     point, temperature = choose_on_evidence(cfg, targets, positive, evidence)
@@ -278,5 +283,5 @@ def refit_operating_point(run_path, options: dict | None = None, echo: Callable[
     summary.update(threshold=point.threshold, threshold_rule=cfg.threshold_rule, temperature=temperature)
     atomic_write_json(run.summary, summary)
     cfg.save(run.config)
-    echo(f"{run.path}: {point.describe()}")
+    log.info(f"{run.path}: {point.describe()}")
     return point

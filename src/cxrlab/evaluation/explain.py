@@ -135,6 +135,18 @@ class Explanation:
         return REFER if self.referred else self.label
 
 
+def explain_image(explainer: Explainer, gray: np.ndarray, name: str) -> tuple[Explanation, bytes | None]:
+    """One prepared image (uint8 (S, S)) -> its Explanation and overlay PNG. The class is the one predict answers, by
+    the same route (the run's backend); an image the out-of-distribution check flags is referred, with no overlay."""
+    answer = predict_images(explainer.trained, gray[None], [name])[0]
+    if answer.in_distribution is False:
+        return Explanation(name, referred=True, reason=f"not explained: {answer.reason}"), None
+    explained = answer.label or explainer.trained.cfg.positive
+    maps, _, _ = explainer.heatmaps(torch.from_numpy(gray[None]), [explained])
+    found = Explanation(name, answer.label, answer.probability, referred=answer.referred, reason=answer.reason, explained=explained)
+    return found, png_bytes(overlay(gray, maps[0]))
+
+
 def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Explanation]:
     """One overlay PNG per readable image, OUT/<stem>_gradcam.png; unreadable files get an error, the rest go on."""
     results = []
@@ -144,17 +156,9 @@ def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels:
         except ImageFileError as exc:
             results.append(Explanation(str(path), error=str(exc)))
             continue
-        answer = predict_images(explainer.trained, gray[None], [str(path)])[0]  # the answer predict gives, by the same route
-        if answer.in_distribution is False:
-            results.append(Explanation(str(path), referred=True, reason=f"not explained: {answer.reason}"))
-            continue
-        explained = answer.label or explainer.trained.cfg.positive
-        maps, _, _ = explainer.heatmaps(torch.from_numpy(gray[None]), [explained])
-        target = Path(out) / f"{Path(path).stem}_gradcam.png"
-        atomic_write_bytes(target, png_bytes(overlay(gray, maps[0])))
-        results.append(
-            Explanation(
-                str(path), answer.label, answer.probability, target, referred=answer.referred, reason=answer.reason, explained=explained
-            )
-        )
+        found, png = explain_image(explainer, gray, str(path))
+        if png is not None:
+            found.overlay = Path(out) / f"{Path(path).stem}_gradcam.png"
+            atomic_write_bytes(found.overlay, png)
+        results.append(found)
     return results

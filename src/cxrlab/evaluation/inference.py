@@ -16,10 +16,11 @@ from cxrlab.core.device import autocast, setup_device
 from cxrlab.core.runs import RunDir
 from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize, to_float
 from cxrlab.data.datasets import get_dataset
-from cxrlab.data.images import decode_image, load_image
+from cxrlab.data.images import decode_full, load_image, prepare
 from cxrlab.data.task import is_phantom
 from cxrlab.evaluation.ood import OODCheck, probe_outputs
 from cxrlab.evaluation.operating_point import OperatingPoint
+from cxrlab.evaluation.scoring import negative_class
 from cxrlab.limits import DEFAULT_MAX_PIXELS
 from cxrlab.models.probe import FeatureProbe
 from cxrlab.models.registry import model_from_config
@@ -119,9 +120,20 @@ class TrainedModel:
         """How a full-size image becomes square for this run's data set (data/datasets.py)."""
         return get_dataset(self.cfg.dataset).preprocess
 
-    def decode(self, data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """Image or DICOM bytes -> uint8 (S, S), prepared as the run's data set was made."""
-        return decode_image(data, name, self.cfg.size, self.preprocess, max_pixels)
+    @property
+    def negative(self) -> str:
+        """The class that is not the positive one (binary task)."""
+        return negative_class(self.classes, self.cfg.positive)
+
+    @property
+    def dataset_title(self) -> str:
+        return get_dataset(self.cfg.dataset).title
+
+    def decode(self, data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
+        """Image or DICOM bytes -> (uint8 (S, S) prepared as the run's data set was made, the pixels decoded: what a
+        request's budget counts)."""
+        gray = decode_full(data, name, max_pixels, self.cfg.size)
+        return prepare(gray, self.cfg.size, self.preprocess), int(gray.size)
 
     def load(self, path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """An image or DICOM file -> uint8 (S, S), prepared as the run's data set was made."""

@@ -27,10 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrlab.console import logger
 from cxrlab.core.runs import RunDir
 from cxrlab.errors import RunDirError
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 from cxrlab.models.probe import FeatureProbe
+
+log = logger(__name__)
 
 VAL_ACCEPT = 0.99  # share of val images each threshold accepts
 METHOD = "mahalanobis over every feature block and the pixels, largest val-scaled distance"
@@ -183,7 +186,7 @@ def flagged_share(check: OODCheck, layers: list[np.ndarray]) -> float:
     return float(check.flags(layers).mean()) if len(layers[-1]) else float("nan")
 
 
-def fit_run_check(model: nn.Module, cfg, data, device, run_path: Path, echo=print) -> dict:
+def fit_run_check(model: nn.Module, cfg, data, device, run_path: Path) -> dict:
     """Fit the check on a run's train split, set its threshold on val, measure it (test, and sets that are not chest
     X-rays), save RUN/ood.npz and RUN/ood.json; returns the measurements (the summary's ``ood``)."""
     from cxrlab.data.datasets import get_dataset
@@ -213,7 +216,7 @@ def fit_run_check(model: nn.Module, cfg, data, device, run_path: Path, echo=prin
             report.setdefault("images", {})[f"{group}: {name}"] = len(images)
     report["seconds"] = time.perf_counter() - started
     atomic_write_json(RunDir(run_path).ood_report, report)
-    echo(
+    log.info(
         f"out-of-distribution check (threshold {check.threshold:.2f} accepts {VAL_ACCEPT:.0%} of val): flagged "
         + "; ".join(f"{name} {share:.1%}" for name, share in report["flagged"].items())
     )

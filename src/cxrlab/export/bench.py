@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cxrlab.console import logger
 from cxrlab.data.images import decode_image
 from cxrlab.data.task import task_data
 from cxrlab.evaluation.inference import TrainedModel, load_trained, plain_copy, predict_logits
@@ -25,6 +26,8 @@ from cxrlab.export.onnx import write_onnx
 from cxrlab.export.quantize import latency_ms
 from cxrlab.export.runtime import OnnxModel, served
 from cxrlab.files import atomic_write_json
+
+log = logger(__name__)
 
 
 def throughput(run_batch, images, repeats: int = 3) -> float:
@@ -37,7 +40,7 @@ def throughput(run_batch, images, repeats: int = 3) -> float:
     return len(images) / float(np.median(times))
 
 
-def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
+def bench_run(run_path, batch: int = 256) -> list[dict]:
     trained = load_trained(run_path, "cpu")
     cfg = trained.cfg
     images = task_data(cfg, splits=("val",)).splits["val"].images
@@ -62,21 +65,21 @@ def bench_run(run_path, batch: int = 256, echo=print) -> list[dict]:
         r["p50_vs_eager"] = eager["p50_ms"] / r["p50_ms"]
         r["throughput_vs_eager"] = (r["images_per_s"] / eager["images_per_s"]) if r["images_per_s"] else None
     atomic_write_json(trained.run.bench_report, {"images": len(arrays), "batch": batch, "threads": torch.get_num_threads(), "rows": rows})
-    echo(
+    log.info(
         f"{trained.cfg.model}, {cfg.size} px, {len(arrays)} val images, {torch.get_num_threads()} threads; ratios: eager p50 / variant p50"
     )
-    echo(f"{'variant':<44}{'p50 ms':>9}{'p95 ms':>9}{'images/s':>11}{'p50 speed-up':>14}")
+    log.info(f"{'variant':<44}{'p50 ms':>9}{'p95 ms':>9}{'images/s':>11}{'p50 speed-up':>14}")
     for r in rows:
         ips = f"{r['images_per_s']:>11.0f}" if r["images_per_s"] else f"{'—':>11}"
-        echo(f"{r['variant']:<44}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{ips}{r['p50_vs_eager']:>13.2f}x")
+        log.info(f"{r['variant']:<44}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{ips}{r['p50_vs_eager']:>13.2f}x")
     quant = trained.run.quantization_report
     if quant.is_file():
-        echo(
+        log.info(
             "quantisation (cxrlab export): "
             + "; ".join(f"{c['name']}: {'shipped' if c['shipped'] else c['why']}" for c in trained.run.read_json(quant)["candidates"][1:])
         )
     else:
-        echo("no INT8 model: run 'cxrlab export RUN' to try the quantisations")
+        log.info("no INT8 model: run 'cxrlab export RUN' to try the quantisations")
     return rows
 
 

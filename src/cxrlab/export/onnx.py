@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrlab.console import logger
 from cxrlab.data.task import task_data
 from cxrlab.errors import ExportError
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
@@ -30,6 +31,8 @@ from cxrlab.evaluation.ood import ScoredModel, check_digest, layer_features
 from cxrlab.export.runtime import OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json
 from cxrlab.models.probe import FeatureProbe
+
+log = logger(__name__)
 
 OPSET = 18
 RTOL, ATOL = 1e-3, 1e-4  # on logits; float32 kernels differ in summation order between the two runtimes
@@ -75,7 +78,7 @@ def exportable(trained: TrainedModel) -> tuple[nn.Module, dict[str, str]]:
     return scored, {"ood_threshold": repr(check.threshold), "ood_digest": check_digest(trained.run.path)}
 
 
-def export_onnx(trained: TrainedModel, echo=print) -> Path:
+def export_onnx(trained: TrainedModel) -> Path:
     """Write RUN/model.onnx (only when it passes the check) and RUN/export.json."""
     cfg, run = trained.cfg, trained.run
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +101,7 @@ def export_onnx(trained: TrainedModel, echo=print) -> Path:
             "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     )
-    echo(
+    log.info(
         f"wrote {run.onnx}: logits match PyTorch on {check['images']} val images "
         f"(largest difference {check['max_abs_diff']:.2e}, relative tolerance {RTOL:g})"
         + (

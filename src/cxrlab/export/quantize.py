@@ -26,12 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrlab.console import logger
 from cxrlab.data.task import task_data
 from cxrlab.evaluation.inference import TrainedModel, plain_copy, predict_logits
 from cxrlab.evaluation.ood_sets import with_ood_sets
 from cxrlab.evaluation.scoring import positive_view
 from cxrlab.export.runtime import OnnxModel
 from cxrlab.files import atomic_write_bytes, atomic_write_json
+
+log = logger(__name__)
 
 MAX_ACCURACY_DROP = 0.5  # points of val accuracy
 MIN_CHECK_AGREEMENT = 0.99  # share of val and out-of-distribution images the INT8 check decides as fp32's
@@ -104,10 +107,8 @@ def quiet_quantizer_advice():
         root.removeFilter(advice)
 
 
-def quantize_run(trained: TrainedModel, echo=print) -> dict:
+def quantize_run(trained: TrainedModel) -> dict:
     """Build and measure every candidate; ship the best that passes the rule. Needs RUN/model.onnx."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-
     cfg, run = trained.cfg, trained.run
     val = task_data(cfg, splits=("val",)).splits["val"]
     images, targets = val.images.numpy(), val.targets.numpy()
@@ -117,85 +118,28 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     check_images = with_ood_sets(images, cfg.size, trained.preprocess, cfg.seed) if fp32.has_check else None
     base_flags = fp32.outputs(check_images)[1] > trained.ood.threshold if fp32.has_check else None
     results = [
-        {"name": "onnxruntime fp32", "accuracy": base_acc, "p50_ms": base_p50, "p95_ms": base_p95, "shipped": False, "why": "reference"}
+        {"name": "onnxruntime fp32", "accuracy": base_acc, "p50_ms": base_p50, "p95_ms": base_p95, "shipped": False, "why": "reference"},
+        torch_dynamic_entry(trained, val, targets),
     ]
-
-    q_torch = torch_dynamic(trained.model)
-    eager = replace(cfg, channels_last=False, precision="fp32")
-    cpu = torch.device("cpu")
-    acc = accuracy(trained, predict_logits(q_torch, val.images, eager, cpu).numpy(), targets)
-    p50, p95 = latency_ms(lambda x: predict_logits(q_torch, torch.from_numpy(x), eager, cpu), images)
-    results.append(
-        {
-            "name": "torch dynamic INT8 (Linear layers)",
-            "accuracy": acc,
-            "p50_ms": p50,
-            "p95_ms": p95,
-            "shipped": False,
-            "why": "PyTorch model, not an ONNX file: measured only",
-        }
-    )
-
     with tempfile.TemporaryDirectory() as tmp, quiet_quantizer_advice():
-        files = {
-            "onnxruntime dynamic INT8": Path(tmp) / "dynamic.onnx",
-            "onnxruntime static INT8 (QDQ, calibrated on val)": Path(tmp) / "static.onnx",
-        }
-        quantize_dynamic(
-            str(run.onnx), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8, nodes_to_exclude=check_nodes(run.onnx)
-        )
-        quantize_static(
-            str(run.onnx),
-            str(files["onnxruntime static INT8 (QDQ, calibrated on val)"]),
-            _Calibration(images[:CALIBRATION_IMAGES], cfg.norm_mean, cfg.norm_std),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=check_nodes(run.onnx),
-        )
         shippable = []
-        for name, path in files.items():
+        for name, path in onnx_candidates(run.onnx, Path(tmp), images, cfg).items():
             model = OnnxModel(path, cfg.norm_mean, cfg.norm_std, trained.threads)
             acc = accuracy(trained, model.logits(images), targets)
             p50, p95 = latency_ms(model.logits, images)
-            faster, close = base_p50 / p50 >= MIN_SPEEDUP, round((base_acc - acc) * 100, 9) <= MAX_ACCURACY_DROP
             agreement = float(((model.outputs(check_images)[1] > trained.ood.threshold) == base_flags).mean()) if model.has_check else None
-            same_check = agreement is None or agreement >= MIN_CHECK_AGREEMENT
-            why = (
-                "faster and accurate enough"
-                if faster and close and same_check
-                else "; ".join(
-                    ([] if faster else [f"not {MIN_SPEEDUP:g}x faster than fp32 ({p50:.2f} vs {base_p50:.2f} ms at batch 1)"])
-                    + ([] if close else [f"val accuracy {100 * (base_acc - acc):.1f} points below fp32 (limit {MAX_ACCURACY_DROP})"])
-                    + (
-                        []
-                        if same_check
-                        else [
-                            f"its out-of-distribution check decides {agreement:.1%} of images as fp32's (limit {MIN_CHECK_AGREEMENT:.0%})"
-                        ]
-                    )
-                )
-            )
-            entry = {
-                "name": name,
-                "accuracy": acc,
-                "p50_ms": p50,
-                "p95_ms": p95,
-                "check_agreement": agreement,
-                "shipped": False,
-                "why": why,
-            }
+            failed = failures(p50, base_p50, acc, base_acc, agreement)
+            entry = {"name": name, "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "check_agreement": agreement, "shipped": False}
+            entry["why"] = "; ".join(failed) or "faster and accurate enough"
             results.append(entry)
-            if faster and close and same_check:
+            if not failed:
                 shippable.append((p50, entry, path.read_bytes()))
-        target = run.int8_onnx
         if shippable:
             _, entry, data = min(shippable, key=lambda s: s[0])
             entry["shipped"] = True
-            atomic_write_bytes(target, data)
-        elif target.exists():
-            target.unlink()  # an older INT8 file no longer passes: do not serve it
+            atomic_write_bytes(run.int8_onnx, data)
+        elif run.int8_onnx.exists():
+            run.int8_onnx.unlink()  # an older INT8 file no longer passes: do not serve it
     report = {
         "rule": f"batch-1 p50 at least {MIN_SPEEDUP:g}x faster than fp32, val accuracy within {MAX_ACCURACY_DROP} points and the "
         f"same out-of-distribution decisions on {MIN_CHECK_AGREEMENT:.0%} of val and out-of-distribution images",
@@ -204,5 +148,52 @@ def quantize_run(trained: TrainedModel, echo=print) -> dict:
     }
     atomic_write_json(run.quantization_report, report)
     for r in results:
-        echo(f"  {r['name']:<48} val acc {r['accuracy']:.3f}  p50 {r['p50_ms']:.2f} ms  {'SHIPPED' if r['shipped'] else r['why']}")
+        log.info(f"  {r['name']:<48} val acc {r['accuracy']:.3f}  p50 {r['p50_ms']:.2f} ms  {'SHIPPED' if r['shipped'] else r['why']}")
     return report
+
+
+def failures(p50: float, base_p50: float, acc: float, base_acc: float, agreement: float | None) -> list[str]:
+    """Why a candidate is not shipped (nothing: it passes the rule)."""
+    found = []
+    if base_p50 / p50 < MIN_SPEEDUP:
+        found.append(f"not {MIN_SPEEDUP:g}x faster than fp32 ({p50:.2f} vs {base_p50:.2f} ms at batch 1)")
+    if round((base_acc - acc) * 100, 9) > MAX_ACCURACY_DROP:
+        found.append(f"val accuracy {100 * (base_acc - acc):.1f} points below fp32 (limit {MAX_ACCURACY_DROP})")
+    if agreement is not None and agreement < MIN_CHECK_AGREEMENT:
+        found.append(f"its out-of-distribution check decides {agreement:.1%} of images as fp32's (limit {MIN_CHECK_AGREEMENT:.0%})")
+    return found
+
+
+def torch_dynamic_entry(trained: TrainedModel, val, targets: np.ndarray) -> dict:
+    """PyTorch's dynamic INT8 (Linear layers), measured for comparison: not an ONNX file, so never shipped."""
+    q_torch = torch_dynamic(trained.model)
+    eager = replace(trained.cfg, channels_last=False, precision="fp32")
+    cpu = torch.device("cpu")
+    acc = accuracy(trained, predict_logits(q_torch, val.images, eager, cpu).numpy(), targets)
+    p50, p95 = latency_ms(lambda x: predict_logits(q_torch, torch.from_numpy(x), eager, cpu), val.images.numpy())
+    why = "PyTorch model, not an ONNX file: measured only"
+    return {"name": "torch dynamic INT8 (Linear layers)", "accuracy": acc, "p50_ms": p50, "p95_ms": p95, "shipped": False, "why": why}
+
+
+def onnx_candidates(source: Path, folder: Path, images: np.ndarray, cfg) -> dict[str, Path]:
+    """onnxruntime's dynamic and static (QDQ, calibrated on val) INT8 models of ``source``, written into ``folder``;
+    the out-of-distribution check's nodes stay fp32."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    files = {
+        "onnxruntime dynamic INT8": folder / "dynamic.onnx",
+        "onnxruntime static INT8 (QDQ, calibrated on val)": folder / "static.onnx",
+    }
+    keep = check_nodes(source)
+    quantize_dynamic(str(source), str(files["onnxruntime dynamic INT8"]), weight_type=QuantType.QInt8, nodes_to_exclude=keep)
+    quantize_static(
+        str(source),
+        str(files["onnxruntime static INT8 (QDQ, calibrated on val)"]),
+        _Calibration(images[:CALIBRATION_IMAGES], cfg.norm_mean, cfg.norm_std),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=keep,
+    )
+    return files

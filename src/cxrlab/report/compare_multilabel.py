@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxrlab.config import Config
+from cxrlab.config import Config, Study
+from cxrlab.console import logger
 from cxrlab.errors import ConfigError
 from cxrlab.report.document import Document
-from cxrlab.report.study import Entry, Study, save_study, train_runs, within
+from cxrlab.report.study import Entry, save_study, train_runs, within
 from cxrlab.report.tables import grouped, mean_sd, values
 
+log = logger(__name__)
 
-def compare_multilabel(base: Config, study: Study, progress, echo, workers: int | None = None) -> list[Entry]:
+
+def compare_multilabel(base: Config, study: Study, progress, workers: int | None = None) -> list[Entry]:
     if study.tta > 1 or isinstance(study.ensemble, list):
         raise ConfigError(
             "ensemble weights and TTA rows are for the binary task; compare --task multilabel reports medmnist's AUC and ACC per model"
@@ -19,7 +22,7 @@ def compare_multilabel(base: Config, study: Study, progress, echo, workers: int 
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
-    runs = train_runs(base, study, echo, progress, workers)
+    runs = train_runs(base, study, progress, workers)
     entries = []
     for (name, seed), run in runs.items():
         summary = run.read_json(run.summary)
@@ -52,6 +55,6 @@ def compare_multilabel(base: Config, study: Study, progress, echo, workers: int 
     doc.table(["model", "seeds", "val AUC", "test AUC", "test ACC", "s/epoch"], rows)
     doc.table(["entry", "seed", "run"], [[e.name, str(e.seed), f"`{e.info['runs'][0]}`"] for e in entries])
     md, page = doc.write(out)
-    echo("\n".join("  ".join(f"{c:<20}" for c in r) for r in rows))
-    echo(f"\nwritten: {md}, {page}")
+    log.info("\n".join("  ".join(f"{c:<20}" for c in r) for r in rows))
+    log.info(f"\nwritten: {md}, {page}")
     return entries

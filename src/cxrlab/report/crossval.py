@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from cxrlab.config import Config, resolve
+from cxrlab.console import logger
 from cxrlab.data.task import data_label, task_data
 from cxrlab.errors import ConfigError
 from cxrlab.evaluation.inference import load_trained
@@ -28,12 +28,12 @@ from cxrlab.report.study import check_compatible, check_data_once, score, within
 from cxrlab.report.tables import mean_sd
 from cxrlab.training.runner import run_all
 
+log = logger(__name__)
+
 CV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "ece")
 
 
-def cross_validate(
-    base: Config, folds: int, out: str | Path, progress: bool | None = None, echo: Callable[[str], None] = print, workers: int | None = None
-) -> dict:
+def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | None = None, workers: int | None = None) -> dict:
     """Train (or reuse) the fold runs, ``workers`` at a time (default: training/runner.py's rule); return
     {'folds': [{'val': ..., 'test': ...}], 'ensemble': {...}}."""
     if folds < 2:
@@ -44,7 +44,7 @@ def cross_validate(
     out = Path(out)
     configs = {k: resolve(replace(base, cv_folds=folds, cv_fold=k, out=str(out / f"fold{k}"))) for k in range(folds)}
     check_data_once(base, list(configs.values()))
-    runs = list(run_all(configs, echo, progress, workers, base.threads, status_dir=out).values())
+    runs = list(run_all(configs, progress, workers, base.threads, status_dir=out).values())
     check_compatible(runs)
     data = task_data(base, task="binary")
     results, fold_probs = [], {"val": [], "test": []}
@@ -67,12 +67,12 @@ def cross_validate(
     ensemble = {"val": ens_val, "test": ens_test, "runs": [r["run"] for r in results]}
     write_cv_report(out, base, results, ensemble, data_label(data.provenance), data.is_phantom)
     for split in ("val", "test"):
-        echo(
+        log.info(
             f"{split}: "
             + "  ".join(f"{k} {mean_sd(np.array([r[split][k] for r in results]))}" for k in ("accuracy", "roc_auc"))
             + f"   fold ensemble: accuracy {ensemble[split]['accuracy']:.3f} roc_auc {ensemble[split]['roc_auc']:.3f}"
         )
-    echo(f"written: {out / 'cv.md'}, {out / 'cv.html'}, {out / 'cv.csv'}")
+    log.info(f"written: {out / 'cv.md'}, {out / 'cv.html'}, {out / 'cv.csv'}")
     return {"folds": results, "ensemble": ensemble}
 
 

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from cxrlab.config import HIGHER_IS_BETTER, Config, resolve, score_of
+from cxrlab.console import logger, quiet
 from cxrlab.core.runs import RunDir
 from cxrlab.data.task import is_phantom
 from cxrlab.errors import ConfigError
@@ -35,6 +36,8 @@ from cxrlab.report.document import Document
 from cxrlab.report.study import check_data_once
 from cxrlab.training.loop import train
 from cxrlab.training.runner import plan
+
+log = logger(__name__)
 
 SPACE = {"batch_size": [8, 16, 32], "lr": [1e-3, 5e-4, 3e-4], "dropout": [0.3, 0.4, 0.5]}
 METHODS = ("grid", "optuna")
@@ -59,7 +62,7 @@ def open_study(method: str, storage: str, name: str, base: Config, worker: int =
     return optuna.create_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True)
 
 
-def objective(base: Config, out: Path, echo: Callable[[str], None]) -> Callable[[optuna.Trial], float]:
+def objective(base: Config, out: Path) -> Callable[[optuna.Trial], float]:
     def run_trial(trial: optuna.Trial) -> float:
         dropout = trial.suggest_categorical("dropout", SPACE["dropout"])
         cfg = resolve(
@@ -80,9 +83,10 @@ def objective(base: Config, out: Path, echo: Callable[[str], None]) -> Callable[
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        run = train(cfg, progress=False, echo=lambda _: None, on_epoch=report, search_trial=True)
+        with quiet():  # a trial's epochs: the search prints one line per trial
+            run = train(cfg, progress=False, on_epoch=report, search_trial=True)
         value = run.read_json(run.summary)["best_val_score"]
-        echo(f"trial {trial.number}: {trial.params} -> val {base.select_metric} {value:.4f}")
+        log.info(f"trial {trial.number}: {trial.params} -> val {base.select_metric} {value:.4f}")
         return value
 
     return run_trial
@@ -92,7 +96,7 @@ def _worker(base: Config, method: str, storage: str, name: str, out: Path, trial
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(method, storage, name, base, worker)
-    study.optimize(objective(base, out, print), n_trials=trials)
+    study.optimize(objective(base, out), n_trials=trials)
 
 
 def search(
@@ -103,7 +107,6 @@ def search(
     storage: str | None = None,
     study_name: str | None = None,
     out: str | Path = "runs/search",
-    echo: Callable[[str], None] = print,
 ) -> dict:
     """Run the search (continuing the study if it exists); write the results and best.yaml. Returns the best trial."""
     if method not in METHODS:
@@ -121,7 +124,7 @@ def search(
     how = plan(trials, base.device, base.size, workers, base.threads)  # the same rule as compare and cv
     workers = how.workers
     per_worker = math.ceil(trials / workers)
-    echo(f"{method} search over {SPACE}: {trials} trials, {workers} worker process(es), study {name!r} in {storage}")
+    log.info(f"{method} search over {SPACE}: {trials} trials, {workers} worker process(es), study {name!r} in {storage}")
     if workers == 1:
         _worker(base, method, storage, name, out, trials, how.threads or base.threads or torch.get_num_threads(), 0)
     else:
@@ -138,10 +141,10 @@ def search(
                 f"a search worker failed (exit codes {[p.exitcode for p in processes]}); the study keeps every finished trial"
             )
     study = open_study(method, storage, name, base)
-    return write_results(study, base, out, echo)
+    return write_results(study, base, out)
 
 
-def write_results(study: optuna.Study, base: Config, out: Path, echo) -> dict:
+def write_results(study: optuna.Study, base: Config, out: Path) -> dict:
     trials = sorted(study.trials, key=lambda t: t.number)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
@@ -188,6 +191,6 @@ def write_results(study: optuna.Study, base: Config, out: Path, echo) -> dict:
     doc.table(header, rows)
     doc.text(f"Train the best config: `cxrlab train --config {out / 'best.yaml'}`")
     doc.write(out, "search")
-    echo(f"best trial {best.number}: {best.params}, val {base.select_metric} {best.value:.4f}")
-    echo(f"written: {out / 'search.md'}, {out / 'search.csv'}, {out / 'best.yaml'}")
+    log.info(f"best trial {best.number}: {best.params}, val {base.select_metric} {best.value:.4f}")
+    log.info(f"written: {out / 'search.md'}, {out / 'search.csv'}, {out / 'best.yaml'}")
     return {"number": best.number, "params": best.params, "value": best.value, "run": best.user_attrs["run"]}

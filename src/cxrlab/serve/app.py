@@ -19,160 +19,25 @@ Retry-After when busy, so explanations never starve predictions. Uploads stay in
 
 from __future__ import annotations
 
-import hmac
-import logging
 import math
 import os
-import re
 import threading
 from html import escape
 from importlib import resources
-from pathlib import Path
 
-import numpy as np
-import torch
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.formparsers import MultiPartParser
 
 import cxrlab
-from cxrlab.config import PUBLIC_OPTIONS
-from cxrlab.data.datasets import get_dataset
-from cxrlab.data.images import decode_full, prepare
 from cxrlab.errors import BlankImage, ConfigError, DamagedImage, ImageFileError, ImageTooLarge, UnsupportedImage
-from cxrlab.evaluation.explain import Explainer, overlay, png_bytes
-from cxrlab.evaluation.inference import TrainedModel, load_trained
-from cxrlab.evaluation.ood import MESSAGE as OOD_MESSAGE
-from cxrlab.evaluation.predict import predict_images
-from cxrlab.evaluation.scoring import negative_class
-from cxrlab.export.runtime import served
-from cxrlab.limits import DEFAULT_MAX_PIXELS, EXPLAIN_SLOTS, default
+from cxrlab.limits import EXPLAIN_SLOTS, default
+from cxrlab.serve.guard import BodyLimit, authorized, is_loopback, log_config
+from cxrlab.serve.service import DISCLAIMER, PHANTOM_NOTE, RequestTooLarge, Service
 
-DISCLAIMER = (
-    "Decision support only, not a diagnosis: a research model's output for a qualified reader to weigh. "
-    "It must not be the basis of a clinical decision on its own."
-)
-PHANTOM_NOTE = "This model was trained on PHANTOM (synthetic) data: its outputs mean nothing clinically."
 RETRY_AFTER_S = 5
 OPEN_PATHS = ("/health", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect")  # the page asks for the token itself
-PUBLIC_DATA = ("dataset", "kind", "md5", "official_md5", "classes", "counts")
 ERROR_STATUS = ((UnsupportedImage, 415), (ImageTooLarge, 413), (BlankImage, 422), (DamagedImage, 422), (ImageFileError, 422))
-
-
-class OutOfDistribution(ImageFileError):
-    """Not explained: the run's check flags the image as unlike the training images (422)."""
-
-
-class RequestTooLarge(Exception):
-    """A request over one of its limits (files, decoded pixels): 413."""
-
-
-class Service:
-    """What every request shares: the model (loaded once), its explainer and the response constants."""
-
-    def __init__(
-        self, run_path, backend: str = "auto", device: str | None = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None
-    ):
-        trained = load_trained(run_path, device, threads=threads)
-        if trained.cfg.task != "binary":
-            raise ConfigError("the service serves binary-task runs (one class and probability per image)")
-        self.trained: TrainedModel = served(trained, backend)
-        self.backend = self.trained.backend
-        self.max_pixels = max_pixels
-        self.explainer = Explainer(self.trained)
-        summary = self.trained.run.read_json(self.trained.run.summary)
-        self.version = f"{Path(self.trained.run.path).name} (finished {summary['finished']}, cxrlab {cxrlab.__version__})"
-
-    def decode(self, name: str, data: bytes, budget: list[int] | None = None) -> np.ndarray:
-        """Upload bytes -> the model's input; ``budget`` (a one-item list: pixels left in this request) is spent."""
-        limit = self.max_pixels if budget is None else min(self.max_pixels, budget[0])
-        try:
-            gray = decode_full(data, name, limit, self.trained.cfg.size)
-        except ImageTooLarge:
-            if budget is not None and budget[0] < self.max_pixels:
-                raise RequestTooLarge(
-                    f"{name}: this request's images together are over its limit of decoded pixels; send fewer or smaller images per request"
-                ) from None
-            raise
-        if budget is not None:
-            budget[0] -= gray.size
-        return prepare(gray, self.trained.cfg.size, self.trained.preprocess)
-
-    def predict(self, name: str, gray: np.ndarray) -> dict:
-        """One image's answer: its class and P(positive), or, when the run's check flags the image as unlike the
-        training images, no class (``in_distribution`` false, the score and threshold, and why)."""
-        t = self.trained
-        result = predict_images(t, gray[None], [name])[0]
-        point = t.point
-        answer = {
-            "filename": name,
-            "answer": result.answer,  # a class, or "refer": for a reader to judge (flagged, or inside the refer band)
-            "in_distribution": result.in_distribution,  # null: this run has no check (fit one with cxrlab ood RUN)
-            "class": result.label,  # null when referred
-            "probability": result.probability,
-            "probability_of": t.cfg.positive,
-            "other_class": negative_class(t.classes, t.cfg.positive),
-            "threshold": t.threshold,
-            "decision": t.cfg.decision if point.has_band else "single",
-            "rule_out": point.rule_out,
-            "rule_in": point.rule_in,
-            "model": t.cfg.model,
-            "model_version": self.version,
-            "backend": self.backend,
-            "trained_on_phantom": t.is_phantom,
-            "disclaimer": DISCLAIMER + (" " + PHANTOM_NOTE if t.is_phantom else ""),
-        }
-        if result.ood_score is not None:
-            answer.update(ood_score=result.ood_score, ood_threshold=result.ood_threshold)
-        if result.message:
-            answer["message"] = result.message
-        return answer
-
-    def explain(self, name: str, gray: np.ndarray) -> bytes:
-        """The overlay of the class /predict answers (decided by the same route); for an image in the refer band, the
-        evidence for the positive class."""
-        answer = predict_images(self.trained, gray[None], [name])[0]
-        if answer.in_distribution is False:
-            raise OutOfDistribution(f"{name}: not explained: {OOD_MESSAGE}")
-        maps, _, _ = self.explainer.heatmaps(torch.from_numpy(gray[None]), [answer.label or self.trained.cfg.positive])
-        return png_bytes(overlay(gray, maps[0]))
-
-    def task_line(self) -> str:
-        """What the model tells apart and how an upload is prepared, in the run's own words."""
-        t = self.trained
-        negative = negative_class(t.classes, t.cfg.positive)
-        how = "center-cropped to a square" if t.preprocess == "center-crop" else "resized"
-        return (
-            f"{t.cfg.model} trained on {get_dataset(t.cfg.dataset).title}: {t.cfg.positive} vs {negative}. "
-            f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were."
-        )
-
-    def model_card(self) -> dict:
-        """What a reader needs to judge the model; nothing of the server's file system and no secret."""
-        run, cfg = self.trained.run, self.trained.cfg
-        data = run.read_json(run.data)
-        return {
-            "model": cfg.model,
-            "version": self.version,
-            "backend": self.backend,
-            "threads": self.trained.threads or os.cpu_count(),
-            "gradcam_layer": self.explainer.layer_name,
-            "dataset": get_dataset(cfg.dataset).title,
-            "preprocessing": ("center-crop to the short side, then " if self.trained.preprocess == "center-crop" else "")
-            + f"resize to {cfg.size} x {cfg.size} px",
-            "max_image_megapixels": self.max_pixels / 1e6,
-            "classes": self.trained.classes,
-            "positive_class": cfg.positive,
-            "threshold": self.trained.threshold,
-            "operating_point": self.trained.point.to_dict(),
-            "decision": self.trained.cfg.decision,
-            "trained_on_phantom": self.trained.is_phantom,
-            "ood_check": run.read_json(run.summary).get("ood"),  # null: the run has none (cxrlab ood RUN fits one)
-            "data": {k: data[k] for k in PUBLIC_DATA if k in data},
-            "metrics": {"val": run.read_json(run.metrics("val")), "test": run.read_json(run.metrics("test"))},
-            "training": {k: getattr(cfg, k) for k in PUBLIC_OPTIONS},
-            "disclaimer": DISCLAIMER,
-        }
 
 
 def _json_safe(value):
@@ -196,48 +61,6 @@ def status_of(exc: Exception) -> int:
     return next(code for kind, code in ERROR_STATUS if isinstance(exc, kind))
 
 
-def authorized(token: str | None, request: Request) -> bool:
-    """The request carries the token (Bearer header, or ?token= for the page); compared in constant time."""
-    if token is None:
-        return True
-    header = request.headers.get("authorization", "")
-    given = header[7:] if header[:7].lower() == "bearer " else request.query_params.get("token", "") if request.url.path == "/" else ""
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
-class BodyLimit:
-    """ASGI middleware: the body is read here, up to ``limit`` bytes, before any route sees it; a body over the limit is
-    answered 413 as soon as it is known to be, whatever Content-Length says or when there is none (chunked)."""
-
-    def __init__(self, app, limit: int, max_upload_mb: float):
-        self.app, self.limit, self.mb = app, limit, max_upload_mb
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length", b"")
-        size = int(length) if length.isdigit() else 0
-        if size > self.limit:
-            return await self._refuse(scope, receive, send, f"upload of {size / 2**20:.1f} MB is over the limit of {self.mb:g} MB")
-        messages, seen = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                return await self._refuse(scope, receive, send, f"upload over the limit of {self.mb:g} MB")
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-
-        async def replay():
-            return messages.pop(0) if messages else await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _refuse(self, scope, receive, send, message: str):
-        return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
-
-
 def create_app(
     run_path,
     backend: str = "auto",
@@ -250,25 +73,11 @@ def create_app(
     explain_slots: int = EXPLAIN_SLOTS,
     threads: int | None = None,
 ) -> FastAPI:
-    for name, value in (
-        ("max_upload_mb", max_upload_mb),
-        ("max_image_mp", max_image_mp),
-        ("max_files", max_files),
-        ("max_request_mp", max_request_mp),
-        ("explain_slots", explain_slots),
-    ):
-        if not value > 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    if token is not None and len(token) < 16:
-        raise ConfigError(
-            "the access token must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
-        )
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be at least 1 (or unset: one per core), got {threads}")
+    limits = {"max_upload_mb": max_upload_mb, "max_image_mp": max_image_mp, "max_files": max_files, "max_request_mp": max_request_mp}
+    check_settings({**limits, "explain_slots": explain_slots}, token)
     service = Service(run_path, backend, device, int(max_image_mp * 1e6), threads)
     limit = int(max_upload_mb * 2**20)
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit + 1)  # uploads stay in memory, never on disk
-    explaining = threading.BoundedSemaphore(explain_slots)
     app = FastAPI(
         title="cxrlab",
         version=cxrlab.__version__,
@@ -278,7 +87,23 @@ def create_app(
     app.state.locked = token is not None
 
     app.add_middleware(BodyLimit, limit=limit, max_upload_mb=max_upload_mb)
+    add_token_check(app, token)
+    add_page_routes(app, service, token)
+    add_image_routes(app, service, limits, threading.BoundedSemaphore(explain_slots))
+    return app
 
+
+def check_settings(positive: dict, token: str | None) -> None:
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if token is not None and len(token) < 16:
+        raise ConfigError(
+            "the access token must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
+
+
+def add_token_check(app: FastAPI, token: str | None) -> None:
     @app.middleware("http")  # added last, so it runs first: an unauthorised request's body is never read
     async def require_token(request: Request, call_next):
         if request.url.path not in OPEN_PATHS and not authorized(token, request):
@@ -289,14 +114,18 @@ def create_app(
             )
         return await call_next(request)
 
-    def read(upload: UploadFile) -> bytes:
-        data = upload.file.read(limit + 1)
-        if len(data) > limit:
-            raise ImageTooLarge(f"{upload.filename}: over the upload limit of {max_upload_mb:g} MB")
-        if not data:
-            raise DamagedImage(f"{upload.filename}: empty file")
-        return data
 
+def read_upload(upload: UploadFile, max_upload_mb: float) -> bytes:
+    limit = int(max_upload_mb * 2**20)
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise ImageTooLarge(f"{upload.filename}: over the upload limit of {max_upload_mb:g} MB")
+    if not data:
+        raise DamagedImage(f"{upload.filename}: empty file")
+    return data
+
+
+def add_page_routes(app: FastAPI, service: Service, token: str | None) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(request: Request) -> str:
         html = resources.files("cxrlab.serve").joinpath("static/index.html").read_text()
@@ -316,6 +145,10 @@ def create_app(
     def model() -> dict:
         return _json_safe(service.model_card())
 
+
+def add_image_routes(app: FastAPI, service: Service, limits: dict, explaining: threading.BoundedSemaphore) -> None:
+    max_files, max_request_mp, max_upload_mb = limits["max_files"], limits["max_request_mp"], limits["max_upload_mb"]
+
     @app.post("/predict")
     def predict(
         files: list[UploadFile] = File(..., description=f"one to {max_files} images: PNG, JPEG, TIFF, BMP or DICOM"),
@@ -327,7 +160,7 @@ def create_app(
         for upload in files:
             name = upload.filename or "upload"
             try:
-                results.append(service.predict(name, service.decode(name, read(upload), budget)))
+                results.append(service.predict(name, service.decode(name, read_upload(upload, max_upload_mb), budget)))
             except (ImageFileError, RequestTooLarge) as exc:
                 results.append({"filename": name, "error": str(exc), "status": status_of(exc)})
         if all("error" in r for r in results):  # nothing to show: the request fails with the first file's reason
@@ -345,24 +178,11 @@ def create_app(
             raise _error(503, f"busy explaining other images; retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
         try:
             name = file.filename or "upload"
-            return Response(service.explain(name, service.decode(name, read(file))), media_type="image/png")
+            return Response(service.explain(name, service.decode(name, read_upload(file, max_upload_mb))), media_type="image/png")
         except ImageFileError as exc:
             raise _error(status_of(exc), str(exc)) from None
         finally:
             explaining.release()
-
-    return app
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(
@@ -411,30 +231,3 @@ def serve(
     if service.trained.is_phantom:
         print(f"note: {PHANTOM_NOTE}")
     uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config())
-
-
-class MaskToken(logging.Filter):
-    """Uvicorn's access log writes every request's path with its query string, so the page's ``?token=`` link would put
-    the token into whatever collects the console: mask it there, as Jupyter Server does."""
-
-    PATTERN = re.compile(r"(?i)(\btoken=)[^&\s\"]+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self.PATTERN.sub(r"\1[hidden]", a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = self.PATTERN.sub(r"\1[hidden]", record.msg)
-        return True
-
-
-def log_config() -> dict:
-    """Uvicorn's own logging configuration, with the token masked in both of its handlers."""
-    import copy
-
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"mask_token": {"()": MaskToken}}
-    for handler in config["handlers"].values():
-        handler["filters"] = ["mask_token"]
-    return config

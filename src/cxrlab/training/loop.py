@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cxrlab.config import Config, improved, resolve, score_of
+from cxrlab.console import logger, quiet
 from cxrlab.core.checkpoint import TrainingState, load_state, save_state, save_weights
 from cxrlab.core.device import grad_scaler, resolve_precision, setup_device
 from cxrlab.core.runs import RunDir
@@ -40,6 +41,8 @@ from cxrlab.training.distributed import (
 )
 from cxrlab.training.epoch import EpochInputs, Learner, place_training_images, train_one_epoch, validation_row
 from cxrlab.training.tracking import log_run, tracking_uri
+
+log = logger(__name__)
 
 HISTORY_FIELDS = (
     "epoch",
@@ -116,7 +119,6 @@ def train(
     cfg: Config,
     resume: bool = False,
     progress: bool | None = None,
-    echo: Callable[[str], None] = print,
     on_epoch: EpochCallback | None = None,
     side_by_side: int = 1,
     search_trial: bool = False,
@@ -131,20 +133,16 @@ def train(
     """
     process = init_process(cfg.device)
     try:
-        return _train(cfg, resume, progress, echo if process.is_main else _silent, process, on_epoch, side_by_side, search_trial)
+        with quiet(not process.is_main):  # one process speaks for all
+            return _train(cfg, resume, progress, process, on_epoch, side_by_side, search_trial)
     finally:
         shutdown(process)
-
-
-def _silent(_: str) -> None:
-    pass
 
 
 def _train(
     cfg: Config,
     resume: bool,
     progress: bool | None,
-    echo: Callable[[str], None],
     process: Process,
     on_epoch: EpochCallback | None,
     side_by_side: int,
@@ -158,33 +156,33 @@ def _train(
     learner = new_learner(cfg, device, initial_weights=not has_checkpoint)  # a checkpoint replaces the initial weights anyway
     if has_checkpoint:
         state = restore(run, learner, process)
-        echo(f"resuming {run.path} after epoch {state.epoch}")
+        log.info(f"resuming {run.path} after epoch {state.epoch}")
     else:
         state = TrainingState()
         if process.is_main:
-            start_run_directory(run, cfg, data, resume, echo)
+            start_run_directory(run, cfg, data, resume)
     state.world_size = process.world_size
     if process.distributed:
         learner.net = DistributedDataParallel(learner.model)
-    echo_start(cfg, data, learner.model, device, process, echo)
-    inputs = epoch_inputs(cfg, data, device, echo)
+    say_start(cfg, data, learner.model, device, process)
+    inputs = epoch_inputs(cfg, data, device)
 
     started = time.perf_counter()
     while not state.done and state.epoch < cfg.total_epochs:
-        row, is_best = run_epoch(learner, inputs, state, cfg, data, device, process, progress, run, echo)
+        row, is_best = run_epoch(learner, inputs, state, cfg, data, device, process, progress, run)
         if process.is_main:
             save_epoch(run, learner, state, is_best)
-        echo(epoch_line(row, cfg.total_epochs, is_best))
+        log.info(epoch_line(row, cfg.total_epochs, is_best))
         if on_epoch:
             on_epoch(row["epoch"], row)
 
     if state.best_epoch is None:
         raise TrainingDiverged(f"no epoch gave a usable val {cfg.select_metric}; nothing to evaluate")
     if process.is_main:
-        finalize_run(run, cfg, data, device, state, side_by_side=side_by_side, echo=echo, search_trial=search_trial)
-        echo(f"run directory: {run.path}  (wall {time.perf_counter() - started:.0f}s this session)")
+        finalize_run(run, cfg, data, device, state, side_by_side=side_by_side, search_trial=search_trial)
+        log.info(f"run directory: {run.path}  (wall {time.perf_counter() - started:.0f}s this session)")
         if cfg.track:
-            echo(f"logged to MLflow ({tracking_uri(cfg.tracking_uri)}): run {log_run(run.path, cfg.tracking_uri)}")
+            log.info(f"logged to MLflow ({tracking_uri(cfg.tracking_uri)}): run {log_run(run.path, cfg.tracking_uri)}")
     barrier(process)
     return run
 
@@ -215,8 +213,8 @@ def training_data(cfg: Config, run: RunDir, resume: bool, process: Process, spli
         raise ConfigError(
             "progressive fine-tuning (finetune) freezes parameters, which DistributedDataParallel does not allow; train it in one process"
         )
-    if resume and process.is_main and run.data.is_file() and run.read_json(run.data)["md5"] != data.provenance["md5"]:
-        raise RunDirError(f"the data file {data.provenance['file']} changed since {run.path} started (MD5 differs); cannot resume")
+    if resume and process.is_main:
+        run.check_data(data.provenance, then="; cannot resume it")
     if data.task == "binary" and (min(data.splits["train"].counts()) == 0 or min(data.splits["val"].counts()) == 0):
         raise ConfigError(f"classes {data.classes}: a class has no images in train or val ({_counts_text(data)})")
     return data
@@ -240,29 +238,29 @@ def restore(run: RunDir, learner: Learner, process: Process) -> TrainingState:
     return TrainingState.from_dict(saved)
 
 
-def start_run_directory(run: RunDir, cfg: Config, data: TaskData, resume: bool, echo: Callable[[str], None]) -> None:
+def start_run_directory(run: RunDir, cfg: Config, data: TaskData, resume: bool) -> None:
     if resume:  # killed before its first epoch ended: nothing to carry over
-        echo(f"{run.path} has no finished epoch; starting it from the beginning")
+        log.info(f"{run.path} has no finished epoch; starting it from the beginning")
     run.path.mkdir(parents=True, exist_ok=True)
     cfg.save(run.config)
     atomic_write_json(run.data, {**data.provenance, "classes": data.classes, "counts": _counts(data)})
 
 
-def echo_start(cfg: Config, data: TaskData, model: torch.nn.Module, device, process: Process, echo: Callable[[str], None]) -> None:
+def say_start(cfg: Config, data: TaskData, model: torch.nn.Module, device, process: Process) -> None:
     where = f"{process.world_size} processes ({backend_name()})" if process.distributed else f"device {device}"
-    echo(f"{cfg.model}: {count_parameters(model):,} parameters, lr {cfg.lr:g}, {where}, data: {data.label}")
+    log.info(f"{cfg.model}: {count_parameters(model):,} parameters, lr {cfg.lr:g}, {where}, data: {data.label}")
     train, val = data.splits["train"], data.splits["val"]
     if data.task == "binary":
-        echo(f"  train {train.counts()}  val {val.counts()}  ({data.classes[0]}, {data.classes[1]})")
+        log.info(f"  train {train.counts()}  val {val.counts()}  ({data.classes[0]}, {data.classes[1]})")
     else:
-        echo(f"  multilabel, 14 labels: train {len(train):,} images, val {len(val):,}")
+        log.info(f"  multilabel, 14 labels: train {len(train):,} images, val {len(val):,}")
 
 
-def epoch_inputs(cfg: Config, data: TaskData, device: torch.device, echo: Callable[[str], None]) -> EpochInputs:
+def epoch_inputs(cfg: Config, data: TaskData, device: torch.device) -> EpochInputs:
     train = data.splits["train"]
     images, where_images = place_training_images(train.images, device)
     if where_images:
-        echo(where_images)
+        log.info(where_images)
     return EpochInputs(
         images=images,
         targets=train.targets.to(device).float().view(len(train), -1),
@@ -282,7 +280,6 @@ def run_epoch(
     process: Process,
     progress: bool | None,
     run: RunDir,
-    echo: Callable[[str], None],
 ) -> tuple[dict, bool]:
     """Train one epoch, validate, step the schedule and record the epoch's decisions. Returns (row, is the best)."""
     epoch = state.epoch
@@ -294,7 +291,7 @@ def run_epoch(
                 group["lr"] = stage_lr
             learner.scheduler = make_scheduler(learner.optimizer, cfg)  # plateau: finetune refuses multistep
             state.bad_epochs = 0
-            echo(f"fine-tuning stage {stage + 1}/{len(cfg.stages)}: train {part}, lr {stage_lr:g}, {cfg.stages[stage][1]} epochs")
+            log.info(f"fine-tuning stage {stage + 1}/{len(cfg.stages)}: train {part}, lr {stage_lr:g}, {cfg.stages[stage][1]} epochs")
     t0 = time.perf_counter()
     row = {"epoch": epoch + 1}
     row.update(train_one_epoch(learner, inputs, cfg, epoch, device, process, progress, run.last_checkpoint))
@@ -310,7 +307,7 @@ def run_epoch(
         learner.scheduler.step()
     is_best = record_epoch(state, row, cfg, last_stage=stage == len(cfg.stages) - 1)
     if state.done:
-        echo(f"early stop: no val {cfg.select_metric} improvement for {cfg.early_stopping} epochs")
+        log.info(f"early stop: no val {cfg.select_metric} improvement for {cfg.early_stopping} epochs")
     return row, is_best
 
 
@@ -340,11 +337,15 @@ def _counts_text(data: TaskData) -> str:
 def resume_training(
     run_path,
     progress: bool | None = None,
-    echo: Callable[[str], None] = print,
     side_by_side: int = 1,
     on_epoch: EpochCallback | None = None,
+    data_root: str | None = None,
 ) -> RunDir:
+    """Continue the run in ``run_path`` from its last checkpoint; ``data_root``: where this machine has the data file
+    (default: the run's own), for a run started on another machine of a shared study."""
     run = RunDir(run_path)
     cfg = run.load_config()
     cfg.out = str(run.path.resolve())
-    return train(cfg, resume=True, progress=progress, echo=echo, on_epoch=on_epoch, side_by_side=side_by_side)
+    if data_root:
+        cfg.data_root = data_root
+    return train(cfg, resume=True, progress=progress, on_epoch=on_epoch, side_by_side=side_by_side)

@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,10 +22,14 @@ from pathlib import Path
 import torch
 
 from cxrlab.config import SCORING_OPTIONS, Config
+from cxrlab.console import logger, set_prefix
 from cxrlab.core.runs import RunDir
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.training.loop import resume_training, train
 from cxrlab.training.progress import PlannedRun, clear_running, mark_running, write_status
+from cxrlab.training.shared import Shared, join, release, require_all, work
+
+log = logger(__name__)
 
 GPU_SHARE_MAX_SIZE = 64  # image size up to which two runs share one GPU
 STATUS_EVERY_S = 30  # how often the parent refreshes OUT/status.json while workers train
@@ -109,13 +112,14 @@ def plan(
 
 
 def differing_options(asked: Config, saved: Config) -> list[str]:
-    """The training options in which a run on disk differs from the one asked for. Scoring options do not count, and
+    """The training options in which a run on disk differs from the one asked for. Scoring options and locations
+    (another machine's mount of the same folder and file; the data file is checked by its MD5) do not count, and
     precision 'auto' matches whatever the run resolved it to on its device (a run saves what it chose)."""
     existing = saved.to_dict()
     return sorted(
         k
         for k, v in asked.to_dict().items()
-        if existing.get(k) != v and k not in SCORING_OPTIONS and not (k == "precision" and v == "auto")
+        if existing.get(k) != v and k not in SCORING_OPTIONS and k not in LOCATIONS and not (k == "precision" and v == "auto")
     )
 
 
@@ -130,18 +134,18 @@ def run_state(cfg: Config) -> str:
     return "finished" if run.summary.is_file() else "partial"
 
 
-def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None, side_by_side: int = 1, on_epoch=None) -> RunDir:
+def run_model(cfg: Config, progress: bool | None, side_by_side: int = 1, on_epoch=None) -> RunDir:
     """Train cfg's run, reuse it when already finished with the same training config, or resume it when interrupted.
     While it trains, its folder holds worker.json (this process), so a status check can tell running from interrupted."""
     state = run_state(cfg)
     if state == "finished":
-        echo(f"reusing finished run {cfg.out}")
+        log.info(f"reusing finished run {cfg.out}")
         return RunDir(cfg.out)
     mark_running(cfg.out)
     try:
         if state == "partial":
-            return resume_training(cfg.out, progress=progress, echo=echo, side_by_side=side_by_side, on_epoch=on_epoch)
-        return train(cfg, progress=progress, echo=echo, side_by_side=side_by_side, on_epoch=on_epoch)
+            return resume_training(cfg.out, progress=progress, side_by_side=side_by_side, on_epoch=on_epoch, data_root=cfg.data_root)
+        return train(cfg, progress=progress, side_by_side=side_by_side, on_epoch=on_epoch)
     finally:
         clear_running(cfg.out)
 
@@ -149,8 +153,8 @@ def run_model(cfg: Config, echo: Callable[[str], None], progress: bool | None, s
 class StudyStatus:
     """Keeps OUT/status.json current and prints the study's progress line (runs, epochs, time left)."""
 
-    def __init__(self, folder: str | Path | None, configs: dict, echo: Callable[[str], None]):
-        self.folder, self.echo = folder, echo
+    def __init__(self, folder: str | Path | None, configs: dict):
+        self.folder = folder
         self.runs = [
             PlannedRun(tag_of(cfg), str(RunDir(cfg.out).path), cfg.model, cfg.total_epochs, cfg.early_stopping, cfg.select_metric)
             for cfg in configs.values()
@@ -163,42 +167,111 @@ class StudyStatus:
         progress = write_status(self.folder, self.runs, self.workers)
         if say or time.monotonic() - self.printed >= STUDY_LINE_EVERY_S:
             self.printed = time.monotonic()
-            self.echo("[study] " + "\n[study] ".join(progress.lines()[:2]))
+            log.info("[study] " + "\n[study] ".join(progress.lines()[:2]))
 
 
 def run_all(
     configs: dict,
-    echo: Callable[[str], None],
     progress: bool | None,
     workers: int | None = None,
     threads: int | None = None,
     status_dir: str | Path | None = None,
+    shared: Shared | None = None,
+    identity: dict | None = None,
 ) -> dict:
     """Every config's run (keys are the caller's; ``config.out`` the run folder), in the callers' order. Finished runs
     are reused here; the rest are trained by ``plan``: in this process when one at a time, else in spawned worker
     processes that print one prefixed line per epoch and run. A run that fails is named after the others finish;
     Ctrl-C stops every worker, and each interrupted run resumes from its last epoch on the next call.
-    ``status_dir``: where the study's status.json is kept (``cxrlab status`` reads it)."""
+    ``status_dir``: where the study's status.json is kept (``cxrlab status`` reads it). ``shared``: the runs are a
+    shared study's (training/shared.py), trained by workers on any number of machines; ``identity`` (the data
+    file's MD5) joins the runs' options in the study's fingerprint."""
     states = {key: run_state(cfg) for key, cfg in configs.items()}  # every config mismatch is found before any training
     runs = {key: RunDir(cfg.out) for key, cfg in configs.items() if states[key] == "finished"}
     for key in runs:
-        echo(f"reusing finished run {configs[key].out}")
+        log.info(f"reusing finished run {configs[key].out}")
     pending = [key for key in configs if key not in runs]
     first = configs[pending[0]] if pending else next(iter(configs.values()), None)
     how = plan(len(pending), first.device if first else "cpu", first.size if first else 28, workers, threads)
-    status = StudyStatus(status_dir, configs, echo)
+    status = StudyStatus(status_dir, configs)
     status.workers = max(how.workers, 1)
     status.update(say=bool(pending))
-    if how.workers == 1:
+    if shared is not None:
+        _shared_study(configs, runs, how, status, shared, identity or {}, status_dir)
+    elif how.workers == 1:
         for key in pending:
             cfg = replace(configs[key], threads=how.threads or configs[key].threads)
-            echo(f"\n=== {tag_of(cfg)} ===")
-            runs[key] = run_model(cfg, echo, progress, on_epoch=lambda epoch, row: status.update())
+            log.info(f"\n=== {tag_of(cfg)} ===")
+            runs[key] = run_model(cfg, progress, on_epoch=lambda epoch, row: status.update())
             status.update(say=True)
     elif pending:
-        echo(f"training {len(pending)} runs, {how.describe()}")
-        runs.update(_side_by_side({key: replace(configs[key], threads=how.threads) for key in pending}, how, echo, status))
+        log.info(f"training {len(pending)} runs, {how.describe()}")
+        runs.update(_side_by_side({key: replace(configs[key], threads=how.threads) for key in pending}, how, status))
     return {key: runs[key] for key in configs}
+
+
+LOCATIONS = ("out", "data_root", "download", "device")  # where a run is, not what it is: may differ between machines
+
+
+def fingerprint(configs: dict, identity: dict) -> dict:
+    """What a shared study is: ``identity`` (the data file's MD5) and every run's training options."""
+    runs = {
+        tag_of(cfg): {k: v for k, v in cfg.to_dict().items() if k not in SCORING_OPTIONS and k not in LOCATIONS} for cfg in configs.values()
+    }
+    return {**identity, "runs": runs}
+
+
+def _shared_study(configs: dict, runs: dict, how: Plan, status: StudyStatus, shared: Shared, identity: dict, folder) -> None:
+    """Join (or create) the shared study, work on it with ``how.workers`` processes here until it is done, then
+    fill ``runs`` with every run (or name those that failed)."""
+    by_tag = {tag_of(cfg): replace(cfg, threads=how.threads or cfg.threads) for cfg in configs.values()}
+    study = join(shared, list(by_tag), fingerprint(configs, identity), Path(folder or RunDir(next(iter(configs.values())).out).path.parent))
+    log.info(f"working on shared study {shared.name!r} ({shared.where}) with {how.workers} worker(s) here, {how.describe()}")
+    if how.workers == 1:
+        failed = work(shared, lambda key, _trial: _train_key(by_tag[key], how.workers, status))
+    else:
+        failed = _shared_workers(by_tag, how, shared)
+    status.update(say=True)
+    require_all(study, list(by_tag), shared)
+    if failed:
+        log.info("failed here, then finished by another worker: " + "; ".join(failed))
+    runs.update({key: RunDir(cfg.out) for key, cfg in configs.items()})
+
+
+def _train_key(cfg: Config, side_by_side: int, status: StudyStatus | None = None) -> float:
+    run = run_model(cfg, progress=False, side_by_side=side_by_side, on_epoch=(lambda epoch, row: status.update()) if status else None)
+    return float(run.read_json(run.summary)["best_val_score"])
+
+
+def _shared_workers(by_tag: dict, how: Plan, shared: Shared) -> list[str]:
+    context = multiprocessing.get_context("spawn")
+    slots = context.Queue()
+    for gpu in how.gpus:
+        slots.put(gpu)
+    pool = ProcessPoolExecutor(how.workers, mp_context=context, initializer=_start_worker, initargs=(slots, bool(how.gpus)))
+    try:
+        futures = [pool.submit(_shared_worker, by_tag, how.workers, shared) for _ in range(how.workers)]
+        return [error for future in futures for error in future.result()]
+    except KeyboardInterrupt:
+        children = multiprocessing.active_children()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(timeout=10)
+        pool.shutdown(wait=False, cancel_futures=True)
+        released = release(shared, [child.pid for child in children])
+        log.info(f"\ninterrupted: back in study {shared.name!r}'s queue for any worker to resume: {', '.join(released) or 'none'}")
+        raise
+    finally:
+        pool.shutdown()
+
+
+def _shared_worker(by_tag: dict, side_by_side: int, shared: Shared) -> list[str]:
+    def run_key(key: str, _trial: int) -> float:
+        set_prefix(f"[{key}] ")
+        return _train_key(by_tag[key], side_by_side)
+
+    return work(shared, run_key)
 
 
 def tag_of(cfg: Config) -> str:
@@ -206,7 +279,7 @@ def tag_of(cfg: Config) -> str:
     return RunDir(cfg.out).path.name
 
 
-def _side_by_side(configs: dict, how: Plan, echo: Callable[[str], None], status: StudyStatus) -> dict:
+def _side_by_side(configs: dict, how: Plan, status: StudyStatus) -> dict:
     context = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
     slots = context.Queue()
     for gpu in how.gpus:
@@ -234,7 +307,7 @@ def _side_by_side(configs: dict, how: Plan, echo: Callable[[str], None], status:
         for child in children:
             child.join(timeout=10)
         pool.shutdown(wait=False, cancel_futures=True)
-        echo(f"\ninterrupted: stopped {how.workers} worker(s); the same command resumes every unfinished run")
+        log.info(f"\ninterrupted: stopped {how.workers} worker(s); the same command resumes every unfinished run")
         raise
     pool.shutdown()
     if failed:
@@ -249,10 +322,5 @@ def _start_worker(slots, pin_gpu: bool) -> None:
 
 
 def _worker_run(cfg: Config, side_by_side: int) -> str:
-    tag = tag_of(cfg)
-
-    def echo(text: str) -> None:
-        for line in text.strip("\n").splitlines():
-            print(f"[{tag}] {line}", flush=True)
-
-    return str(run_model(cfg, echo, progress=False, side_by_side=side_by_side).path)
+    set_prefix(f"[{tag_of(cfg)}] ")  # this worker's lines name its run
+    return str(run_model(cfg, progress=False, side_by_side=side_by_side).path)

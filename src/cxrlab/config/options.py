@@ -1,4 +1,5 @@
-"""The one config object: every option of a run, its default, and how YAML files and the CLI set it.
+"""The one config object of a run: every option (declared with ``opt``, read by config/schema.py), its default,
+its checks, and the rules derived from it (the resolved config, the selection rule).
 
 A run saves its resolved config as ``config.yaml``; loading that file gives the same run back.
 """
@@ -6,16 +7,14 @@ A run saves its resolved config as ``config.yaml``; loading that file gives the 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from cxrlab.config.schema import build, load_yaml, opt, option_types
 from cxrlab.data.datasets import DATASET_NAMES, SIZES, get_dataset
 from cxrlab.errors import ConfigError
 from cxrlab.models.architectures import DEFAULT_LR, MODEL_NAMES
@@ -27,83 +26,69 @@ FINETUNE_PARTS = ("head", "last", "all")
 TASKS = ("binary", "multilabel")
 PRECISIONS = ("fp32", "auto", "bf16", "fp16")
 DECISIONS = ("refer", "single")
-# What an option changes, declared beside it (``_opt(..., group=...)``): "training" (the default) changes what a run
-# learns; "point" chooses how a finished run answers (its operating point: changing it reuses the run, and
-# `cxrlab operating-point RUN` applies it); "scoring" changes only how a finished run is scored or recorded.
-GROUPS = ("training", "point", "scoring")
-
-
-def _opt(default: Any, help: str, group: str = "training", public: bool = False, **extra: Any) -> Any:
-    """One option: its default, its help, its group, and whether the service may show it (``public``: not a path, not
-    a secret). Its type is the field's annotation; ``choices`` and ``nargs`` go to the command line."""
-    assert group in GROUPS, group
-    metadata = {"help": help, "group": group, "public": public, **extra}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class Config:
     # data
-    dataset: str = _opt(
+    dataset: str = opt(
         "chestmnist",
         "MedMNIST data set: chestmnist (NIH ChestX-ray14) or pneumoniamnist (pediatric, normal vs pneumonia)",
         choices=DATASET_NAMES,
         public=True,
     )
-    task: str = _opt(
+    task: str = opt(
         "binary",
         "binary (ChestMNIST: two labels, single-label images only; PneumoniaMNIST: every image); "
         "multilabel: all 14 ChestMNIST labels, all images",
         choices=TASKS,
         public=True,
     )
-    data_root: str = _opt(os.path.join("~", ".medmnist"), "folder holding DATASET[_SIZE].npz (medmnist's root)")
-    size: int = _opt(28, "image size: 28, 64, 128 or 224", choices=SIZES, public=True)
-    classes: list[str] = _opt(
+    data_root: str = opt(os.path.join("~", ".medmnist"), "folder holding DATASET[_SIZE].npz (medmnist's root)")
+    size: int = opt(28, "image size: 28, 64, 128 or 224", choices=SIZES, public=True)
+    classes: list[str] = opt(
         [],
         "binary task: two labels, label 0 then label 1 (default: chestmnist cardiomegaly pneumothorax, pneumoniamnist normal pneumonia)",
         nargs=2,
         public=True,
     )
-    positive_class: str | None = _opt(None, "class counted as positive in metrics (default: the second of --classes)", public=True)
-    download: bool = _opt(False, "download the data file from Zenodo when it is missing")
+    positive_class: str | None = opt(None, "class counted as positive in metrics (default: the second of --classes)", public=True)
+    download: bool = opt(False, "download the data file from Zenodo when it is missing")
     # model
-    model: str = _opt("mobilenet_v3_large", "architecture", choices=MODEL_NAMES, public=True)
-    dropout: list[float] = _opt([0.4, 0.3], "dropout of the two hidden layers of the head")
-    bn_momentum: float | None = _opt(
+    model: str = opt("mobilenet_v3_large", "architecture", choices=MODEL_NAMES, public=True)
+    dropout: list[float] = opt([0.4, 0.3], "dropout of the two hidden layers of the head")
+    bn_momentum: float | None = opt(
         0.1,
         "BatchNorm running-statistics momentum for every BatchNorm layer (null: torchvision's, "
         "0.01 in MobileNetV3, whose stale statistics made val swing)",
     )
-    pretrained: bool = _opt(False, "start from torchvision ImageNet weights (stem folded to one channel)", public=True)
-    weights_file: str | None = _opt(None, "ImageNet state dict file to use instead of downloading")
-    segmentation: bool = _opt(False, "put the SegmentationPreprocessor in front of the model")
-    seg_threshold: float = _opt(0.2, "SegmentationPreprocessor mask threshold on min-max normalised input")
+    pretrained: bool = opt(False, "start from torchvision ImageNet weights (stem folded to one channel)", public=True)
+    weights_file: str | None = opt(None, "ImageNet state dict file to use instead of downloading")
+    segmentation: bool = opt(False, "put the SegmentationPreprocessor in front of the model")
+    seg_threshold: float = opt(0.2, "SegmentationPreprocessor mask threshold on min-max normalised input")
     # optimisation
-    epochs: int = _opt(60, "maximum number of epochs", public=True)
-    batch_size: int = _opt(64, "training batch size (the experiment's 16: configs/seed.yaml)", public=True)
-    lr: float | None = _opt(
+    epochs: int = opt(60, "maximum number of epochs", public=True)
+    batch_size: int = opt(64, "training batch size (the experiment's 16: configs/seed.yaml)", public=True)
+    lr: float | None = opt(
         None, "learning rate (default per model: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")", public=True
     )
-    weight_decay: float = _opt(0.0, "Adam weight decay")
-    pos_weight: str = _opt("none", "BCE pos_weight: 'none', 'auto' (negatives/positives in train) or a number")
-    lr_schedule: str = _opt(
+    weight_decay: float = opt(0.0, "Adam weight decay")
+    pos_weight: str = opt("none", "BCE pos_weight: 'none', 'auto' (negatives/positives in train) or a number")
+    lr_schedule: str = opt(
         "plateau",
         "plateau: ReduceLROnPlateau on val loss; multistep: lr x --lr-gamma at each of --lr-milestones",
         choices=LR_SCHEDULES,
         public=True,
     )
-    lr_milestones: list[int] = _opt([], "multistep: epochs after which the lr is multiplied by --lr-gamma (e.g. 50 75)", nargs="+")
-    lr_gamma: float = _opt(0.1, "multistep: factor at each milestone")
-    plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor (on val loss)")
-    plateau_patience: int = _opt(5, "ReduceLROnPlateau patience in epochs")
-    early_stopping: int = _opt(10, "stop after this many epochs without val improvement (0: never)", public=True)
-    select_metric: str = _opt(
+    lr_milestones: list[int] = opt([], "multistep: epochs after which the lr is multiplied by --lr-gamma (e.g. 50 75)", nargs="+")
+    lr_gamma: float = opt(0.1, "multistep: factor at each milestone")
+    plateau_factor: float = opt(0.5, "ReduceLROnPlateau factor (on val loss)")
+    plateau_patience: int = opt(5, "ReduceLROnPlateau patience in epochs")
+    early_stopping: int = opt(10, "stop after this many epochs without val improvement (0: never)", public=True)
+    select_metric: str = opt(
         "loss", "val metric that picks the best checkpoint and drives early stopping", choices=SELECT_METRICS, public=True
     )
-    threshold: str | None = _opt(
+    threshold: str | None = opt(
         None,
         "single decision threshold (default: sensitivity-bound for the binary task, 0.5 per label for multilabel): "
         "'0.5', 'youden' (Youden's J on the evidence), 'sensitivity' (the highest threshold reaching "
@@ -115,10 +100,10 @@ class Config:
         group="point",
         public=True,
     )
-    target_sensitivity: float = _opt(
+    target_sensitivity: float = opt(
         0.95, "sensitivity on the evidence the 'sensitivity' and 'sensitivity-bound' threshold rules must reach", group="point", public=True
     )
-    decision: str = _opt(
+    decision: str = opt(
         "refer",
         "how a prediction is answered: refer (the negative class below the rule-out threshold, the "
         "positive class from the rule-in threshold, refer between them and for images the out-of-distribution "
@@ -126,46 +111,46 @@ class Config:
         choices=DECISIONS,
         group="point",
     )
-    rule_out_sensitivity: float = _opt(
+    rule_out_sensitivity: float = opt(
         0.98, "rule-out threshold: the highest whose sensitivity on the evidence reaches this by the lower confidence bound", group="point"
     )
-    rule_in_specificity: float = _opt(
+    rule_in_specificity: float = opt(
         0.98, "rule-in threshold: the lowest whose specificity on the evidence reaches this by the lower confidence bound", group="point"
     )
-    bound_level: float = _opt(0.95, "one-sided confidence level of those lower bounds (Clopper-Pearson)", group="point")
-    prevalence: float | None = _opt(
+    bound_level: float = opt(0.95, "one-sided confidence level of those lower bounds (Clopper-Pearson)", group="point")
+    prevalence: float | None = opt(
         None,
         "share of the positive class where the model is used (label shift): PPV and NPV are "
         "reported at it and the 'bayes' threshold moves to it; sensitivity- and specificity-based "
         "thresholds do not depend on it (default: the evidence's own share)",
         group="point",
     )
-    label_smoothing: float = _opt(0.0, "BCE label smoothing: targets become y(1-e) + e/2 (0: off)", public=True)
-    mixup: float = _opt(0.0, "mixup alpha: mix each batch with a shuffled copy, lambda ~ Beta(alpha, alpha) (0: off)", public=True)
-    finetune: str = _opt(
+    label_smoothing: float = opt(0.0, "BCE label smoothing: targets become y(1-e) + e/2 (0: off)", public=True)
+    mixup: float = opt(0.0, "mixup alpha: mix each batch with a shuffled copy, lambda ~ Beta(alpha, alpha) (0: off)", public=True)
+    finetune: str = opt(
         "",
         "progressive fine-tuning stages 'PART:EPOCHS:LR,...' with PART head, last or all, e.g. "
         "'head:3:1e-3,last:3:3e-4,all:20:1e-4' (replaces --epochs and --lr; needs --pretrained)",
     )
-    cv_folds: int = _opt(0, "k-fold cross-validation: train on the other folds of train, select on fold --cv-fold (0: off)")
-    cv_fold: int = _opt(0, "which fold (0 .. cv_folds-1) this run holds out")
+    cv_folds: int = opt(0, "k-fold cross-validation: train on the other folds of train, select on fold --cv-fold (0: off)")
+    cv_fold: int = opt(0, "which fold (0 .. cv_folds-1) this run holds out")
     # augmentation (training batches only)
-    aug_rotation: float = _opt(15.0, "random rotation, +/- degrees (0: off)")
-    aug_translate: float = _opt(0.1, "random translation, fraction of the image side (0: off)")
-    aug_hflip: float = _opt(0.5, "horizontal flip probability (0: off)")
-    aug_brightness: float = _opt(0.2, "brightness jitter, +/- fraction (0: off)")
-    aug_contrast: float = _opt(0.2, "contrast jitter, +/- fraction (0: off)")
-    aug_blur: bool = _opt(True, "Gaussian blur, kernel 3, sigma drawn from --aug-blur-sigma")
-    aug_blur_sigma: list[float] = _opt([0.1, 0.5], "range of the blur sigma")
-    aug_erasing: float = _opt(0.0, "random erasing probability (0: off)")
-    aug_perspective: float = _opt(0.0, "random perspective distortion scale, applied with p=0.5 (0: off)")
-    norm_mean: float = _opt(0.485, "normalisation mean (on [0,1] pixels)", public=True)
-    norm_std: float = _opt(0.229, "normalisation std", public=True)
+    aug_rotation: float = opt(15.0, "random rotation, +/- degrees (0: off)")
+    aug_translate: float = opt(0.1, "random translation, fraction of the image side (0: off)")
+    aug_hflip: float = opt(0.5, "horizontal flip probability (0: off)")
+    aug_brightness: float = opt(0.2, "brightness jitter, +/- fraction (0: off)")
+    aug_contrast: float = opt(0.2, "contrast jitter, +/- fraction (0: off)")
+    aug_blur: bool = opt(True, "Gaussian blur, kernel 3, sigma drawn from --aug-blur-sigma")
+    aug_blur_sigma: list[float] = opt([0.1, 0.5], "range of the blur sigma")
+    aug_erasing: float = opt(0.0, "random erasing probability (0: off)")
+    aug_perspective: float = opt(0.0, "random perspective distortion scale, applied with p=0.5 (0: off)")
+    norm_mean: float = opt(0.485, "normalisation mean (on [0,1] pixels)", public=True)
+    norm_std: float = opt(0.229, "normalisation std", public=True)
     # machine and bookkeeping
-    device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", group="scoring")
-    channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CPU)")
-    precision: str = _opt(
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)", group="scoring")
+    channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU)")
+    precision: str = opt(
         "fp32",
         "fp32; auto (bf16 on GPUs that run it natively, fp16 with a gradient scaler on older GPUs, fp32 "
         "on a CPU: the choice is saved); bf16 autocast (GPUs from compute capability 8.0; on CPUs with "
@@ -173,14 +158,14 @@ class Config:
         choices=PRECISIONS,
         public=True,
     )
-    eval_batch_size: int = _opt(512, "batch size for validation and test passes", group="scoring")
-    seed: int = _opt(0, "random seed; the same seed on the same CPU gives the same history", public=True)
-    n_bootstrap: int = _opt(1000, "bootstrap resamples for 95% confidence intervals", group="scoring")
-    out: str | None = _opt(None, "run directory (default runs/<timestamp>-<model>)")
-    track: bool = _opt(
+    eval_batch_size: int = opt(512, "batch size for validation and test passes", group="scoring")
+    seed: int = opt(0, "random seed; the same seed on the same CPU gives the same history", public=True)
+    n_bootstrap: int = opt(1000, "bootstrap resamples for 95% confidence intervals", group="scoring")
+    out: str | None = opt(None, "run directory (default runs/<timestamp>-<model>)")
+    track: bool = opt(
         False, "log the finished run to MLflow (pip install 'cxrlab[tracking]'); the run directory stays the record", group="scoring"
     )
-    tracking_uri: str | None = _opt(
+    tracking_uri: str | None = opt(
         None, "MLflow tracking store: a server URL or database URI (default: sqlite:///mlflow.db in the working directory)", group="scoring"
     )
 
@@ -228,6 +213,12 @@ class Config:
 
     def validate(self) -> Config:
         """Check values that argparse or YAML cannot; return self for chaining."""
+        self._check_data_and_model()
+        self._check_point()
+        self._check_training()
+        return self
+
+    def _check_data_and_model(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         spec = get_dataset(self.dataset)
@@ -256,11 +247,10 @@ class Config:
             self.positive_class = self.positive_class.lower()
         if len(self.dropout) != 2 or not all(0 <= d < 1 for d in self.dropout):
             raise ConfigError(f"dropout must be two rates in [0, 1), got {self.dropout!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.weights_file and not self.pretrained:
+            raise ConfigError("weights_file is only used with pretrained: true (--pretrained)")
+
+    def _check_point(self) -> None:
         if self.select_metric not in SELECT_METRICS:
             raise ConfigError(f"select_metric must be one of {', '.join(SELECT_METRICS)}")
         if self.threshold_rule not in THRESHOLD_RULES:
@@ -278,6 +268,13 @@ class Config:
             raise ConfigError(f"prevalence must be a share of positives strictly between 0 and 1, got {self.prevalence}")
         if self.threshold_rule in ("sensitivity", "sensitivity-bound", "bayes") and self.task != "binary":
             raise ConfigError(f"threshold {self.threshold_rule!r} is for the binary task")
+
+    def _check_training(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.mixup < 0:
@@ -317,9 +314,6 @@ class Config:
             raise ConfigError(f"bn_momentum must be in (0, 1) or null, got {self.bn_momentum}")
         if self.norm_std <= 0:
             raise ConfigError("norm_std must be positive")
-        if self.weights_file and not self.pretrained:
-            raise ConfigError("weights_file is only used with pretrained: true (--pretrained)")
-        return self
 
     def _check_finetune(self) -> None:
         try:
@@ -364,85 +358,19 @@ SCORING_OPTIONS = options("point") + options("scoring")  # a finished run is reu
 PUBLIC_OPTIONS = options(public=True)
 
 
-@dataclass(frozen=True)
-class OptionType:
-    """An option's type read from its annotation: ``float | None`` is (float, optional), ``list[int]`` is (int, a list)."""
-
-    item: type
-    is_list: bool
-    optional: bool
-
-
-def _option_type(hint: Any) -> OptionType:
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if optional:
-        (hint,) = [a for a in args if a is not type(None)]
-    if typing.get_origin(hint) is list:
-        return OptionType(typing.get_args(hint)[0], True, optional)
-    return OptionType(hint, False, optional)
-
-
-OPTION_TYPES = {name: _option_type(hint) for name, hint in typing.get_type_hints(Config).items()}
+OPTION_TYPES = option_types(Config)
 
 
 def from_dict(values: dict, source: str = "config") -> Config:
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; see 'cxrlab train --help'")
-    return Config(**{k: _coerce(k, v, source) for k, v in values.items()}).validate()
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Give a YAML or command-line value its option's type, or name the option it does not fit."""
-    kind = OPTION_TYPES[name]
-    if value is None:
-        if kind.optional:
-            return None
-        raise ConfigError(f"{source}: option {name} cannot be null")
-    try:
-        if kind.is_list:
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            return [_scalar(kind.item, v) for v in value]
-        return _scalar(kind.item, value)
-    except (TypeError, ValueError):
-        what = f"list of {kind.item.__name__}" if kind.is_list else kind.item.__name__
-        raise ConfigError(f"{source}: option {name} = {value!r} is not a valid {what}") from None
-
-
-def _scalar(kind: type, value: Any) -> Any:
-    if kind is bool and not isinstance(value, bool):
-        raise ValueError
-    if kind is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
-        raise ValueError
-    return kind(value)
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    """A validated Config from YAML values, API keywords or flags (unknown names refused, each value typed)."""
+    return build(Config, values, source, "cxrlab train --help").validate()
 
 
 def load_config(path: str | Path) -> Config:
     return from_dict(load_yaml(path), source=str(path))
 
 
-# ---- the resolved config and the selection rules ------------------------------------------------------------------
-HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "loss": False}
-
-
+# ---- the resolved config ------------------------------------------------------------------------------------------
 def default_run_path(model: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
 
@@ -456,15 +384,3 @@ def resolve(cfg: Config) -> Config:
     cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())
     cfg.out = str(Path(cfg.out or default_run_path(cfg.model)).resolve())
     return cfg
-
-
-def score_of(row: dict, metric: str) -> float:
-    return row[f"val_{metric}"]
-
-
-def improved(score: float, best: float | None, metric: str) -> bool:
-    if math.isnan(score):
-        return False
-    if best is None:
-        return True
-    return score > best if HIGHER_IS_BETTER[metric] else score < best
