@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PHANTOM := data/phantom
 
-.PHONY: install run demo pneumonia test browser clean
+.PHONY: install run demo pneumonia test browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and exactly pinned, so no dependency can pull another (multi-GB) build
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,tracking]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,tracking,distributed]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,16 +34,22 @@ pneumonia: $(STAMP)
 	$(BIN)/cxrlab compare --dataset pneumoniamnist --download --holdout 5 --workers 2 --threads 1 --out runs/pneumoniamnist-28
 
 # ruff first (seconds): the lint rules and the formatting of pyproject.toml, then the suite.
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	CXRLAB_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
 
 # The browser test drives Debian's chromium with Playwright (Playwright's own browser download does not work here).
 browser:
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser test"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+# PostgreSQL for the shared-study tests: each starts a throwaway server of its own (tests/test_shared.py).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing Debian's postgresql for the shared-study tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 
 clean:
 	rm -rf $(VENV) runs/demo $(PHANTOM) .pytest_cache

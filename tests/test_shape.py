@@ -11,7 +11,7 @@ MODULE_LINES, FUNCTION_LINES = 400, 60
 # Declarative tables may stay over the limit (the number is the most lines each may keep); everything else splits.
 OVER_MODULES: dict[str, int] = {}
 OVER_FUNCTIONS = {
-    "cli/parser.py:build_parser": 152,  # one declarative block per subcommand
+    "cli/parser.py:build_parser": 149,  # one declarative block per subcommand
 }
 
 

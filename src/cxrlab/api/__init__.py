@@ -24,6 +24,7 @@ from cxrlab.api.run import BACKENDS, Report, Run, Table, load_run
 from cxrlab.config import STUDY_KEYS, Config, Study, from_dict, study_from
 from cxrlab.core.runs import RunDir
 from cxrlab.data.datasets import get_dataset
+from cxrlab.training.shared import HEARTBEAT_S, Shared
 
 if TYPE_CHECKING:  # the API imports torch, numpy and the rest where a function needs them: `cxrlab status` stays quick
     from cxrlab.data.task import TaskData
@@ -110,12 +111,29 @@ def study(section: dict | None = None, source: str = "options", **overrides) -> 
     return study_from(section, overrides, source=source)
 
 
+def shared(storage: str | None, name: str, heartbeat_s: int | None = None) -> Shared | None:
+    """Where a study's runs are shared between machines (an Optuna storage URL, the study's name); None: this machine
+    alone, no database."""
+    if storage is None:
+        return None
+    return Shared(storage, name, HEARTBEAT_S if heartbeat_s is None else heartbeat_s)
+
+
 def compare(
-    cfg: Config | None = None, plan: Study | None = None, workers: int | None = None, progress: bool | None = None, **options
+    cfg: Config | None = None,
+    plan: Study | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    heartbeat_s: int | None = None,
+    **options,
 ) -> Report:
     """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report.
     ``options``: the study's (models, seeds, ensemble, tta, out, recipes, holdout) and the runs' Config fields, by
-    name, each with its schema default; or ``plan`` (from ``study``) for the study's."""
+    name, each with its schema default; or ``plan`` (from ``study``) for the study's. ``storage`` (an Optuna
+    database URL): the runs are shared with every machine whose command names the same storage and study
+    (``study_name``, default compare-FOLDER) and the same ``out`` on shared storage."""
     from cxrlab.errors import ConfigError
     from cxrlab.report.compare import compare as compare_study
     from cxrlab.training.distributed import launched_by_torchrun
@@ -127,16 +145,27 @@ def compare(
         plan = study(None, "cxrlab.compare", **planned)
     elif planned:
         raise ConfigError(f"the study's options come from plan or as keywords, not both: {', '.join(planned)}")
-    compare_study(config(cfg, **options), plan, progress=progress, workers=workers)
+    where = shared(storage, study_name or f"compare-{Path(plan.out).resolve().name}", heartbeat_s)
+    compare_study(config(cfg, **options), plan, progress=progress, workers=workers, shared=where)
     return Report(Path(plan.out))
 
 
-def cross_validate(cfg: Config, folds: int = 5, out="runs/cv", workers: int | None = None, progress: bool | None = None) -> dict:
+def cross_validate(
+    cfg: Config,
+    folds: int = 5,
+    out="runs/cv",
+    workers: int | None = None,
+    progress: bool | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    heartbeat_s: int | None = None,
+) -> dict:
     """k-fold cross-validation over train: one run per fold (reused when finished), each scored on val and test,
-    and the folds' ensemble. Returns {'folds': [...], 'ensemble': {...}}."""
+    and the folds' ensemble. Returns {'folds': [...], 'ensemble': {...}}. ``storage``: shared as compare's are."""
     from cxrlab.report.crossval import cross_validate as cv
 
-    return cv(cfg, folds, out, progress=progress, workers=workers)
+    where = shared(storage, study_name or f"cv-{Path(out).resolve().name}", heartbeat_s)
+    return cv(cfg, folds, out, progress=progress, workers=workers, shared=where)
 
 
 def search(
@@ -147,11 +176,13 @@ def search(
     storage: str | None = None,
     study_name: str | None = None,
     out="runs/search",
+    heartbeat_s: int | None = None,
 ) -> dict:
-    """A hyperparameter search (grid or Optuna; continued when its study exists), chosen on val. Returns the best trial."""
+    """A hyperparameter search (grid or Optuna; continued when its study exists), chosen on val. Returns the best
+    trial. ``trials`` caps the study as a whole, whichever machines run it."""
     from cxrlab.report.search import search as run_search
 
-    return run_search(cfg, method, trials, workers, storage, study_name, out)
+    return run_search(cfg, method, trials, workers, storage, study_name, out, HEARTBEAT_S if heartbeat_s is None else heartbeat_s)
 
 
 def status(folder) -> StudyProgress:
@@ -200,6 +231,7 @@ def bench(path, batch: int = 256) -> list[dict]:
 
 __all__ = [
     "BACKENDS",
+    "HEARTBEAT_S",
     "Config",
     "Report",
     "Run",
@@ -217,6 +249,7 @@ __all__ = [
     "phantom",
     "resume",
     "search",
+    "shared",
     "status",
     "study",
     "train",

@@ -49,8 +49,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    run = api.load_run(args.run)
-    trained = run.trained(args.device)  # the exported ONNX model when the run has one: 3-5x faster on CPU
+    run = api.load_run(args.run, backend=args.backend, device=args.device)
+    trained = run.trained()  # by default the exported ONNX model when the run has one: 3-5x faster on CPU
     if trained.is_phantom:
         print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
     if trained.ood is None and trained.cfg.task == "binary":
@@ -61,6 +61,7 @@ def cmd_predict(args) -> int:
         )
     if trained.point is not None:
         print(f"operating point: {trained.point.describe()}; answering by {args.decision or trained.cfg.decision}", file=sys.stderr)
+    print(f"answered by: {trained.backend}", file=sys.stderr)
     failed = 0
     for result in run.predict(args.images, max_pixels_of(args), decision=args.decision):
         if result.error:
@@ -81,7 +82,7 @@ def cmd_compare(args) -> int:
     values = load_yaml(args.config) if args.config else {}
     overrides = {key: getattr(args, STUDY_DEST + key) for key in STUDY_KEYS if hasattr(args, STUDY_DEST + key)}
     plan = api.study(values.pop("compare", None), args.config or "options", **overrides)
-    api.compare(config_from_args(args, values), plan=plan, workers=args.workers, progress=args.progress)
+    api.compare(config_from_args(args, values), plan, args.workers, args.progress, args.storage, args.study, args.heartbeat)
     return 0
 
 
@@ -105,12 +106,14 @@ def cmd_status(args) -> int:
 
 
 def cmd_cv(args) -> int:
-    api.cross_validate(config_from_args(args), args.folds, args.cv_out, workers=args.workers, progress=args.progress)
+    api.cross_validate(
+        config_from_args(args), args.folds, args.cv_out, args.workers, args.progress, args.storage, args.study, args.heartbeat
+    )
     return 0
 
 
 def cmd_search(args) -> int:
-    api.search(config_from_args(args), args.method, args.trials, args.workers, args.storage, args.study, args.search_out)
+    api.search(config_from_args(args), args.method, args.trials, args.workers, args.storage, args.study, args.search_out, args.heartbeat)
     return 0
 
 
@@ -119,10 +122,10 @@ def cmd_explain(args) -> int:
 
     if not args.images and not args.val_grid:
         raise CxrlabError("give image files to explain, or --val-grid")
-    run = api.load_run(args.run)
+    run = api.load_run(args.run, backend=args.backend)
     explainer = run.explainer()
     print(
-        f"Grad-CAM on {run.config.model} layer {explainer.layer_name}"
+        f"Grad-CAM on {run.config.model} layer {explainer.layer_name}; each image's class as {explainer.trained.backend} answers it"
         + ("  (PHANTOM-trained model)" if explainer.trained.is_phantom else "")
     )
     failed = 0

@@ -7,7 +7,8 @@ import argparse
 import textwrap
 from dataclasses import fields
 
-from cxrlab import __version__
+from cxrlab import __version__, api
+from cxrlab.api.run import BACKENDS
 from cxrlab.config import POINT_OPTIONS, Config, Study, config_fields, from_dict, load_yaml, option_types
 from cxrlab.errors import CxrlabError
 from cxrlab.limits import LIMITS
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--device", default=None, help="device (default: the run's)")
+    _backend_option(p)
     p.add_argument(
         "--decision",
         choices=("refer", "single"),
@@ -201,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble, tta, out), as OUT/compare.yaml holds; flags override it",
     )
     add_config_options(p, schema=Study, prefix=STUDY_DEST)
-    _workers_option(p, "runs")
-    _progress_option(p)
+    _study_options(p, "runs", "compare-FOLDER, from --out")
     add_config_options(p, skip=("model", "out"))
 
     p = _subparser(sub, "ood", "Fit a finished run's out-of-distribution check (images unlike the training images get no class).")
@@ -224,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
     p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
     p.add_argument("--out", dest="cv_out", default="runs/cv", help="folder for the fold runs and the report (default: runs/cv)")
-    _workers_option(p, "fold runs")
-    _progress_option(p)
+    _study_options(p, "fold runs", "cv-FOLDER, from --out")
     add_config_options(p, skip=("out", "cv_folds", "cv_fold"))
 
     p = _subparser(sub, "search", "Hyperparameter search (grid or Optuna TPE with median pruning) on val; writes best.yaml.")
@@ -235,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--trials", type=int, default=None, help="trials to run (default: 27 for grid, 20 for optuna)")
     _workers_option(p, "trials")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
-    p.add_argument("--study", default=None, help="study name, to share or continue a study (default: cxrlab-METHOD-MODEL)")
+    _shared_options(p, "cxrlab-METHOD-MODEL", "sqlite:///OUT/study.db, this machine's processes only")
     p.add_argument("--out", dest="search_out", default="runs/search", help="folder for the trial runs and results (default: runs/search)")
     add_config_options(p, skip=("out", "batch_size", "lr", "dropout"))
 
@@ -245,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, DICOM, ...)")
     p.add_argument("--val-grid", action="store_true", help="also write gradcam_val_grid.png: random val images with overlays")
     p.add_argument("--out", default="explained", help="folder for the PNGs (default: explained)")
+    _backend_option(p)
     _max_image_option(p)
 
     p = _subparser(sub, "export", "Export a finished run to ONNX (checked against PyTorch) and try INT8 quantisation.")
@@ -265,9 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument(
-        "--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="auto: the exported ONNX model when present (default)"
-    )
+    _backend_option(p)
     for name in ("max_upload_mb", "max_files", "max_request_mp"):
         _limit_option(p, name)
     p.add_argument(
@@ -299,6 +297,41 @@ def max_pixels_of(args) -> int:
     if not args.max_image_mp > 0:
         raise CxrlabError(f"--max-image-mp must be positive, got {args.max_image_mp:g}")
     return int(args.max_image_mp * 1e6)
+
+
+def _study_options(p: argparse.ArgumentParser, what: str, name: str) -> None:
+    """A study's flags: how many runs at once here, where its runs are shared, progress bars."""
+    _workers_option(p, what)
+    _shared_options(p, name)
+    _progress_option(p)
+
+
+def _shared_options(p: argparse.ArgumentParser, name: str, storage: str = "none: this machine alone, no database") -> None:
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="an Optuna database (e.g. postgresql://USER@HOST/DB; the password from ~/.pgpass or PGPASSWORD, so that it is "
+        f"in no command line): the same command on any number of machines shares the study's runs (default: {storage})",
+    )
+    p.add_argument("--study", metavar="NAME", default=None, help=f"the shared study's name (default: {name})")
+    p.add_argument(
+        "--heartbeat",
+        metavar="S",
+        type=int,
+        default=None,
+        help=f"seconds between a worker's heartbeats; a run whose worker is silent for 3 is taken over (default: {api.HEARTBEAT_S})",
+    )
+
+
+def _backend_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="what answers: auto (the exported model when the run has one: INT8 where it shipped, else fp32 ONNX; "
+        "otherwise PyTorch; the default), onnx or pytorch",
+    )
 
 
 def _workers_option(p: argparse.ArgumentParser, what: str) -> None:

@@ -32,6 +32,7 @@ from cxrlab.report.tables import (
     grouped,
     write_csv,
 )
+from cxrlab.training.shared import Shared
 
 log = logger(__name__)
 
@@ -124,17 +125,20 @@ def ensemble_entries(singles: list[Entry], base: Config, study: Study) -> list[E
     return entries
 
 
-def compare(base: Config, study: Study | None = None, progress: bool | None = None, workers: int | None = None) -> list[Entry]:
-    """Train (or reuse) every model for every seed (``workers`` runs at a time; default: training/runner.py's rule); score
-    models, TTA and ensemble; write the report."""
+def compare(
+    base: Config, study: Study | None = None, progress: bool | None = None, workers: int | None = None, shared: Shared | None = None
+) -> list[Entry]:
+    """Train (or reuse) every model for every seed (``workers`` runs at a time; default: training/runner.py's rule;
+    ``shared``: with the workers of every machine that joins the shared study); score models, TTA and ensemble; write
+    the report."""
     study = (study or Study()).validate()
     base = base.validate()
     if base.task != "binary":
-        return compare_multilabel(base, study, progress, workers)
+        return compare_multilabel(base, study, progress, workers, shared)
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
-    runs = train_runs(base, study, progress, workers)
+    runs = train_runs(base, study, progress, workers, shared)
     data = task_data(base)
     for run in runs.values():  # every run, each named: a study folder may hold runs copied in from elsewhere
         run.check_data(data.provenance)

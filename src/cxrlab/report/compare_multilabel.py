@@ -10,11 +10,12 @@ from cxrlab.errors import ConfigError
 from cxrlab.report.document import Document
 from cxrlab.report.study import Entry, save_study, train_runs, within
 from cxrlab.report.tables import grouped, mean_sd, values
+from cxrlab.training.shared import Shared
 
 log = logger(__name__)
 
 
-def compare_multilabel(base: Config, study: Study, progress, workers: int | None = None) -> list[Entry]:
+def compare_multilabel(base: Config, study: Study, progress, workers: int | None = None, shared: Shared | None = None) -> list[Entry]:
     if study.tta > 1 or isinstance(study.ensemble, list):
         raise ConfigError(
             "ensemble weights and TTA rows are for the binary task; compare --task multilabel reports medmnist's AUC and ACC per model"
@@ -22,7 +23,7 @@ def compare_multilabel(base: Config, study: Study, progress, workers: int | None
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
-    runs = train_runs(base, study, progress, workers)
+    runs = train_runs(base, study, progress, workers, shared)
     entries = []
     for (name, seed), run in runs.items():
         summary = run.read_json(run.summary)

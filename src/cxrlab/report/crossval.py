@@ -27,14 +27,18 @@ from cxrlab.report.document import Document
 from cxrlab.report.study import check_compatible, check_data_once, score, within
 from cxrlab.report.tables import mean_sd
 from cxrlab.training.runner import run_all
+from cxrlab.training.shared import Shared
 
 log = logger(__name__)
 
 CV_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "ece")
 
 
-def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | None = None, workers: int | None = None) -> dict:
-    """Train (or reuse) the fold runs, ``workers`` at a time (default: training/runner.py's rule); return
+def cross_validate(
+    base: Config, folds: int, out: str | Path, progress: bool | None = None, workers: int | None = None, shared: Shared | None = None
+) -> dict:
+    """Train (or reuse) the fold runs, ``workers`` at a time (default: training/runner.py's rule; ``shared``: with the
+    workers of every machine that joins the shared study); return
     {'folds': [{'val': ..., 'test': ...}], 'ensemble': {...}}."""
     if folds < 2:
         raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
@@ -43,8 +47,8 @@ def cross_validate(base: Config, folds: int, out: str | Path, progress: bool | N
         raise ConfigError("cross-validation folds are stratified by class: binary task only")
     out = Path(out)
     configs = {k: resolve(replace(base, cv_folds=folds, cv_fold=k, out=str(out / f"fold{k}"))) for k in range(folds)}
-    check_data_once(base, list(configs.values()))
-    runs = list(run_all(configs, progress, workers, base.threads, status_dir=out).values())
+    md5 = check_data_once(base, list(configs.values()))
+    runs = list(run_all(configs, progress, workers, base.threads, status_dir=out, shared=shared, identity={"data_md5": md5}).values())
     check_compatible(runs)
     data = task_data(base, task="binary")
     results, fold_probs = [], {"val": [], "test": []}

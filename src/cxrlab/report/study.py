@@ -19,6 +19,7 @@ from cxrlab.evaluation.metrics import roc_auc
 from cxrlab.evaluation.scoring import choose_on_evidence, score_probs
 from cxrlab.files import atomic_write_text
 from cxrlab.training.runner import run_all
+from cxrlab.training.shared import Shared
 
 
 def within(path, folder) -> str:
@@ -65,9 +66,9 @@ def check_compatible(runs: list[RunDir]) -> None:
         )
 
 
-def check_data_once(base: Config, configs: list[Config]) -> None:
+def check_data_once(base: Config, configs: list[Config]) -> str:
     """Locate (or download) and verify the data file once, here, before any worker starts, and refuse runs on disk
-    that were trained on another file: one message, not one per worker."""
+    that were trained on another file: one message, not one per worker. Returns the file's MD5."""
     path = locate(base.data_root, base.size, download=base.download, dataset=base.dataset)
     found = provenance(path, base.size, base.dataset)
     other = [str(RunDir(cfg.out).path) for cfg in configs if RunDir(cfg.out).data_differs(found)]
@@ -76,13 +77,17 @@ def check_data_once(base: Config, configs: list[Config]) -> None:
             f"the data file {path} (MD5 {found['md5']}) is not the one these runs were trained on: {', '.join(other)}; "
             "point --data-root at their file, or choose another --out"
         )
+    return found["md5"]
 
 
-def train_runs(base: Config, study: Study, progress, workers: int | None = None) -> dict[tuple[str, int], RunDir]:
-    """Every model x seed run: reused, resumed or trained, ``workers`` at a time (default: the measured rule, training/runner.py)."""
+def train_runs(
+    base: Config, study: Study, progress, workers: int | None = None, shared: Shared | None = None
+) -> dict[tuple[str, int], RunDir]:
+    """Every model x seed run: reused, resumed or trained, ``workers`` at a time (default: the measured rule,
+    training/runner.py); with ``shared``, by workers on every machine that joins the shared study."""
     configs = {(name, seed): study.config_for(base, name, seed) for seed in study.seeds for name in study.models}
-    check_data_once(base, list(configs.values()))
-    runs = run_all(configs, progress, workers, base.threads, status_dir=study.out)
+    md5 = check_data_once(base, list(configs.values()))
+    runs = run_all(configs, progress, workers, base.threads, status_dir=study.out, shared=shared, identity={"data_md5": md5})
     check_compatible(list(runs.values()))
     return runs
 

@@ -59,11 +59,14 @@ def clear_running(run_path: str | Path) -> None:
     (Path(run_path) / WORKER_FILE).unlink(missing_ok=True)
 
 
-def _alive(marker: Path) -> bool:
+def _alive(marker: Path, history: Path, epoch_s: float) -> bool:
+    """This machine's worker process still exists; another machine's (a shared study) cannot be asked, so its run
+    counts as running while its history moved within three of its slowest epochs (ten minutes at least)."""
     try:
         info = json.loads(marker.read_text())
         if info.get("host") != socket.gethostname():
-            return False  # another machine's process cannot be checked from here; the run is not moving here
+            latest = max(p.stat().st_mtime for p in (marker, history) if p.exists())
+            return time.time() - latest < max(600.0, 3 * epoch_s)
         os.kill(int(info["pid"]), 0)
         return True
     except (OSError, ValueError, KeyError, TypeError):
@@ -91,7 +94,7 @@ def run_progress(planned: PlannedRun) -> RunProgress:
     finished = (folder / "summary.json").is_file()
     if finished:
         state = "finished"
-    elif _alive(folder / WORKER_FILE):
+    elif _alive(folder / WORKER_FILE, folder / "history.csv", max((float(r["seconds"]) for r in rows), default=0.0)):
         state = "running"
     else:
         state = "interrupted" if rows else "waiting"

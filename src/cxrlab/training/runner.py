@@ -230,7 +230,7 @@ def _shared_study(configs: dict, runs: dict, how: Plan, status: StudyStatus, sha
     if how.workers == 1:
         failed = work(shared, lambda key, _trial: _train_key(by_tag[key], how.workers, status))
     else:
-        failed = _shared_workers(by_tag, how, shared)
+        failed = _shared_workers(by_tag, how, shared, status)
     status.update(say=True)
     require_all(study, list(by_tag), shared)
     if failed:
@@ -243,7 +243,7 @@ def _train_key(cfg: Config, side_by_side: int, status: StudyStatus | None = None
     return float(run.read_json(run.summary)["best_val_score"])
 
 
-def _shared_workers(by_tag: dict, how: Plan, shared: Shared) -> list[str]:
+def _shared_workers(by_tag: dict, how: Plan, shared: Shared, status: StudyStatus) -> list[str]:
     context = multiprocessing.get_context("spawn")
     slots = context.Queue()
     for gpu in how.gpus:
@@ -251,6 +251,10 @@ def _shared_workers(by_tag: dict, how: Plan, shared: Shared) -> list[str]:
     pool = ProcessPoolExecutor(how.workers, mp_context=context, initializer=_start_worker, initargs=(slots, bool(how.gpus)))
     try:
         futures = [pool.submit(_shared_worker, by_tag, how.workers, shared) for _ in range(how.workers)]
+        waiting = set(futures)
+        while waiting:
+            ended, waiting = wait(waiting, timeout=STATUS_EVERY_S, return_when=FIRST_COMPLETED)
+            status.update(say=bool(ended))
         return [error for future in futures for error in future.result()]
     except KeyboardInterrupt:
         children = multiprocessing.active_children()

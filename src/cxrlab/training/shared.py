@@ -23,7 +23,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,9 @@ from cxrlab.files import atomic_write_json
 log = logger(__name__)
 
 STUDY_FILE = "shared-study.json"  # in the study's folder: its name, where it is stored, and the token
+HEARTBEAT_S = 30  # a worker records it is alive this often; one silent for three periods is taken for dead
 MAX_RETRIES = 3  # a run whose worker keeps dying (out of memory, preempted) is given up after this many retries
+POLL_S = 2  # how often a worker with nothing to take looks again (one query): the delay before a command ends
 JOIN_WAIT_S = 120  # how long a worker waits for the study's creator to finish enqueueing its runs
 
 
@@ -45,11 +49,31 @@ class Shared:
 
     url: str
     name: str
-    heartbeat_s: int = 30
+    heartbeat_s: int = HEARTBEAT_S
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_s < 1:
+            raise ConfigError(f"heartbeat must be at least 1 second, got {self.heartbeat_s}")
 
     @property
     def where(self) -> str:
         return describe(self.url)
+
+
+@contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's own INFO lines (a study created, a trial finished) and its warnings that heartbeats are experimental
+    kept off the console within the block; its verbosity and the warning filters are restored after."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 def describe(url: str) -> str:
@@ -67,44 +91,61 @@ def describe(url: str) -> str:
     return f"{parsed.get_backend_name()} database {parsed.database!r} on {host}"
 
 
-def open_storage(shared: Shared):
+def open_storage(shared: Shared, attempts: int = 5):
     """Optuna's RDBStorage with heartbeats and retries of stale trials; one line naming host and database when it
-    cannot be used (the driver's own message can hold the URL, so it is not repeated)."""
+    cannot be used (the driver's own message can hold the URL, so it is not repeated). Workers that start together on
+    a new database race to create Optuna's tables: the loser tries again."""
     import optuna
+    from sqlalchemy.exc import IntegrityError
 
     engine = {"connect_args": {"timeout": 60}} if shared.url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            shared.url,
-            engine_kwargs=engine,
-            heartbeat_interval=shared.heartbeat_s,
-            grace_period=3 * shared.heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-        )
-    except Exception as exc:  # sqlalchemy and the drivers raise many kinds for a bad URL or an unreachable server
-        reason = type(exc).__name__
-        if "password authentication failed" in str(exc) or "Access denied" in str(exc):
-            reason = "authentication failed"
-        elif "Connection refused" in str(exc) or "could not connect" in str(exc) or "timeout" in str(exc).lower():
-            reason = "no server answers there"
-        elif isinstance(exc, ModuleNotFoundError):
-            reason = f"the driver is not installed (pip install 'cxrlab[distributed]'): {exc.name}"
+    for attempt in range(attempts):
+        try:
+            with optuna_quiet():  # heartbeats and their retry are marked experimental since Optuna 2.8
+                return optuna.storages.RDBStorage(
+                    shared.url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=shared.heartbeat_s,
+                    grace_period=3 * shared.heartbeat_s,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                )
+        except IntegrityError:
+            if attempt + 1 < attempts:
+                time.sleep(1.0 + attempt)
+                continue
+            reason = "its tables could not be created"
+        except Exception as exc:  # sqlalchemy and the drivers raise many kinds for a bad URL or an unreachable server
+            reason = _reason(exc)
         raise ConfigError(f"cannot use the study storage, {describe(shared.url)}: {reason}") from None
 
 
-def join(shared: Shared, keys: list[str], fingerprint: dict, folder: Path):
-    """The shared study, created with one WAITING trial per key when new, else checked against ``fingerprint`` and
-    ``folder``. Returns the Optuna study."""
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if "password authentication failed" in text or "Access denied" in text:
+        return "authentication failed"
+    if "Connection refused" in text or "could not connect" in text or "timeout" in text.lower():
+        return "no server answers there"
+    if "does not exist" in text:
+        return "no such database (create it first, e.g. createdb)"
+    if isinstance(exc, ModuleNotFoundError):
+        return f"the driver is not installed (pip install 'cxrlab[distributed]'): {exc.name}"
+    return type(exc).__name__
+
+
+def join(shared: Shared, keys: list[str], fingerprint: dict, folder: Path, direction: str = "maximize", attrs: dict | None = None):
+    """The shared study, created with one WAITING trial per key (with ``attrs[key]`` among its user attributes) when
+    new, else checked against ``fingerprint`` and ``folder``. Returns the Optuna study."""
     import optuna
 
     storage = open_storage(shared)
     folder = Path(folder)
     try:
-        study = optuna.create_study(study_name=shared.name, storage=storage, direction="maximize")
+        with optuna_quiet():
+            study = optuna.create_study(study_name=shared.name, storage=storage, direction=direction)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=shared.name, storage=storage)
         _check_joined(study, shared, fingerprint, folder)
-        requeue_unfinished(study, keys)
+        requeue_unfinished(study, keys, attrs or {})
         return study
     token = secrets.token_hex(16)
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +153,7 @@ def join(shared: Shared, keys: list[str], fingerprint: dict, folder: Path):
     study.set_user_attr("fingerprint", fingerprint)
     study.set_user_attr("token", token)
     for key in keys:
-        study.enqueue_trial({}, user_attrs={"run": key}, skip_if_exists=False)
+        study.enqueue_trial({}, user_attrs={**(attrs or {}).get(key, {}), "run": key}, skip_if_exists=False)
     study.set_user_attr("ready", True)  # last: a worker that joins meanwhile waits for the whole list
     log.info(f"shared study {shared.name!r} created in {shared.where}: {len(keys)} runs")
     return study
@@ -125,7 +166,7 @@ def _check_joined(study, shared: Shared, fingerprint: dict, folder: Path) -> Non
             raise ConfigError(f"study {shared.name!r} in {shared.where} was never completed by its creator; give a new study name")
         time.sleep(1.0)
         waited += 1.0
-    theirs = study.user_attrs.get("fingerprint", {})
+    theirs, fingerprint = study.user_attrs.get("fingerprint", {}), json.loads(json.dumps(fingerprint))  # as stored: tuples are lists
     if theirs != fingerprint:
         raise ConfigError(f"study {shared.name!r} in {shared.where} is another study: {', '.join(differences(theirs, fingerprint))}")
     marker = folder / STUDY_FILE
@@ -153,7 +194,7 @@ def differences(theirs: dict, mine: dict, prefix: str = "") -> list[str]:
     return found
 
 
-def requeue_unfinished(study, keys: list[str]) -> None:
+def requeue_unfinished(study, keys: list[str], attrs: dict) -> None:
     """A rerun of the command on a study no worker is running: runs that failed (an error, or retries used up) are
     enqueued again; finished ones are kept."""
     from optuna.trial import TrialState
@@ -164,7 +205,7 @@ def requeue_unfinished(study, keys: list[str]) -> None:
     done = {t.user_attrs.get("run") for t in trials if t.state == TrialState.COMPLETE}
     for key in keys:
         if key not in done:
-            study.enqueue_trial({}, user_attrs={"run": key}, skip_if_exists=False)
+            study.enqueue_trial({}, user_attrs={**attrs.get(key, {}), "run": key}, skip_if_exists=False)
 
 
 def claim(study, storage, study_id: int) -> tuple[int, object] | None:
@@ -217,12 +258,13 @@ def work(shared: Shared, run_key: Callable[[str, int], float]) -> list[str]:
     study = optuna.load_study(study_name=shared.name, storage=storage)
     study_id, failed = storage.get_study_id_from_name(shared.name), []
     while True:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's run goes back to the queue
+        with optuna_quiet():  # a dead worker's run goes back to the queue
+            optuna.storages.fail_stale_trials(study)
         claimed = claim(study, storage, study_id)
         if claimed is None:
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
                 return failed
-            time.sleep(min(shared.heartbeat_s, 10))
+            time.sleep(min(shared.heartbeat_s, POLL_S))
             continue
         trial_id, trial = claimed
         key = trial.user_attrs["run"]
@@ -235,7 +277,7 @@ def work(shared: Shared, run_key: Callable[[str, int], float]) -> list[str]:
                 value = run_key(key, trial_id)
         except KeyboardInterrupt:
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, storage.get_trial(trial_id))
+            requeue(study, storage.get_trial(trial_id))
             log.info(f"interrupted: {key} is back in study {shared.name!r}'s queue; any worker resumes it")
             raise
         except Exception as exc:  # the run's error is recorded and named at the end; the worker goes on
@@ -244,6 +286,14 @@ def work(shared: Shared, run_key: Callable[[str, int], float]) -> list[str]:
             failed.append(f"{key}: {type(exc).__name__}: {exc}")
             continue
         storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[value])
+
+
+def requeue(study, trial) -> None:
+    """A WAITING copy of a trial stopped before its end (Ctrl-C): whoever claims it resumes the run."""
+    import optuna
+
+    with optuna_quiet():
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
 
 
 def worker_name(pid: int | None = None) -> str:
@@ -263,7 +313,7 @@ def release(shared: Shared, pids: list[int]) -> list[str]:
         if trial.user_attrs.get("worker") in names:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, storage.get_trial(trial_id))
+                requeue(study, storage.get_trial(trial_id))
                 released.append(trial.user_attrs["run"])
     return released
 
