@@ -31,6 +31,7 @@ from cxrlab.training.shared import Shared, join, release, require_all, work
 
 log = logger(__name__)
 
+LOCATIONS = ("out", "data_root", "download", "device")  # where a run is, not what it is: may differ between machines
 GPU_SHARE_MAX_SIZE = 64  # image size up to which two runs share one GPU
 STATUS_EVERY_S = 30  # how often the parent refreshes OUT/status.json while workers train
 STUDY_LINE_EVERY_S = 600  # and prints the study's progress line, besides whenever a run ends
@@ -208,9 +209,6 @@ def run_all(
         log.info(f"training {len(pending)} runs, {how.describe()}")
         runs.update(_side_by_side({key: replace(configs[key], threads=how.threads) for key in pending}, how, status))
     return {key: runs[key] for key in configs}
-
-
-LOCATIONS = ("out", "data_root", "download", "device")  # where a run is, not what it is: may differ between machines
 
 
 def fingerprint(configs: dict, identity: dict) -> dict:
