@@ -227,3 +227,36 @@ def test_a_retried_search_trial_resumes_its_first_trial_s_folder_and_the_cap_cou
     assert trained == ["trial000"] and study.trials[1].params == study.trials[0].params  # the retry: its first trial's folder
     study.optimize(search.objective(base, tmp_path, cap=1), n_trials=1)  # a new trial: the study already has its 1
     assert trained == ["trial000"] and study.trials[2].user_attrs[search.OVER_CAP] and study.trials[2].state.name == "PRUNED"
+
+
+def test_ctrl_c_on_a_machine_with_two_workers_hands_both_runs_back_at_once_and_the_command_resumes_them(database, tmp_path):
+    """cv through the database, two folds side by side: Ctrl-C (SIGINT to the process group, as a terminal sends
+    it) after an epoch puts both runs back in the study's queue at once (not after the heartbeat's grace period);
+    the same command then resumes both."""
+    import optuna
+
+    write_phantom(tmp_path / "data", size=28, seed=2, split_sizes={"train": 400, "val": 100, "test": 100})
+    out = tmp_path / "cv"
+    args = ["cv", "--data-root", tmp_path / "data", "--model", "mobilenet_v3_large", "--folds", "2", "--epochs", "2"]
+    args += ["--batch-size", "32", "--n-bootstrap", "20", "--device", "cpu", "--workers", "2", "--threads", "1", "--out", out]
+    args += ["--no-progress", "--storage", database]
+    command = [sys.executable, "-m", "cxrlab", *map(str, args)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not all((out / f"fold{k}" / "history.csv").is_file() for k in (0, 1)):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no epoch finished in 300 s"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        said, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("cv did not stop within 60 s of Ctrl-C")
+    assert proc.returncode == 130, said
+    assert "back in study 'cv-cv''s queue for any worker to resume: fold" in said
+    waiting = optuna.load_study(study_name="cv-cv", storage=database).get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["run"] for t in waiting) == ["fold0", "fold1"]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("after epoch") == 2 and (out / "cv.md").is_file() and PASSWORD not in said + again.stdout

@@ -253,7 +253,6 @@ def _shared_workers(by_tag: dict, how: Plan, shared: Shared, status: StudyStatus
         while waiting:
             ended, waiting = wait(waiting, timeout=STATUS_EVERY_S, return_when=FIRST_COMPLETED)
             status.update(say=bool(ended))
-        return [error for future in futures for error in future.result()]
     except KeyboardInterrupt:
         children = multiprocessing.active_children()
         for child in children:
@@ -264,8 +263,8 @@ def _shared_workers(by_tag: dict, how: Plan, shared: Shared, status: StudyStatus
         released = release(shared, [child.pid for child in children])
         log.info(f"\ninterrupted: back in study {shared.name!r}'s queue for any worker to resume: {', '.join(released) or 'none'}")
         raise
-    finally:
-        pool.shutdown()
+    pool.shutdown()
+    return [error for future in futures for error in future.result()]
 
 
 def _shared_worker(by_tag: dict, side_by_side: int, shared: Shared) -> list[str]:
