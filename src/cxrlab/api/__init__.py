@@ -20,7 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrlab.api.run import BACKENDS, Report, Run, Table, load_run
+# Re-exported: the package's public names are one list, cxrlab.__all__; the CLI also reads BACKENDS here.
+from cxrlab.api.run import BACKENDS as BACKENDS
+from cxrlab.api.run import Report as Report
+from cxrlab.api.run import Run as Run
+from cxrlab.api.run import Table as Table
+from cxrlab.api.run import load_run as load_run
 from cxrlab.config import STUDY_KEYS, Config, Study, from_dict, study_from
 from cxrlab.core.runs import RunDir
 from cxrlab.data.datasets import get_dataset
@@ -227,30 +232,3 @@ def bench(path, batch: int = 256) -> list[dict]:
     from cxrlab.export.bench import bench_run
 
     return bench_run(path, batch)
-
-
-__all__ = [
-    "BACKENDS",
-    "HEARTBEAT_S",
-    "Config",
-    "Report",
-    "Run",
-    "Table",
-    "bench",
-    "compare",
-    "config",
-    "cross_validate",
-    "describe_data",
-    "evaluate",
-    "fit_ood",
-    "load_data",
-    "load_run",
-    "operating_point",
-    "phantom",
-    "resume",
-    "search",
-    "shared",
-    "status",
-    "study",
-    "train",
-]

@@ -254,13 +254,7 @@ def _shared_workers(by_tag: dict, how: Plan, shared: Shared, status: StudyStatus
             ended, waiting = wait(waiting, timeout=STATUS_EVERY_S, return_when=FIRST_COMPLETED)
             status.update(say=bool(ended))
     except KeyboardInterrupt:
-        children = multiprocessing.active_children()
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.join(timeout=10)
-        pool.shutdown(wait=False, cancel_futures=True)
-        released = release(shared, [child.pid for child in children])
+        released = release(shared, stop_workers(pool))
         log.info(f"\ninterrupted: back in study {shared.name!r}'s queue for any worker to resume: {', '.join(released) or 'none'}")
         raise
     pool.shutdown()
@@ -300,20 +294,25 @@ def _side_by_side(configs: dict, how: Plan, status: StudyStatus) -> dict:
                     failed.append(f"{tag_of(configs[key])}: {type(exc).__name__}: {exc}")
             status.update(say=bool(ended))
     except KeyboardInterrupt:
-        # Workers ignore SIGINT so that this process decides: stop them all now. Each keeps its last epoch's
-        # checkpoint (written atomically), so the same command resumes every unfinished run.
-        children = multiprocessing.active_children()
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.join(timeout=10)
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_workers(pool)
         log.info(f"\ninterrupted: stopped {how.workers} worker(s); the same command resumes every unfinished run")
         raise
     pool.shutdown()
     if failed:
         raise RunDirError("these runs failed (the others finished and are reused next time):\n  " + "\n  ".join(failed))
     return runs
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> list[int]:
+    """After Ctrl-C: workers ignore SIGINT so that this process decides; stop them all now. Each keeps its last
+    epoch's checkpoint (written atomically), so its run resumes. Returns their process ids."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+    return [child.pid for child in children]
 
 
 def _start_worker(slots, pin_gpu: bool) -> None:
