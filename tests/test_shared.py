@@ -260,3 +260,26 @@ def test_ctrl_c_on_a_machine_with_two_workers_hands_both_runs_back_at_once_and_t
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("after epoch") == 2 and (out / "cv.md").is_file() and PASSWORD not in said + again.stdout
+
+
+def test_a_search_trial_resumed_after_its_worker_died_still_never_loads_test(phantom_root, tmp_path):
+    from cxrlab.config import Config
+    from cxrlab.core.runs import RunDir
+    from cxrlab.report import search
+    from cxrlab.training.loop import train
+
+    cfg = search.trial_config(
+        Config(data_root=str(phantom_root), model="mobilenet_v3_large", epochs=2, n_bootstrap=20, device="cpu", threads=1),
+        {"batch_size": 32, "lr": 1e-3, "dropout": 0.4},
+        tmp_path / "trials" / "trial000",
+    )
+
+    def dies(epoch, row):
+        raise KeyboardInterrupt  # the worker stops after its first epoch is saved
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, on_epoch=dies, search_trial=True)
+    assert search.train_trial(cfg) > 0  # the retry resumes the folder
+    run = RunDir(cfg.out)
+    assert len(run.history.read_text().splitlines()) == 3 and run.metrics("val").is_file() and not run.metrics("test").exists()
+    assert set(json.loads(run.data.read_text())["counts"]) == {"train", "val"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import multiprocessing
 import random
@@ -58,16 +59,9 @@ def default_storage(out: Path) -> str:
 def grid_points(seed: int) -> list[dict]:
     """Every point of SPACE, in an order fixed by ``seed`` (so that ``--trials N`` below the grid takes a spread)."""
     names = list(SPACE)
-    points = [dict(zip(names, values)) for values in _product([SPACE[n] for n in names])]
+    points = [dict(zip(names, values)) for values in itertools.product(*(SPACE[n] for n in names))]
     random.Random(seed).shuffle(points)
     return points
-
-
-def _product(lists: list[list]) -> list[tuple]:
-    out = [()]
-    for values in lists:
-        out = [(*prefix, v) for prefix in out for v in values]
-    return out
 
 
 def point_key(params: dict) -> str:
@@ -83,7 +77,7 @@ def train_trial(cfg: Config, on_epoch=None) -> float:
     state = run_state(cfg)
     with quiet():  # a trial's epochs: the search prints one line per trial
         if state == "partial":
-            run = resume_training(cfg.out, progress=False, on_epoch=on_epoch, data_root=cfg.data_root)
+            run = resume_training(cfg.out, progress=False, on_epoch=on_epoch, data_root=cfg.data_root, search_trial=True)
         elif state == "new":
             run = train(cfg, progress=False, on_epoch=on_epoch, search_trial=True)
         else:

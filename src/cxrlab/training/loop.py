@@ -340,12 +340,14 @@ def resume_training(
     side_by_side: int = 1,
     on_epoch: EpochCallback | None = None,
     data_root: str | None = None,
+    search_trial: bool = False,
 ) -> RunDir:
     """Continue the run in ``run_path`` from its last checkpoint; ``data_root``: where this machine has the data file
-    (default: the run's own), for a run started on another machine of a shared study."""
+    (default: the run's own), for a run started on another machine of a shared study; ``search_trial``: a search
+    trial's run, which never loads test (see ``train``)."""
     run = RunDir(run_path)
     cfg = run.load_config()
     cfg.out = str(run.path.resolve())
     if data_root:
         cfg.data_root = data_root
-    return train(cfg, resume=True, progress=progress, on_epoch=on_epoch, side_by_side=side_by_side)
+    return train(cfg, resume=True, progress=progress, on_epoch=on_epoch, side_by_side=side_by_side, search_trial=search_trial)
