@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,9 @@ def postgres():
 
 
 @pytest.fixture
-def database(postgres, request):
+def database(postgres):
     """A new database on the session's server: its URL, with a password that must never be shown."""
-    return postgres("t_" + request.node.name[:40].lower(), PASSWORD)
+    return postgres(f"t_{uuid.uuid4().hex[:16]}", PASSWORD)
 
 
 def cxrlab(*args) -> subprocess.Popen:
@@ -229,10 +230,11 @@ def test_a_retried_search_trial_resumes_its_first_trial_s_folder_and_the_cap_cou
     assert trained == ["trial000"] and study.trials[2].user_attrs[search.OVER_CAP] and study.trials[2].state.name == "PRUNED"
 
 
-def test_ctrl_c_on_a_machine_with_two_workers_hands_both_runs_back_at_once_and_the_command_resumes_them(database, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "scheduler"])
+def test_stopping_a_machine_with_two_workers_hands_both_runs_back_at_once_and_the_command_resumes_them(database, tmp_path, stop):
     """cv through the database, two folds side by side: Ctrl-C (SIGINT to the process group, as a terminal sends
-    it) after an epoch puts both runs back in the study's queue at once (not after the heartbeat's grace period);
-    the same command then resumes both."""
+    it) or a scheduler's SIGTERM (scancel) after an epoch puts both runs back in the study's queue at once (not
+    after the heartbeat's grace period); the same command then resumes both."""
     import optuna
 
     write_phantom(tmp_path / "data", size=28, seed=2, split_sizes={"train": 400, "val": 100, "test": 100})
@@ -247,12 +249,12 @@ def test_ctrl_c_on_a_machine_with_two_workers_hands_both_runs_back_at_once_and_t
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "no epoch finished in 300 s"
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, stop)
     try:
         said, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("cv did not stop within 60 s of Ctrl-C")
+        pytest.fail(f"cv did not stop within 60 s of {stop.name}")
     assert proc.returncode == 130, said
     assert "back in study 'cv-cv''s queue for any worker to resume: fold" in said
     waiting = optuna.load_study(study_name="cv-cv", storage=database).get_trials(states=(optuna.trial.TrialState.WAITING,))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from cxrlab import api
 from cxrlab.cli.parser import STUDY_DEST, build_parser, config_from_args, max_pixels_of
@@ -207,12 +211,31 @@ COMMANDS = {
 }
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM, how a scheduler stops a job (Slurm's scancel, Kubernetes), is handled as Ctrl-C: every run keeps its
+    last finished epoch and a shared study's runs go back to its queue at once. The handler found is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in RUN_COMMANDS:
-            api.load_run(args.run)  # a wrong path is named at once, before torch is imported
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt():
+            if args.command in RUN_COMMANDS:
+                api.load_run(args.run)  # a wrong path is named at once, before torch is imported
+            return COMMANDS[args.command](args)
     except CxrlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

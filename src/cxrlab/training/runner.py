@@ -254,7 +254,8 @@ def _shared_workers(by_tag: dict, how: Plan, shared: Shared, status: StudyStatus
             ended, waiting = wait(waiting, timeout=STATUS_EVERY_S, return_when=FIRST_COMPLETED)
             status.update(say=bool(ended))
     except KeyboardInterrupt:
-        released = release(shared, stop_workers(pool))
+        stop_workers(pool)
+        released = release(shared)
         log.info(f"\ninterrupted: back in study {shared.name!r}'s queue for any worker to resume: {', '.join(released) or 'none'}")
         raise
     pool.shutdown()
@@ -303,16 +304,15 @@ def _side_by_side(configs: dict, how: Plan, status: StudyStatus) -> dict:
     return runs
 
 
-def stop_workers(pool: ProcessPoolExecutor) -> list[int]:
+def stop_workers(pool: ProcessPoolExecutor) -> None:
     """After Ctrl-C: workers ignore SIGINT so that this process decides; stop them all now. Each keeps its last
-    epoch's checkpoint (written atomically), so its run resumes. Returns their process ids."""
+    epoch's checkpoint (written atomically), so its run resumes."""
     children = multiprocessing.active_children()
     for child in children:
         child.terminate()
     for child in children:
         child.join(timeout=10)
     pool.shutdown(wait=False, cancel_futures=True)
-    return [child.pid for child in children]
 
 
 def _start_worker(slots, pin_gpu: bool) -> None:

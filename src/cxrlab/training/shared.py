@@ -296,26 +296,40 @@ def requeue(study, trial) -> None:
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
 
 
-def worker_name(pid: int | None = None) -> str:
-    return f"{socket.gethostname()}:{pid or os.getpid()}"
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def release(shared: Shared, pids: list[int]) -> list[str]:
-    """After Ctrl-C stopped this machine's worker processes: their runs go back to the queue now (not after the
-    heartbeat's grace period), for any worker to resume. Returns the runs released."""
+def release(shared: Shared) -> list[str]:
+    """After Ctrl-C or SIGTERM stopped this machine's worker processes: the runs of workers on this machine that are
+    gone go back to the queue now (not after the heartbeat's grace period), for any worker to resume. Returns the
+    runs released."""
     import optuna
     from optuna.trial import TrialState
 
     storage = open_storage(shared)
     study = optuna.load_study(study_name=shared.name, storage=storage)
-    study_id, names, released = storage.get_study_id_from_name(shared.name), {worker_name(pid) for pid in pids}, []
+    study_id, released = storage.get_study_id_from_name(shared.name), []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker") in names:
+        if _gone_from_here(trial.user_attrs.get("worker", "")):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 requeue(study, storage.get_trial(trial_id))
                 released.append(trial.user_attrs["run"])
     return released
+
+
+def _gone_from_here(worker: str) -> bool:
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _another_has(study, key: str, number: int) -> bool:
