@@ -20,9 +20,6 @@ ROOT = "cxrlab"
 class _Stdout(logging.StreamHandler):
     """A handler on the current ``sys.stdout``, looked up at every message rather than kept from start-up."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self):
         return sys.stdout

@@ -33,7 +33,7 @@ import optuna
 import torch
 import yaml
 
-from cxrlab.config import HIGHER_IS_BETTER, SCORING_OPTIONS, Config, resolve, score_of
+from cxrlab.config import HIGHER_IS_BETTER, Config, resolve, score_of
 from cxrlab.console import logger, quiet
 from cxrlab.core.runs import RunDir
 from cxrlab.data.task import is_phantom
@@ -42,7 +42,7 @@ from cxrlab.files import atomic_write_text
 from cxrlab.report.document import Document
 from cxrlab.report.study import check_data_once, within
 from cxrlab.training.loop import resume_training, train
-from cxrlab.training.runner import LOCATIONS, plan, run_state
+from cxrlab.training.runner import plan, run_state, what_it_is
 from cxrlab.training.shared import HEARTBEAT_S, Shared, join, open_storage, optuna_quiet, work
 
 log = logger(__name__)
@@ -171,7 +171,7 @@ def search(
     if method == "grid" and not 1 <= trials <= grid_size:
         raise ConfigError(f"a grid search runs 1 to {grid_size} of the grid's points, got --trials {trials}")
     points = {point_key(p): p for p in grid_points(base.seed)[:trials]} if method == "grid" else {}
-    options = {k: v for k, v in base.to_dict().items() if k not in SCORING_OPTIONS and k not in LOCATIONS and k not in SPACE}
+    options = {k: v for k, v in what_it_is(base).items() if k not in SPACE}
     direction = "maximize" if HIGHER_IS_BETTER[base.select_metric] else "minimize"
     fingerprint = {"data_md5": md5, "method": method, "trials": trials, "options": options}
     join(

@@ -112,16 +112,17 @@ def plan(
     return Plan(workers, threads, slots)
 
 
+def what_it_is(cfg: Config) -> dict:
+    """The options that make a run what it is: not the scoring options, not its locations."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in SCORING_OPTIONS and k not in LOCATIONS}
+
+
 def differing_options(asked: Config, saved: Config) -> list[str]:
     """The training options in which a run on disk differs from the one asked for. Scoring options and locations
     (another machine's mount of the same folder and file; the data file is checked by its MD5) do not count, and
     precision 'auto' matches whatever the run resolved it to on its device (a run saves what it chose)."""
     existing = saved.to_dict()
-    return sorted(
-        k
-        for k, v in asked.to_dict().items()
-        if existing.get(k) != v and k not in SCORING_OPTIONS and k not in LOCATIONS and not (k == "precision" and v == "auto")
-    )
+    return sorted(k for k, v in what_it_is(asked).items() if existing.get(k) != v and not (k == "precision" and v == "auto"))
 
 
 def run_state(cfg: Config) -> str:
@@ -213,10 +214,7 @@ def run_all(
 
 def fingerprint(configs: dict, identity: dict) -> dict:
     """What a shared study is: ``identity`` (the data file's MD5) and every run's training options."""
-    runs = {
-        tag_of(cfg): {k: v for k, v in cfg.to_dict().items() if k not in SCORING_OPTIONS and k not in LOCATIONS} for cfg in configs.values()
-    }
-    return {**identity, "runs": runs}
+    return {**identity, "runs": {tag_of(cfg): what_it_is(cfg) for cfg in configs.values()}}
 
 
 def _shared_study(configs: dict, runs: dict, how: Plan, status: StudyStatus, shared: Shared, identity: dict, folder) -> None:

@@ -324,11 +324,11 @@ def _gone_from_here(worker: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # PermissionError: alive, another user's
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
+        pass
     return False
 
 
