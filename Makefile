@@ -18,13 +18,13 @@ install: $(STAMP)
 
 # The experiment: the three models on the official ChestMNIST file (downloaded when missing).
 run: $(STAMP)
-	$(BIN)/cxrlab compare --download --out runs/compare
+	$(BIN)/cxrlab compare --download --score-test --out runs/compare
 
 # The same study on phantom data (synthetic; official split sizes): 3 epochs, 2 seeds, 4-view TTA, fitted
 # ensemble. Youden threshold on val, since 3 epochs leave MobileNetV3 probabilities on one side of 0.5 (README).
 demo: $(STAMP)
 	test -f $(PHANTOM)/chestmnist.npz || $(BIN)/cxrlab phantom --out $(PHANTOM) --official-counts
-	$(BIN)/cxrlab compare --data-root $(PHANTOM) --epochs 3 --seeds 0 1 --tta 4 --threshold youden --out runs/demo
+	$(BIN)/cxrlab compare --data-root $(PHANTOM) --epochs 3 --seeds 0 1 --tta 4 --threshold youden --score-test --out runs/demo
 
 # The real-data study of docs/results/pneumoniamnist-28 (PneumoniaMNIST, downloaded to ~/.medmnist when missing) at
 # cxrlab's defaults: the three models x 3 seeds, each seed holding out its fold of a 5-fold split of train for its best

@@ -66,13 +66,26 @@ def without(rows_: list[dict], *keys) -> list[dict]:
 def one_machine(phantom_root, tmp_path_factory):
     """The study run by one command on one machine, no database: what the shared runs must equal."""
     out = tmp_path_factory.mktemp("one_machine") / "study"
-    finish(cxrlab("compare", "--data-root", phantom_root, *COMPARE, *COMMON, "--out", out))
+    finish(cxrlab("compare", "--data-root", phantom_root, *COMPARE, *COMMON, "--score-test", "--out", out))
     return out
 
 
 def test_a_killed_worker_s_run_is_resumed_by_another_and_the_study_equals_one_machine_s(phantom_root, one_machine, database, tmp_path):
     out = tmp_path / "study"
-    args = ["compare", "--data-root", phantom_root, *COMPARE, *COMMON, "--out", out, "--storage", database, "--heartbeat", "1"]
+    args = [
+        "compare",
+        "--data-root",
+        phantom_root,
+        *COMPARE,
+        *COMMON,
+        "--score-test",
+        "--out",
+        out,
+        "--storage",
+        database,
+        "--heartbeat",
+        "1",
+    ]
     doomed, survivor = cxrlab(*args), None
     try:
         victim = None
@@ -119,7 +132,20 @@ def test_a_killed_worker_s_run_is_resumed_by_another_and_the_study_equals_one_ma
 
 def test_two_machines_commands_finish_the_study_between_them_as_one_machine_would(phantom_root, one_machine, database, tmp_path):
     out = tmp_path / "study"
-    args = ["compare", "--data-root", phantom_root, *COMPARE, *COMMON, "--out", out, "--storage", database, "--study", "pair"]
+    args = [
+        "compare",
+        "--data-root",
+        phantom_root,
+        *COMPARE,
+        *COMMON,
+        "--score-test",
+        "--out",
+        out,
+        "--storage",
+        database,
+        "--study",
+        "pair",
+    ]
     first, second = cxrlab(*args), cxrlab(*args)
     said = finish(first) + finish(second)
     assert said.count("epoch   4/4") == 2  # two runs, each trained to its end once, by one of the two

@@ -43,6 +43,7 @@ def compare_args(root, out, *extra):
         "0.9",
         "--rule-in-specificity",
         "0.9",
+        "--score-test",
         *FAST,
         *extra,
     ]
@@ -141,7 +142,7 @@ def test_more_seeds_from_the_saved_config_train_only_what_is_missing_and_reprodu
     saved["compare"]["seeds"] = [0, 1]
     (study / "compare.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     capsys.readouterr()
-    assert main(["compare", "--config", str(study / "compare.yaml"), "--no-progress"]) == 0
+    assert main(["compare", "--config", str(study / "compare.yaml"), "--no-progress", "--score-test"]) == 0
     assert capsys.readouterr().out.count("reusing finished run") == 2  # seed 0's; seed 1's two runs are trained
     rows = read_csv(study / "comparison.csv")
     assert len(rows) == 2 * 5 and {r["seed"] for r in rows} == {"0", "1"}
@@ -175,6 +176,7 @@ def test_runs_side_by_side_give_the_results_of_a_run_alone_and_a_recipe_applies_
                 f"mobilenet_v3_large={recipe}",
                 "--out",
                 str(tmp_path / out),
+                "--score-test",
                 *FAST,
             ]
         )
@@ -188,8 +190,8 @@ def test_runs_side_by_side_give_the_results_of_a_run_alone_and_a_recipe_applies_
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in histories[0]] == [
         {k: v for k, v in r.items() if k != "seconds"} for r in histories[1]
     ]
-    for split in ("val", "test"):
-        assert json.loads(side_by_side.metrics(split).read_text()) == json.loads(alone.metrics(split).read_text())
+    assert json.loads(side_by_side.metrics("val").read_text()) == json.loads(alone.metrics("val").read_text())
+    assert not side_by_side.metrics("test").exists() and not alone.metrics("test").exists()  # a study's runs are sealed
     assert (cfg.batch_size, cfg.lr_schedule, cfg.lr_milestones) == (64, "multistep", [1])
     assert float(histories[0][0]["lr"]) == pytest.approx(2e-3)  # the model's own rate in epoch 1,
     assert load_state(side_by_side.last_checkpoint)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-4)  # x0.1 after it

@@ -132,9 +132,11 @@ def compare(
     storage: str | None = None,
     study_name: str | None = None,
     heartbeat_s: int | None = None,
+    score_test: bool = False,
     **options,
 ) -> Report:
-    """The study: every model x seed (reused when finished), TTA and ensemble rows, the report. Returns the Report.
+    """The study: every model x seed (reused when finished), trained sealed (test never loaded); with
+    ``score_test``, test scored once: TTA and ensemble rows, the report. Returns the Report.
     ``options``: the study's (models, seeds, ensemble, tta, out, recipes, holdout) and the runs' Config fields, by
     name, each with its schema default; or ``plan`` (from ``study``) for the study's. ``storage`` (an Optuna
     database URL): the runs are shared with every machine whose command names the same storage and study
@@ -151,7 +153,7 @@ def compare(
     elif planned:
         raise ConfigError(f"the study's options come from plan or as keywords, not both: {', '.join(planned)}")
     where = shared(storage, study_name or f"compare-{Path(plan.out).resolve().name}", heartbeat_s)
-    compare_study(config(cfg, **options), plan, progress=progress, workers=workers, shared=where)
+    compare_study(config(cfg, **options), plan, progress=progress, workers=workers, shared=where, score_test=score_test)
     return Report(Path(plan.out))
 
 

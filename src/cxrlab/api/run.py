@@ -68,7 +68,17 @@ class Run:
         """Every metric of ``split`` ('val' or 'test') at the run's operating point, chosen on its evidence (never test)."""
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-        return json.loads(RunDir(self.path).metrics(split).read_text())
+        path = RunDir(self.path).metrics(split)
+        if split == "test" and not path.is_file() and self.sealed:
+            from cxrlab.errors import RunDirError
+
+            raise RunDirError(f"{self.path} is a sealed run (a study's): its test is scored for the study, once, by `cxrlab score`")
+        return json.loads(path.read_text())
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the run never loaded test (a study's run: test is scored for the study)."""
+        return bool(self.config.sealed)
 
     @property
     def history(self) -> Table:
@@ -174,19 +184,19 @@ class Run:
 
     def __repr__(self) -> str:
         s = self.summary
-        test = self.metrics("test")
-        scores = "  ".join(f"{k} {test[k]:.3f}" for k in HEADLINE if k in test)
+        split = "val" if self.sealed else "test"
+        scored = self.metrics(split)
+        scores = "  ".join(f"{k} {scored[k]:.3f}" for k in HEADLINE if k in scored)
         return (
             f"Run({str(self.path)!r}): {s['model']} on {s['data_label']}\n  best epoch {s['best_epoch']} of {s['epochs_run']} "
-            f"(val {s['select_metric']} {s['best_val_score']:.4f}); test: {scores}"
+            f"(val {s['select_metric']} {s['best_val_score']:.4f}); {split}: {scores}" + ("  (test sealed)" if self.sealed else "")
         )
 
     def _repr_html_(self) -> str:
         s, val = self.summary, self.metrics("val")
+        test = {} if self.sealed else self.metrics("test")
         rows = "".join(
-            f"<tr><td>{k}</td><td>{val.get(k, float('nan')):.3f}</td><td>{v:.3f}</td></tr>"
-            for k, v in self.metrics("test").items()
-            if k in HEADLINE
+            f"<tr><td>{k}</td><td>{val[k]:.3f}</td><td>{f'{test[k]:.3f}' if test else 'sealed'}</td></tr>" for k in HEADLINE if k in val
         )
         from cxrlab.data.task import is_real
 

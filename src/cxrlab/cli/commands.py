@@ -86,7 +86,16 @@ def cmd_compare(args) -> int:
     values = load_yaml(args.config) if args.config else {}
     overrides = {key: getattr(args, STUDY_DEST + key) for key in STUDY_KEYS if hasattr(args, STUDY_DEST + key)}
     plan = api.study(values.pop("compare", None), args.config or "options", **overrides)
-    api.compare(config_from_args(args, values), plan, args.workers, args.progress, args.storage, args.study, args.heartbeat)
+    api.compare(
+        config_from_args(args, values),
+        plan,
+        args.workers,
+        args.progress,
+        args.storage,
+        args.study,
+        args.heartbeat,
+        score_test=args.score_test,
+    )
     return 0
 
 

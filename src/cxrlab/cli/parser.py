@@ -204,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_options(p, schema=Study, prefix=STUDY_DEST)
     _study_options(p, "runs", "compare-FOLDER, from --out")
-    add_config_options(p, skip=("model", "out"))
+    p.add_argument(
+        "--score-test",
+        action="store_true",
+        help="after training, score test: once, by the choices written down before it (default: test stays sealed)",
+    )
+    add_config_options(p, skip=("model", "out", "sealed"))  # a study's runs are always sealed
 
     p = _subparser(sub, "ood", "Fit a finished run's out-of-distribution check (images unlike the training images get no class).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")

@@ -162,6 +162,13 @@ class Config:
     seed: int = opt(0, "random seed; the same seed on the same CPU gives the same history", public=True)
     n_bootstrap: int = opt(1000, "bootstrap resamples for 95% confidence intervals", group="scoring")
     out: str | None = opt(None, "run directory (default runs/<timestamp>-<model>)")
+    sealed: bool = opt(
+        False,
+        "keep test sealed: never load test's images or labels; the run ends with its evidence (val, or a held-out fold "
+        "and val). A study's runs are always sealed, and its test is scored once, by `cxrlab score`, after every choice "
+        "is written down",
+        group="scoring",
+    )
     track: bool = opt(
         False, "log the finished run to MLflow (pip install 'cxrlab[tracking]'); the run directory stays the record", group="scoring"
     )

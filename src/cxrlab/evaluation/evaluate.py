@@ -124,11 +124,12 @@ def finalize_run(
     search_trial: bool = False,
 ) -> dict:
     """Evaluate the best checkpoint on val and test; write metrics, summary and plots. Returns the summary.
-    A search trial (its ``data`` has no test split) writes its val metrics, summary and training curves only."""
+    A sealed run (its ``data`` has no test split) scores val only; a search trial writes its val metrics, summary
+    and training curves only."""
     model = model_from_config(cfg, initial_weights=False)
     load_weights(model, run.weights)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    scored = ("val",) if search_trial else ("val", "test")
+    scored = ("val", "test") if "test" in data.splits else ("val",)
     probs = {s: predict_probs(model, data.splits[s].images, cfg, device) for s in (*scored, "official_val") if s in data.splits}
     point, threshold, temperature = None, 0.5, 1.0
     if data.task == "binary":
@@ -149,6 +150,8 @@ def finalize_run(
     )
     if search_trial:
         summary["search_trial"] = "scored on val only; test never loaded"
+    elif cfg.sealed:
+        summary["sealed"] = "test never loaded: a study scores it once, after its choices are written down"
     elif data.task == "binary":
         from cxrlab.evaluation.ood import fit_run_check
 

@@ -126,11 +126,16 @@ def ensemble_entries(singles: list[Entry], base: Config, study: Study) -> list[E
 
 
 def compare(
-    base: Config, study: Study | None = None, progress: bool | None = None, workers: int | None = None, shared: Shared | None = None
+    base: Config,
+    study: Study | None = None,
+    progress: bool | None = None,
+    workers: int | None = None,
+    shared: Shared | None = None,
+    score_test: bool = False,
 ) -> list[Entry]:
     """Train (or reuse) every model for every seed (``workers`` runs at a time; default: training/runner.py's rule;
-    ``shared``: with the workers of every machine that joins the shared study); score models, TTA and ensemble; write
-    the report."""
+    ``shared``: with the workers of every machine that joins the shared study), sealed: test is never loaded. With
+    ``score_test``: score models, TTA and ensemble; write the report."""
     study = (study or Study()).validate()
     base = base.validate()
     if base.task != "binary":
@@ -139,6 +144,9 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
     runs = train_runs(base, study, progress, workers, shared)
+    if not score_test:
+        log.info(f"\n{len(runs)} runs trained; test is sealed (never loaded). Score it once: the same command with --score-test")
+        return []
     data = task_data(base)
     for run in runs.values():  # every run, each named: a study folder may hold runs copied in from elsewhere
         run.check_data(data.provenance)

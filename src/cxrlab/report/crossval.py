@@ -46,7 +46,7 @@ def cross_validate(
     if base.task != "binary":
         raise ConfigError("cross-validation folds are stratified by class: binary task only")
     out = Path(out)
-    configs = {k: resolve(replace(base, cv_folds=folds, cv_fold=k, out=str(out / f"fold{k}"))) for k in range(folds)}
+    configs = {k: resolve(replace(base, cv_folds=folds, cv_fold=k, out=str(out / f"fold{k}"), sealed=True)) for k in range(folds)}
     md5 = check_data_once(base, list(configs.values()))
     runs = list(run_all(configs, progress, workers, base.threads, status_dir=out, shared=shared, identity={"data_md5": md5}).values())
     check_compatible(runs)

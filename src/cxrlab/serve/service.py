@@ -130,7 +130,8 @@ class Service:
             "trained_on_phantom": self.trained.is_phantom,
             "ood_check": run.read_json(run.summary).get("ood"),  # null: the run has none (cxrlab ood RUN fits one)
             "data": {k: data[k] for k in PUBLIC_DATA if k in data},
-            "metrics": {"val": run.read_json(run.metrics("val")), "test": run.read_json(run.metrics("test"))},
+            # a study's run has no test metrics of its own: its test is scored for the study (sealed)
+            "metrics": {split: run.read_json(run.metrics(split)) for split in ("val", "test") if run.metrics(split).is_file()},
             "training": {k: getattr(cfg, k) for k in PUBLIC_OPTIONS},
             "disclaimer": DISCLAIMER,
         }

@@ -127,7 +127,8 @@ def train(
     ``on_epoch(epoch, row)`` is called after every epoch (hyperparameter search prunes trials by raising there).
     ``side_by_side``: how many runs shared the machine (recorded with the timings, so s/epoch is not misread).
     ``search_trial``: a hyperparameter-search trial, which chooses on val: test is never loaded, and the run ends
-    with its val metrics (no out-of-distribution check, no figures but the curves).
+    with its val metrics (no out-of-distribution check, no figures but the curves). ``cfg.sealed`` (a study's runs)
+    never loads test either, and the run ends with everything its evidence gives; a lone run scores test too.
 
     Started by torchrun, every process runs this function and trains its shard (see training/distributed.py).
     """
@@ -151,7 +152,7 @@ def _train(
     cfg, run = open_run(cfg, resume, process)
     device = setup_device(process_device(cfg.device, process), cfg.threads)
     cfg.precision = resolve_precision(cfg.precision, device)  # 'auto' saved as what it chose
-    data = training_data(cfg, run, resume, process, splits=("train", "val") if search_trial else SPLITS)
+    data = training_data(cfg, run, resume, process, splits=("train", "val") if cfg.sealed or search_trial else SPLITS)
     has_checkpoint = from_main(process, resume and run.last_checkpoint.is_file())
     learner = new_learner(cfg, device, initial_weights=not has_checkpoint)  # a checkpoint replaces the initial weights anyway
     if has_checkpoint:

@@ -69,14 +69,15 @@ def log_run(run_path, uri: str | None = None) -> str:
         for row in history:
             step = int(row["epoch"])
             mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", None)}, step=step)
-        for split in ("val", "test"):
+        splits = [split for split in ("val", "test") if run.metrics(split).is_file()]  # a sealed run has no test metrics
+        for split in splits:
             metrics = json.loads(run.metrics(split).read_text())
             # split/metric: the best checkpoint at the val-chosen threshold, apart from the per-epoch history's val_* curves
             mlflow.log_metrics({f"{split}/{k}": float(v) for k, v in metrics.items() if _is_number(v)})
         mlflow.log_metrics(
             {"best_epoch": summary["best_epoch"], "threshold": summary["threshold"], "train_seconds": summary["train_seconds"]}
         )
-        for path in (run.config, run.summary, run.metrics("val"), run.metrics("test")):
+        for path in (run.config, run.summary, *(run.metrics(split) for split in splits)):
             mlflow.log_artifact(str(path))
         if run.plots.is_dir():
             mlflow.log_artifacts(str(run.plots), artifact_path="plots")
