@@ -143,3 +143,16 @@ def test_a_finishing_run_with_too_few_positives_for_its_sensitivity_bound_keeps_
         choose_on_evidence(cfg, targets, probs)
     point, _ = choose_on_evidence(cfg, targets, probs, keep_going=True)
     assert point.threshold == probs[targets == 1].min() and "keeps every positive" in point.threshold_error
+
+
+def test_band_outcomes_count_what_each_threshold_answers_and_the_confident_errors():
+    from cxrlab.evaluation.operating_point import OperatingPoint, band_outcomes
+
+    point = OperatingPoint(0.5, "sensitivity-bound", rule_out=0.3, rule_in=0.7)
+    targets = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.8, 0.5, 0.1, 0.05, 0.2, 0.4, 0.75, 0.6])
+    out = band_outcomes(targets, probs, point)
+    assert out["rule_out_sensitivity"] == 3 / 4 and out["confident_misses_per_100_positives"] == 25.0  # 0.1 ruled out
+    assert out["rule_out_npv"] == 2 / 3  # ruled out: 0.1 (positive), 0.05, 0.2
+    assert out["rule_in_specificity"] == 4 / 5 and out["confident_fp_per_100_normals"] == pytest.approx(20.0)  # 0.75 ruled in
+    assert out["rule_in_ppv"] == 2 / 3  # ruled in: 0.9, 0.8 (positives), 0.75

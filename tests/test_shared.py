@@ -21,7 +21,7 @@ from cxrlab.training import shared as engine
 from tests.postgres import server_bin, throwaway_server
 
 PASSWORD = "pw-never-shown-3f9c1"  # in every URL below; the server trusts local connections, so it is never checked
-COMPARE = ["--models", "mobilenet_v3_large", "--seeds", "0", "1", "--ensemble", "off", "--tta", "0", "--epochs", "4"]
+COMPARE = ["--models", "mobilenet_v3_large", "--seeds", "0", "1", "--ensemble", "off", "--tta", "0", "--epochs", "4", "--score-test"]
 COMMON = ["--batch-size", "32", "--n-bootstrap", "20", "--device", "cpu", "--threads", "1", "--workers", "1", "--no-progress"]
 TIMINGS = ("train_seconds", "ms_per_image", "images_per_s", "int8_")  # a run's timings are the machine's, not the study's
 
@@ -66,26 +66,13 @@ def without(rows_: list[dict], *keys) -> list[dict]:
 def one_machine(phantom_root, tmp_path_factory):
     """The study run by one command on one machine, no database: what the shared runs must equal."""
     out = tmp_path_factory.mktemp("one_machine") / "study"
-    finish(cxrlab("compare", "--data-root", phantom_root, *COMPARE, *COMMON, "--score-test", "--out", out))
+    finish(cxrlab("compare", "--data-root", phantom_root, *COMPARE, *COMMON, "--out", out))
     return out
 
 
 def test_a_killed_worker_s_run_is_resumed_by_another_and_the_study_equals_one_machine_s(phantom_root, one_machine, database, tmp_path):
     out = tmp_path / "study"
-    args = [
-        "compare",
-        "--data-root",
-        phantom_root,
-        *COMPARE,
-        *COMMON,
-        "--score-test",
-        "--out",
-        out,
-        "--storage",
-        database,
-        "--heartbeat",
-        "1",
-    ]
+    args = ["compare", "--data-root", phantom_root, *COMPARE, *COMMON, "--out", out, "--storage", database, "--heartbeat", "1"]
     doomed, survivor = cxrlab(*args), None
     try:
         victim = None
@@ -132,20 +119,7 @@ def test_a_killed_worker_s_run_is_resumed_by_another_and_the_study_equals_one_ma
 
 def test_two_machines_commands_finish_the_study_between_them_as_one_machine_would(phantom_root, one_machine, database, tmp_path):
     out = tmp_path / "study"
-    args = [
-        "compare",
-        "--data-root",
-        phantom_root,
-        *COMPARE,
-        *COMMON,
-        "--score-test",
-        "--out",
-        out,
-        "--storage",
-        database,
-        "--study",
-        "pair",
-    ]
+    args = ["compare", "--data-root", phantom_root, *COMPARE, *COMMON, "--out", out, "--storage", database, "--study", "pair"]
     first, second = cxrlab(*args), cxrlab(*args)
     said = finish(first) + finish(second)
     assert said.count("epoch   4/4") == 2  # two runs, each trained to its end once, by one of the two

@@ -14,6 +14,7 @@ __all__ = [
     "Config",
     "Report",
     "Run",
+    "StudyEntry",
     "Table",
     "bench",
     "compare",
@@ -23,14 +24,18 @@ __all__ = [
     "evaluate",
     "fit_ood",
     "load_data",
+    "load_entry",
     "load_run",
     "operating_point",
     "phantom",
     "resume",
+    "score",
+    "seal",
     "search",
     "status",
     "study",
     "train",
+    "write_answers",
 ]
 
 

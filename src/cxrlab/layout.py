@@ -20,3 +20,13 @@ RUN_FILES = {
     "bench_report": "bench.json",  # cxrlab bench's timings
     "worker": "worker.json",  # present while a process trains the run: its pid and host
 }
+
+# The files of a compare study's folder that the sealed scoring step reads and writes (report/choices.py).
+STUDY_FILES = {
+    "options": "compare.yaml",  # the study's options and the runs' training options: `compare --config` reproduces it
+    "choices": "choices.json",  # every choice, written before test is read; its SHA-256 is named in the report
+    "seal": "seal.json",  # whether test is still sealed, and when it was scored, by which choices
+    "comparison": "comparison.csv",  # every entry and seed, scored on test
+    "answers": "test_answers.csv",  # every entry's answer for every test image, as the deployed entry gives it
+    "scoring_lock": "scoring.lock",  # present while a process scores test: who
+}

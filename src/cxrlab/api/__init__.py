@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING
 from cxrlab.api.run import BACKENDS as BACKENDS
 from cxrlab.api.run import Report as Report
 from cxrlab.api.run import Run as Run
+from cxrlab.api.run import StudyEntry as StudyEntry
 from cxrlab.api.run import Table as Table
+from cxrlab.api.run import load_entry as load_entry
 from cxrlab.api.run import load_run as load_run
+from cxrlab.api.run import names_an_entry as names_an_entry
 from cxrlab.config import STUDY_KEYS, Config, Study, from_dict, study_from
 from cxrlab.core.runs import RunDir
 from cxrlab.data.datasets import get_dataset
@@ -133,10 +136,12 @@ def compare(
     study_name: str | None = None,
     heartbeat_s: int | None = None,
     score_test: bool = False,
+    rescore: bool = False,
     **options,
 ) -> Report:
     """The study: every model x seed (reused when finished), trained sealed (test never loaded); with
-    ``score_test``, test scored once: TTA and ensemble rows, the report. Returns the Report.
+    ``score_test``, test scored once, by the choices written before it (``score``): TTA and ensemble rows, the
+    report; ``rescore``: even if the study's test was scored before (the report says so). Returns the Report.
     ``options``: the study's (models, seeds, ensemble, tta, out, recipes, holdout) and the runs' Config fields, by
     name, each with its schema default; or ``plan`` (from ``study``) for the study's. ``storage`` (an Optuna
     database URL): the runs are shared with every machine whose command names the same storage and study
@@ -153,8 +158,58 @@ def compare(
     elif planned:
         raise ConfigError(f"the study's options come from plan or as keywords, not both: {', '.join(planned)}")
     where = shared(storage, study_name or f"compare-{Path(plan.out).resolve().name}", heartbeat_s)
-    compare_study(config(cfg, **options), plan, progress=progress, workers=workers, shared=where, score_test=score_test)
+    compare_study(config(cfg, **options), plan, progress=progress, workers=workers, shared=where, score_test=score_test, rescore=rescore)
     return Report(Path(plan.out))
+
+
+def score(study_folder, rescore: bool = False) -> Report:
+    """Score a compare study's test, once, by the choices its folder holds (choices.json, written by ``compare``
+    before test was read): refused when the choices or the runs changed since (naming what differs), or when test
+    was scored already, unless ``rescore`` (the report then says it was rescored). Returns the Report."""
+    from cxrlab.report.compare import score_study
+
+    score_study(study_folder, rescore)
+    return Report(Path(study_folder))
+
+
+def write_answers(results: list, path) -> Path:
+    """Every answer (``Run.predict``'s or ``StudyEntry.predict``'s) to ``path``: .csv (one row per image) or .jsonl
+    (one JSON object per line), written atomically; refused for another suffix before anything is written."""
+    import csv
+    import io
+    import json
+
+    from cxrlab.files import atomic_write_text
+
+    path = answers_path(path)
+    rows = [r.to_dict() for r in results]
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+    elif path.suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["file"])
+        writer.writeheader()
+        writer.writerows({k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()} for row in rows)
+        text = buffer.getvalue()
+    atomic_write_text(path, text)
+    return path
+
+
+def answers_path(path) -> Path:
+    """``path`` as a file for answers: .csv or .jsonl; anything else refused."""
+    from cxrlab.errors import ConfigError
+
+    path = Path(path)
+    if path.suffix not in (".csv", ".jsonl"):
+        raise ConfigError(f"--out {path}: answers are written to a .csv or a .jsonl file")
+    return path
+
+
+def seal(study_folder) -> str:
+    """Whether a compare study's test is still sealed, or when and by which choices it was scored; no torch."""
+    from cxrlab.report.choices import Seal
+
+    return Seal(study_folder).describe()
 
 
 def cross_validate(

@@ -124,20 +124,7 @@ class Run:
         check flags or whose probability lies in the refer band; file paths (PNG, JPEG, DICOM, ...; prepared as the
         data set was made) or arrays already at the run's size (uint8 (N, S, S) or one (S, S)). ``decision``
         'single' answers every in-distribution image at the single threshold (default: the run's config)."""
-        import numpy as np
-        import torch
-
-        from cxrlab.evaluation.predict import predict_files, predict_images
-
-        trained = self.trained()
-        if decision not in (None, "refer", "single"):
-            raise ValueError(f"decision must be 'refer' or 'single', got {decision!r}")
-        if isinstance(images, (np.ndarray, torch.Tensor)):
-            batch = _as_batch(images, trained.cfg.size)
-            return predict_images(trained, batch, [f"array[{i}]" for i in range(len(batch))], decision)
-        if isinstance(images, (str, Path)):
-            images = [images]
-        return predict_files(trained, [str(p) for p in images], max_pixels, decision)
+        return answers(self.trained(), images, max_pixels, decision)
 
     def explainer(self):
         """Grad-CAM for this run's model (cached; on the CPU, where Grad-CAM's hooks run)."""
@@ -209,6 +196,123 @@ class Run:
         )
 
 
+def answers(trained, images, max_pixels: int = DEFAULT_MAX_PIXELS, decision: str | None = None) -> list[Prediction]:
+    """What ``Run.predict`` and ``StudyEntry.predict`` answer: one Prediction per file or array image."""
+    import numpy as np
+    import torch
+
+    from cxrlab.evaluation.predict import predict_files, predict_images
+
+    if decision not in (None, "refer", "single"):
+        raise ValueError(f"decision must be 'refer' or 'single', got {decision!r}")
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        batch = _as_batch(images, trained.cfg.size)
+        return predict_images(trained, batch, [f"array[{i}]" for i in range(len(batch))], decision)
+    if isinstance(images, (str, Path)):
+        images = [images]
+    return predict_files(trained, [str(p) for p in images], max_pixels, decision)
+
+
+def names_an_entry(path, entry: str | None = None, seed: int | None = None) -> bool:
+    """Whether predict / serve answer with a study's entry: an entry or seed is named, or ``path`` is a study's folder
+    (it holds choices.json); otherwise ``path`` is a run."""
+    from cxrlab.layout import STUDY_FILES
+
+    return entry is not None or seed is not None or (Path(path) / STUDY_FILES["choices"]).is_file()
+
+
+def load_entry(study, name: str | None = None, seed: int | None = None, device: str | None = None) -> StudyEntry:
+    """One entry of a compare study (a model, a model with TTA, or the ensemble: its name as the report writes it;
+    default the headline entry) for one seed (default the study's first), as one deployable unit: its runs, TTA
+    views, ensemble weights, operating point and checks exactly as the study's choices.json wrote them. Refused
+    for an unknown entry (listing the study's entries) and for runs or choices changed since they were written."""
+    from cxrlab.errors import ConfigError, RunDirError
+    from cxrlab.evaluation.entry import EntryModel
+    from cxrlab.report.choices import Seal, entry_key, sha256
+
+    seal = Seal(study)
+    if not seal.choices_file.is_file():
+        raise RunDirError(f"{study} holds no choices.json: not a compare study, or one trained before cxrlab wrote its choices down")
+    choices = json.loads(seal.choices_file.read_text())
+    digest = sha256(seal.choices_file)
+    if seal.state.get("choices_sha256") != digest:
+        raise RunDirError(
+            f"{seal.choices_file} changed since it was written: SHA-256 {digest}, recorded {seal.state.get('choices_sha256')}"
+        )
+    seal.check_runs(choices)
+    names = list(dict.fromkeys(e["name"] for e in choices["entries"].values()))
+    seeds = sorted({e["seed"] for e in choices["entries"].values()})
+    name = name or choices["headline"]["entry"]
+    seed = seeds[0] if seed is None else seed
+    if entry_key(name, seed) not in choices["entries"]:
+        raise ConfigError(f"{study} has no entry {name!r} for seed {seed}; its entries: {', '.join(names)}; seeds {seeds}")
+    model = EntryModel.from_choices(Path(study), choices["entries"][entry_key(name, seed)], choices["runs"], digest, device)
+    return StudyEntry(Path(study), model, seal.describe())
+
+
+@dataclass
+class StudyEntry:
+    """A study's entry, loaded (``load_entry``): it predicts as a run does, by the study's choices."""
+
+    study: Path
+    model: object  # evaluation.entry.EntryModel
+    seal: str  # how the study's test was kept and scored
+    _explainer: object = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.name} (seed {self.model.seed})"
+
+    @property
+    def config(self) -> Config:
+        """The members' shared data options (size, classes, positive class, decision)."""
+        return self.model.cfg
+
+    def trained(self, device: str | None = None):
+        return self.model
+
+    def predict(self, images, max_pixels: int = DEFAULT_MAX_PIXELS, decision: str | None = None) -> list[Prediction]:
+        """As ``Run.predict``: a class or 'refer' per image, by the entry's operating point and check."""
+        return answers(self.model, images, max_pixels, decision)
+
+    def decode(self, data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+        return self.model.decode(data, name, max_pixels)
+
+    def explainer(self):
+        """Grad-CAM on the entry's first run (its plain model, on the CPU); the class it explains is the entry's answer."""
+        from cxrlab.evaluation.explain import Explainer
+
+        if self._explainer is None:
+            self._explainer = Explainer(self.model.first)
+        return self._explainer
+
+    def explain_image(self, image, name: str = "image"):
+        """As ``Run.explain_image``, the class and check decided by the entry, as its ``predict`` decides them."""
+        from cxrlab.evaluation.explain import explain_image
+
+        return explain_image(self.explainer(), image, name, answerer=self.model)
+
+    @property
+    def scored(self) -> bool:
+        """Whether the study's test has been scored (by its sealed step)."""
+        from cxrlab.report.choices import Seal
+
+        return Seal(self.study).state.get("state") == "scored"
+
+    def metrics(self) -> dict:
+        """The entry's row of the study's comparison.csv: its test numbers as the report gives them (sealed until scored)."""
+        path = self.study / "comparison.csv"
+        if not path.is_file():
+            from cxrlab.errors import RunDirError
+
+            raise RunDirError(f"{self.study}'s test is sealed: {self.seal}")
+        with open(path) as fh:
+            return next(r for r in csv.DictReader(fh) if r["entry"] == self.model.name and int(r["seed"]) == self.model.seed)
+
+    def __repr__(self) -> str:
+        return f"StudyEntry({str(self.study)!r}): {self.name}; {self.model.point.describe()}; {self.seal}"
+
+
 class Table(list):
     """Rows of dicts (no pandas needed) that print as a table; ``table["val_roc_auc"]`` is one column."""
 
@@ -243,6 +347,10 @@ class Report:
 
     def run(self, model: str, seed: int = 0) -> Run:
         return load_run(self.path / "runs" / f"{model}-seed{seed}")
+
+    def entry(self, name: str | None = None, seed: int | None = None) -> StudyEntry:
+        """One entry as a deployable unit (default: the headline entry, first seed): see ``load_entry``."""
+        return load_entry(self.path, name, seed)
 
     def __repr__(self) -> str:
         return f"Report({str(self.path)!r}): {self.html_file}"

@@ -7,6 +7,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from cxrlab import api
 from cxrlab.cli.parser import STUDY_DEST, build_parser, config_from_args, max_pixels_of
@@ -53,23 +54,20 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    run = api.load_run(args.run, backend=args.backend, device=args.device)
-    trained = run.trained()  # by default the exported ONNX model when the run has one: 3-5x faster on CPU
-    if trained.is_phantom:
-        print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
-    if trained.ood is None and trained.cfg.task == "binary":
-        print(
-            f"note: this run has no out-of-distribution check, so images unlike its training images are classified too; "
-            f"fit one with: cxrlab ood {args.run}",
-            file=sys.stderr,
-        )
-    if trained.point is not None:
-        print(f"operating point: {trained.point.describe()}; answering by {args.decision or trained.cfg.decision}", file=sys.stderr)
-    print(f"answered by: {trained.backend}", file=sys.stderr)
-    failed = 0
-    for result in run.predict(args.images, max_pixels_of(args), decision=args.decision):
+    if args.out:
+        api.answers_path(args.out)  # a wrong suffix is refused before any work
+    if api.names_an_entry(args.run, args.entry, args.seed):
+        if args.backend not in (None, "auto", "pytorch"):
+            raise CxrlabError("a study's entry answers by PyTorch, the route its study was scored by: leave --backend out")
+        target = api.load_entry(args.run, args.entry, args.seed, args.device)
+        print(f"{target!r}", file=sys.stderr)
+    else:
+        target = api.load_run(args.run, backend=args.backend, device=args.device)
+    trained = target.trained()  # a run: by default the exported ONNX model when it has one (3-5x faster on CPU)
+    notes(trained, args)
+    results = target.predict(args.images, max_pixels_of(args), decision=args.decision)
+    for result in results:
         if result.error:
-            failed += 1
             print(f"error: {result.error}", file=sys.stderr)
         elif result.in_distribution is False:
             print(f"{result.path}\trefer\t{result.reason} (score {result.ood_score:.2f} > threshold {result.ood_threshold:.2f})")
@@ -79,7 +77,24 @@ def cmd_predict(args) -> int:
         else:
             why = f"\t{result.reason}" if result.referred else ""
             print(f"{result.path}\t{result.answer}\tP({trained.cfg.positive})={result.probability:.4f}{why}")
-    return 1 if failed else 0
+    if args.out:
+        print(f"answers written: {api.write_answers(results, args.out)}", file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0
+
+
+def notes(trained, args) -> None:
+    """What a reader of predict's answers must know first: phantom, no check, the operating point, what answers."""
+    if trained.is_phantom:
+        print("note: this model was trained on PHANTOM data; its predictions mean nothing clinically", file=sys.stderr)
+    if trained.ood is None and trained.cfg.task == "binary":
+        print(
+            "note: no out-of-distribution check, so images unlike the training images are classified too; fit one with: "
+            f"cxrlab ood {args.run}",
+            file=sys.stderr,
+        )
+    if trained.point is not None:
+        print(f"operating point: {trained.point.describe()}; answering by {args.decision or trained.cfg.decision}", file=sys.stderr)
+    print(f"answered by: {trained.answered_by}", file=sys.stderr)
 
 
 def cmd_compare(args) -> int:
@@ -95,7 +110,13 @@ def cmd_compare(args) -> int:
         args.study,
         args.heartbeat,
         score_test=args.score_test,
+        rescore=args.rescore,
     )
+    return 0
+
+
+def cmd_score(args) -> int:
+    api.score(args.study, rescore=args.rescore)
     return 0
 
 
@@ -115,6 +136,8 @@ def cmd_operating_point(args) -> int:
 
 def cmd_status(args) -> int:
     print("\n".join(api.status(args.study).lines()))
+    if (Path(args.study) / "compare.yaml").is_file():
+        print(api.seal(args.study))
     return 0
 
 
@@ -194,6 +217,8 @@ def cmd_serve(args) -> int:
         max_files=args.max_files,
         max_request_mp=args.max_request_mp,
         threads=args.threads,
+        entry=args.entry,
+        seed=args.seed,
     )
     return 0
 
@@ -214,6 +239,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "compare": cmd_compare,
+    "score": cmd_score,
     "status": cmd_status,
     "ood": cmd_ood,
     "operating-point": cmd_operating_point,
@@ -242,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with sigterm_as_interrupt():
-            if args.command in RUN_COMMANDS:
+            if args.command in RUN_COMMANDS and not api.names_an_entry(args.run, getattr(args, "entry", None), getattr(args, "seed", None)):
                 api.load_run(args.run)  # a wrong path is named at once, before torch is imported
             return COMMANDS[args.command](args)
     except CxrlabError as exc:

@@ -38,14 +38,20 @@ EXAMPLES = {
         cxrlab evaluate runs/mnv3                  # test split, at the operating point chosen without test
         cxrlab evaluate runs/mnv3 --split val""",
     "predict": """
-        cxrlab predict runs/mnv3 xray1.png xray2.jpg""",
+        cxrlab predict runs/mnv3 xray1.png xray2.jpg
+        cxrlab predict runs/study xray1.png --out answers.csv              # a scored study's headline entry, first seed
+        cxrlab predict runs/study xray1.png --entry ensemble --seed 1     # another of its entries""",
     "compare": """
-        cxrlab compare --data-root data/phantom --epochs 3 --seeds 0 1 --tta 8 --out runs/demo
-        cxrlab compare --download                               # the full study: 3 models x 3 seeds, real data
+        cxrlab compare --data-root data/phantom --epochs 3 --seeds 0 1 --tta 8 --out runs/demo   # trains, chooses; test sealed
+        cxrlab score runs/demo                                  # then test, once, by the choices written down
+        cxrlab compare --download --score-test                  # the full study, scored in the same command: 3 models x 3 seeds
         cxrlab compare --dataset pneumoniamnist --models mobilenet_v3_large resnet18 --recipe resnet18=configs/medmnist_v2.yaml
         cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
         cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)
         cxrlab compare --workers 1 --threads 2                  # one run at a time with two threads (default: one run per core)""",
+    "score": """
+        cxrlab score runs/demo                   # test, once, by runs/demo/choices.json; writes report.md / .html
+        cxrlab score runs/demo --rescore         # again (refused without it); the report says it was rescored""",
     "ood": """
         cxrlab ood runs/mnv3                     # fit the out-of-distribution check of a run trained before it existed
         cxrlab ood runs/compare/runs/*-seed*     # every run of a study, without retraining""",
@@ -67,6 +73,8 @@ EXAMPLES = {
         cxrlab bench runs/mnv3                   # eager, channels_last, onnxruntime fp32 / INT8, predict end to end""",
     "serve": """
         cxrlab serve runs/mnv3                   # http://127.0.0.1:8000  (web page), /docs (API)
+        cxrlab serve runs/study                  # a scored study's headline entry (first seed), as the report scored it
+        cxrlab serve runs/study --entry ensemble --seed 2
         cxrlab serve runs/mnv3 --host 0.0.0.0 --token-file ~/.cxrlab-token   # beyond this machine: a token is required
         CXRLAB_TOKEN=$(cat ~/.cxrlab-token) cxrlab serve runs/mnv3 --host 0.0.0.0 --port 8080 --max-upload-mb 20""",
     "cv": """
@@ -182,34 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "test"), default="test", help="split to evaluate (default: test)")
     p.add_argument("--device", default=None, help="device (default: the run's)")
 
-    p = _subparser(sub, "predict", "Classify image files (PNG, JPEG, ... any size or mode) with a finished run.")
-    p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--device", default=None, help="device (default: the run's)")
-    _backend_option(p)
-    p.add_argument(
-        "--decision",
-        choices=("refer", "single"),
-        default=None,
-        help="refer: answer a class only outside the run's refer band; single: the single threshold for every image (default: the run's)",
-    )
-    _max_image_option(p)
+    _predict_parser(sub)
 
-    p = _subparser(sub, "compare", "Train the models for several seeds under one protocol; write report.md and report.html.")
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="YAML file with training options and a 'compare:' section (models, seeds, "
-        "ensemble, tta, out), as OUT/compare.yaml holds; flags override it",
-    )
-    add_config_options(p, schema=Study, prefix=STUDY_DEST)
-    _study_options(p, "runs", "compare-FOLDER, from --out")
-    p.add_argument(
-        "--score-test",
-        action="store_true",
-        help="after training, score test: once, by the choices written down before it (default: test stays sealed)",
-    )
-    add_config_options(p, skip=("model", "out", "sealed"))  # a study's runs are always sealed
+    _compare_parser(sub)
+    _score_parser(sub)
 
     p = _subparser(sub, "ood", "Fit a finished run's out-of-distribution check (images unlike the training images get no class).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
@@ -266,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--batch", type=int, default=256, help="batch size for the throughput figures (default: 256)")
 
-    p = _subparser(sub, "serve", "Serve a run over HTTP: web page, /predict, /explain, /model, /health, /docs.")
-    p.add_argument("run", metavar="RUN", help="run directory")
+    p = _subparser(sub, "serve", "Serve a run or a study's entry over HTTP: web page, /predict, /explain, /model, /health, /docs.")
+    p.add_argument("run", metavar="RUN", help="run directory, or a compare study's folder (then --entry: default its headline)")
+    _entry_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     _backend_option(p)
@@ -287,6 +272,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _max_image_option(p)
     return parser
+
+
+def _predict_parser(sub) -> None:
+    p = _subparser(sub, "predict", "Classify image files (PNG, JPEG, DICOM, ... any size or mode) with a finished run or a study's entry.")
+    p.add_argument("run", metavar="RUN", help="run directory, or a compare study's folder (then --entry: default its headline)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    _entry_options(p)
+    p.add_argument("--out", metavar="FILE", help="also write every answer to FILE: .csv, or .jsonl (one JSON object per line)")
+    p.add_argument("--device", default=None, help="device (default: the run's)")
+    _backend_option(p)
+    p.add_argument(
+        "--decision",
+        choices=("refer", "single"),
+        default=None,
+        help="refer: answer a class only outside the run's refer band; single: the single threshold for every image (default: the run's)",
+    )
+    _max_image_option(p)
+
+
+def _compare_parser(sub) -> None:
+    p = _subparser(sub, "compare", "Train the models for several seeds under one protocol; write report.md and report.html.")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file with training options and a 'compare:' section (models, seeds, "
+        "ensemble, tta, out), as OUT/compare.yaml holds; flags override it",
+    )
+    add_config_options(p, schema=Study, prefix=STUDY_DEST)
+    _study_options(p, "runs", "compare-FOLDER, from --out")
+    p.add_argument(
+        "--score-test",
+        action="store_true",
+        help="after training and choosing, score test: once, by the choices written down before it (default: test "
+        "stays sealed until `cxrlab score OUT`)",
+    )
+    _rescore_option(p)
+    add_config_options(p, skip=("model", "out", "sealed"))  # a study's runs are always sealed
+
+
+def _score_parser(sub) -> None:
+    p = _subparser(
+        sub,
+        "score",
+        "Score a compare study's test, once, by the choices written before it (OUT/choices.json); write the report.",
+    )
+    p.add_argument("study", metavar="OUT", help="the study's folder (compare's --out)")
+    _rescore_option(p)
+
+
+def _entry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--entry", metavar="NAME", help="a study's entry as its report names it, e.g. 'efficientnet_b0 + TTA×4' or ensemble")
+    p.add_argument("--seed", type=int, metavar="K", help="the entry's seed (default: the study's first)")
+
+
+def _rescore_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score a study whose test was scored before (it reads test a second time; the report says it was rescored)",
+    )
 
 
 def _limit_option(p: argparse.ArgumentParser, name: str) -> None:

@@ -126,12 +126,24 @@ def _erase(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     return x.masked_fill((box & apply[:, None, None]).unsqueeze(1), 0.0)
 
 
+def resample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """x (N, 1, S, S) resampled at ``grid`` (N or 1, S, S, 2: one grid per image, or one for all)."""
+    grid = grid.to(x.device).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def view_grid(size: int, s: AugmentSettings, gen: torch.Generator) -> torch.Tensor | None:
+    """One geometric transform drawn from ``s`` as a grid (1, S, S, 2): a test-time view, applied to every image alike,
+    so that an image's views never depend on which images share its batch. ``gen`` lives on the CPU."""
+    return _sampling_grid(1, size, s, gen, "cpu")
+
+
 def augment(x: torch.Tensor, s: AugmentSettings, gen: torch.Generator) -> torch.Tensor:
     """Augment a float batch (N, 1, S, S) in [0, 1]; returns values in [0, 1]. ``gen`` lives on x's device."""
     n, _, size, _ = x.shape
     grid = _sampling_grid(n, size, s, gen, x.device)
     if grid is not None:
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = resample(x, grid)
     if s.brightness:
         x = x * _uniform(n, 1 - s.brightness, 1 + s.brightness, gen, x.device).view(n, 1, 1, 1)
     if s.contrast:

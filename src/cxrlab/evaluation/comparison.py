@@ -1,6 +1,7 @@
 """The statistics a study's claims rest on, over seeds and the shared test images: an interval for a mean over
 seeds that covers both the seeds and the resampling of test, and paired differences between entries scored on the
-same images (the same bootstrap resamples for both), so that "better" is said only where the interval excludes 0."""
+same images (the same bootstrap resamples for both, the seeds drawn again in each), so that "better" is said only
+where the interval excludes 0."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class Interval:
         return self.low > 0 or self.high < 0
 
     def text(self, digits: int = 3, signed: bool = False) -> str:
+        if np.isnan(self.value):  # undefined on these images (e.g. a PPV where nothing was ruled in)
+            return "—"
         sign = "+" if signed else ""
         return f"{self.value:{sign}.{digits}f} [{self.low:{sign}.{digits}f}, {self.high:{sign}.{digits}f}]"
 
@@ -64,12 +67,26 @@ def seeds_and_resamples(
 def paired_difference(
     a: list[Scored], b: list[Scored], keys: tuple[str, ...], n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, Interval]:
-    """Per key, the mean over seeds of key(a) - key(b), both scored on the same images, with the percentile interval
-    of that mean over shared bootstrap resamples of the images (each seed's a against the same seed's b)."""
+    """Per key, the mean over seeds of key(a) - key(b), both scored on the same images, with its percentile interval
+    over a two-stage bootstrap: each resample draws the seeds with replacement (the variation between
+    training runs) and the images (shared by a and b), so "ahead" needs an edge that holds across seeds, not one
+    seed's luck. Each seed's a is paired with the same seed's b."""
     if len(a) != len(b) or any(len(x[0]) != len(y[0]) or not np.array_equal(x[0], y[0]) for x, y in zip(a, b)):
         raise ValueError("a paired comparison needs both entries scored on the same images for the same seeds")
     whole = np.arange(len(a[0][0]))[None]
     point_a, point_b = _samples(a, whole), _samples(b, whole)
     idx = _resamples(len(a[0][0]), n_boot, seed)
     sample_a, sample_b = _samples(a, idx), _samples(b, idx)
-    return {k: _interval(float(np.mean(point_a[k] - point_b[k])), np.nanmean(sample_a[k] - sample_b[k], axis=0), level) for k in keys}
+    drawn = np.random.default_rng(seed + 1).integers(0, len(a), (len(a), n_boot))  # seeds, drawn again for every resample
+    return {
+        k: _interval(
+            float(np.mean(point_a[k] - point_b[k])), np.nanmean(np.take_along_axis(sample_a[k] - sample_b[k], drawn, axis=0), axis=0), level
+        )
+        for k in keys
+    }
+
+
+def per_seed_difference(a: list[Scored], b: list[Scored], key: str) -> list[float]:
+    """key(a) - key(b) on all the images, seed by seed: whether an edge holds in every seed."""
+    whole = np.arange(len(a[0][0]))[None]
+    return [float(d) for d in (_samples(a, whole)[key] - _samples(b, whole)[key])[:, 0]]

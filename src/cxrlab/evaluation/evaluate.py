@@ -137,6 +137,8 @@ def finalize_run(
         point, temperature = choose_on_evidence(cfg, targets, positive, evidence, keep_going=True)
         threshold = point.threshold
         atomic_write_json(run.operating_point, point.to_dict())
+        if not point.has_band:  # said where the run is made, as predict, /model and the page say it
+            log.info(f"no refer band: {point.band_error}; this run answers every image at its single threshold {threshold:.4g}")
     probs = {s: probs[s] for s in scored}
     results = {split: split_metrics(data, split, cfg, split_probs, point, temperature) for split, split_probs in probs.items()}
     for split, (metrics, targets, split_probs) in results.items():
@@ -150,12 +152,13 @@ def finalize_run(
     )
     if search_trial:
         summary["search_trial"] = "scored on val only; test never loaded"
-    elif cfg.sealed:
-        summary["sealed"] = "test never loaded: a study scores it once, after its choices are written down"
-    elif data.task == "binary":
-        from cxrlab.evaluation.ood import fit_run_check
+    else:
+        if cfg.sealed:
+            summary["sealed"] = "test never loaded: a study scores it once, after its choices are written down"
+        if data.task == "binary":
+            from cxrlab.evaluation.ood import fit_run_check
 
-        summary["ood"] = fit_run_check(model, cfg, data, device, run.path)
+            summary["ood"] = fit_run_check(model, cfg, data, device, run.path)
     atomic_write_json(run.summary, summary)
 
     label = summary["data_label"]
@@ -226,6 +229,11 @@ def evaluate_run(run_path, split: str = "test", device: str | None = None) -> di
     """Recompute a finished run's metrics on one split with its saved threshold; writes metrics and plots."""
     trained = load_trained(run_path, device)
     cfg, run = trained.cfg, trained.run
+    if cfg.sealed and split == "test":
+        raise RunDirError(
+            f"{run.path} is sealed (a study's run): its test is scored for the study, once, by `cxrlab score STUDY`; "
+            "evaluate it on val (--split val)"
+        )
     folds = cfg.cv_folds and split == "val"  # a cross-validation run's val is its held-out fold of train
     data = task_data(cfg, splits=("train", split) if folds else (split,))
     if folds:
@@ -248,7 +256,7 @@ def fit_ood(run_path) -> dict:
     cfg, run = trained.cfg, trained.run
     if cfg.task != "binary":
         raise RunDirError("the out-of-distribution check is fitted for binary-task runs")
-    data = task_data(cfg)
+    data = task_data(cfg, splits=("train", "val") if cfg.sealed else ("train", "val", "test"))  # a sealed run never loads test
     if cfg.cv_folds:
         data = fold_view(data, cfg.cv_folds, cfg.cv_fold)
     run.check_data(data.provenance)

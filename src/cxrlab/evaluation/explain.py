@@ -135,10 +135,11 @@ class Explanation:
         return REFER if self.referred else self.label
 
 
-def explain_image(explainer: Explainer, gray: np.ndarray, name: str) -> tuple[Explanation, bytes | None]:
+def explain_image(explainer: Explainer, gray: np.ndarray, name: str, answerer=None) -> tuple[Explanation, bytes | None]:
     """One prepared image (uint8 (S, S)) -> its Explanation and overlay PNG. The class is the one predict answers, by
-    the same route (the run's backend); an image the out-of-distribution check flags is referred, with no overlay."""
-    answer = predict_images(explainer.trained, gray[None], [name])[0]
+    the same route (the run's backend, or ``answerer``: a study's entry); an image the out-of-distribution check
+    flags is referred, with no overlay."""
+    answer = predict_images(answerer or explainer.trained, gray[None], [name])[0]
     if answer.in_distribution is False:
         return Explanation(name, referred=True, reason=f"not explained: {answer.reason}"), None
     explained = answer.label or explainer.trained.cfg.positive

@@ -14,7 +14,7 @@ from cxrlab.config import Config
 from cxrlab.core.checkpoint import load_weights
 from cxrlab.core.device import autocast, setup_device
 from cxrlab.core.runs import RunDir
-from cxrlab.data.augment import AugmentSettings, augment, eval_batch, normalize, to_float
+from cxrlab.data.augment import AugmentSettings, eval_batch, normalize, resample, to_float, view_grid
 from cxrlab.data.datasets import get_dataset
 from cxrlab.data.images import decode_full, load_image, prepare
 from cxrlab.data.task import is_phantom
@@ -60,13 +60,14 @@ def predict_probs_tta(
     model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device, views: int, seed: int = 0, plain: np.ndarray | None = None
 ) -> np.ndarray:
     """Mean probability over ``views`` views: the image itself (``plain``, when the caller has predicted it already),
-    then views-1 random geometric views (fixed seed, so the same call gives the same numbers)."""
+    then views-1 geometric views, view v one transform drawn with seed (``seed``, v) and applied to every image alike:
+    an image's answer never depends on the other images of the call."""
     total = predict_probs(model, images, cfg, device) if plain is None else plain
     for v in range(1, views):
-        gen = torch.Generator(device=device).manual_seed(seed * 1000 + v)
+        grid = view_grid(cfg.size, TTA_SETTINGS, torch.Generator().manual_seed(seed * 1000 + v))
 
-        def view(batch: torch.Tensor, gen: torch.Generator = gen) -> torch.Tensor:
-            return normalize(augment(to_float(batch, device), TTA_SETTINGS, gen), cfg.norm_mean, cfg.norm_std)
+        def view(batch: torch.Tensor, grid: torch.Tensor = grid) -> torch.Tensor:
+            return normalize(resample(to_float(batch, device), grid), cfg.norm_mean, cfg.norm_std)
 
         total = total + torch.sigmoid(predict_logits(model, images, cfg, device, view)).numpy()
     return total / views
@@ -114,6 +115,11 @@ class TrainedModel:
         if self.runtime is not None:
             return self.runtime.probs(images)
         return predict_probs(self.model, images, self.cfg, self.device)
+
+    @property
+    def answered_by(self) -> str:
+        """What answers, in words: the run and the backend."""
+        return f"run {self.run.path.name} ({self.cfg.model}), {self.backend}"
 
     @property
     def preprocess(self) -> str:

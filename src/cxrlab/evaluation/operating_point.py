@@ -178,6 +178,35 @@ def answered_metrics(targets: np.ndarray, probs: np.ndarray, point: OperatingPoi
     }
 
 
+BAND_KEYS = (
+    "rule_out_sensitivity",
+    "rule_out_npv",
+    "rule_in_specificity",
+    "rule_in_ppv",
+    "confident_fp_per_100_normals",
+    "confident_misses_per_100_positives",
+)
+
+
+def band_outcomes(targets: np.ndarray, probs: np.ndarray, point: OperatingPoint) -> dict[str, float]:
+    """What the refer band's two thresholds do on a labelled set (NaN where undefined): the rule-out threshold's
+    sensitivity (positives not ruled out) and NPV (negatives among those ruled out); the rule-in threshold's
+    specificity (negatives not ruled in) and PPV (positives among those ruled in); and the confident errors, answered
+    outside the band: normals given the positive class per 100 normals, positives ruled out per 100 positives."""
+    targets, probs = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
+    pos, neg = targets == 1, targets == 0
+    ruled_out, ruled_in = probs < point.rule_out, probs >= point.rule_in
+    mean = lambda x: float(x.mean()) if len(x) else float("nan")  # noqa: E731
+    return {
+        "rule_out_sensitivity": mean(~ruled_out[pos]),
+        "rule_out_npv": mean(neg[ruled_out]),
+        "rule_in_specificity": mean(~ruled_in[neg]),
+        "rule_in_ppv": mean(pos[ruled_in]),
+        "confident_fp_per_100_normals": 100 * mean(ruled_in[neg]),
+        "confident_misses_per_100_positives": 100 * mean(ruled_out[pos]),
+    }
+
+
 def risk_coverage(targets: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Selective classification at ``threshold``: refer the images closest to it (in logit) first. Returns (coverage,
     error among the answered), from everything answered down to one image."""

@@ -17,6 +17,9 @@ from cxrlab.limits import DEFAULT_MAX_PIXELS
 
 @dataclass
 class Prediction:
+    """One image's answer, the one object the CLI prints, ``--out`` writes and the service serialises: the class or
+    refer, P(positive), the decision used and its thresholds, the out-of-distribution verdict and what answered."""
+
     path: str
     label: str | None = None  # binary: the class answered (None when referred); multilabel: the labels at or over 0.5, or "no finding"
     probability: float | None = None  # binary: P(positive class); multilabel: the highest label probability
@@ -27,6 +30,17 @@ class Prediction:
     ood_threshold: float | None = None
     referred: bool = False  # no class: the image is for a reader to judge (flagged by the check, or inside the refer band)
     reason: str | None = None  # why it was referred
+    decision: str | None = None  # binary: 'refer' (the refer band) or 'single' (the single threshold), as used
+    threshold: float | None = None  # the single threshold
+    rule_out: float | None = None  # the refer band, when the decision used it
+    rule_in: float | None = None
+    answered_by: str | None = None  # the run or study entry, and the backend
+
+    def to_dict(self) -> dict:
+        """The answer as one flat record (JSON, a CSV row): every field, and ``answer``."""
+        from dataclasses import asdict
+
+        return {"file": self.path, "answer": self.answer, **{k: v for k, v in asdict(self).items() if k != "path"}}
 
     @property
     def answer(self) -> str | None:
@@ -64,12 +78,14 @@ def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str], 
     probs, scores = trained.predict(batch)
     results = []
     for i, (name, p) in enumerate(zip(names, probs)):
-        result = Prediction(name)
+        result = Prediction(name, answered_by=trained.answered_by)
         if scores is not None:
             result.ood_score, result.ood_threshold = float(scores[i]), trained.ood.threshold
             result.in_distribution = bool(scores[i] <= trained.ood.threshold)
             if not result.in_distribution:  # not like the training images: no class, no probability to misread
                 result.referred, result.reason = True, OOD_MESSAGE
+                if trained.point is not None:
+                    decide_by(result, trained.point, decision or cfg.decision)
                 results.append(result)
                 continue
         if cfg.task == "multilabel":
@@ -86,8 +102,10 @@ def predict_images(trained: TrainedModel, images: np.ndarray, names: list[str], 
 
 
 def answer(result: Prediction, trained: TrainedModel, decision: str) -> None:
-    """The class for P(positive) by the run's operating point, or refer inside the band, saying why."""
+    """The class for P(positive) by the run's operating point, or refer inside the band, saying why: the one place a
+    probability becomes an answer. A point without a band answers at its single threshold, and says so."""
     point, positive = trained.point, trained.cfg.positive
+    decide_by(result, point, decision)
     kind = int(point.answers(np.array([result.probability]), decision)[0])
     if kind == REFERRED:
         result.referred = True
@@ -97,3 +115,11 @@ def answer(result: Prediction, trained: TrainedModel, decision: str) -> None:
         )
         return
     result.label = positive if kind == POSITIVE else negative_class(trained.classes, positive)
+
+
+def decide_by(result: Prediction, point, decision: str) -> None:
+    """Record the decision an answer uses: the refer band where asked and the point has one, else the single threshold."""
+    result.decision = decision if point.has_band else "single"
+    result.threshold = point.threshold
+    if result.decision == "refer":
+        result.rule_out, result.rule_in = point.rule_out, point.rule_in

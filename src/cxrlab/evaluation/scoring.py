@@ -11,6 +11,7 @@ from cxrlab.evaluation.metrics import evaluate_probs, fit_temperature, point_met
 from cxrlab.evaluation.operating_point import (
     OperatingPoint,
     answered_metrics,
+    band_outcomes,
     bayes_threshold,
     choose_operating_point,
     predictive_values,
@@ -98,6 +99,7 @@ def score_probs(
     out.update({f"{k}_05": at_05[k] for k in AT_05_KEYS})
     if point.has_band:
         out.update(answered_metrics(targets, probs, point))
+        out.update(band_outcomes(targets, probs, point))
     if prevalence is not None:
         out["prevalence"] = prevalence
         out["ppv_at_prevalence"], out["npv_at_prevalence"] = predictive_values(out["sensitivity"], out["specificity"], prevalence)

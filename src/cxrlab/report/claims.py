@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrlab.evaluation.comparison import Interval, Scored, paired_difference, seeds_and_resamples
+from cxrlab.evaluation.comparison import Interval, Scored, paired_difference, per_seed_difference, seeds_and_resamples
 from cxrlab.evaluation.metrics import apply_temperature
-from cxrlab.evaluation.operating_point import estimate_prevalence, risk_coverage
+from cxrlab.evaluation.operating_point import OperatingPoint, answered_metrics, band_outcomes, estimate_prevalence, risk_coverage
 from cxrlab.report.study import Entry
 from cxrlab.report.tables import mean_sd, values
 
@@ -67,15 +67,27 @@ def headline_rows(group: list[Entry], n_boot: int, seed: int) -> list[list[str]]
 
 
 def paired_rows(groups: dict[str, list[Entry]], named: str, n_boot: int, seed: int) -> list[list[str]]:
-    """Every other entry against the named one on the same test images: difference [95% paired interval]."""
+    """Every other entry against the named one on the same test images: difference [95% interval, seeds and images
+    resampled], ** where it excludes 0, †† where even the Bonferroni interval over every difference shown does; and
+    in how many seeds the named entry is ahead in ROC-AUC."""
+    others = [name for name in groups if name != named]
+    keys = tuple(k for k, _ in PAIRED_KEYS)
+    strict = bonferroni_level(len(others) * len(keys))
     rows = []
-    for name, group in groups.items():
-        if name == named:
-            continue
-        diffs = paired_difference(scored_runs(groups[named]), scored_runs(group), tuple(k for k, _ in PAIRED_KEYS), n_boot, seed)
-        cells = [diffs[k].text(signed=True) + (" **" if diffs[k].excludes_zero else "") for k, _ in PAIRED_KEYS]
-        rows.append([f"{named} − {name}", *cells])
+    for name in others:
+        a, b = scored_runs(groups[named]), scored_runs(groups[name])
+        diffs, sure = paired_difference(a, b, keys, n_boot, seed), paired_difference(a, b, keys, n_boot, seed, level=strict)
+        cells = [
+            diffs[k].text(signed=True) + (" **" if diffs[k].excludes_zero else "") + (" ††" if sure[k].excludes_zero else "") for k in keys
+        ]
+        ahead = sum(d > 0 for d in per_seed_difference(a, b, "roc_auc"))
+        rows.append([f"{named} − {name}", *cells, f"{ahead} of {len(a)}"])
     return rows
+
+
+def bonferroni_level(comparisons: int, level: float = 0.95) -> float:
+    """The confidence level at which ``comparisons`` intervals together keep the family's error at 1 - ``level``."""
+    return 1 - (1 - level) / max(comparisons, 1)
 
 
 def operating_point_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:
@@ -109,6 +121,72 @@ OPERATING_POINT_HEADER = [
     "val answered sensitivity",
     "val answered specificity",
 ]
+
+
+BAND_HEADER = [
+    "entry",
+    "rule-out sensitivity",
+    "rule-out NPV",
+    "rule-in specificity",
+    "rule-in PPV",
+    "referred",
+    "confident false positives per 100 normals",
+    "confident misses per 100 positives",
+]
+
+
+def band_rows(groups: dict[str, list[Entry]], n_boot: int, seed: int) -> list[list[str]]:
+    """Per entry with a refer band: what its two thresholds do, on the evidence (mean over seeds) and on test (mean
+    [95% interval over seeds and test resampling]), beside the targets they were chosen for."""
+    rows = []
+    for name, group in groups.items():
+        points = [OperatingPoint.from_dict(e.info["point"]) for e in group]
+        if not all(p.has_band for p in points):
+            rows.append([name, *["no band: " + (next(p.band_error for p in points if not p.has_band) or "none chosen")], *[""] * 6])
+            continue
+        evidence = [band_outcomes(*evidence_curve(e), p) for e, p in zip(group, points)]
+        out = seeds_and_resamples([(*e.curves["test"], p.rule_out) for e, p in zip(group, points)], ("sensitivity", "npv"), n_boot, seed)
+        into = seeds_and_resamples(
+            [(*e.curves["test"], p.rule_in) for e, p in zip(group, points)], ("specificity", "precision"), n_boot, seed
+        )
+        on_evidence = EvidenceMeans(evidence)
+        target_out, target_in = points[0].sensitivity_target, points[0].specificity_target
+        rows.append(
+            [
+                name,
+                f"target ≥ {target_out:g}: {on_evidence('rule_out_sensitivity')} → {out['sensitivity'].text()}",
+                f"{on_evidence('rule_out_npv')} → {out['npv'].text()}",
+                f"target ≥ {target_in:g}: {on_evidence('rule_in_specificity')} → {into['specificity'].text()}",
+                f"{on_evidence('rule_in_ppv')} → {into['precision'].text()}",
+                f"{100 * np.mean([answered_metrics(*evidence_curve(e), p)['referred'] for e, p in zip(group, points)]):.1f} % → "
+                + mean_sd(100 * values(group, "referred", "test"), 1)
+                + " %",
+                f"{on_evidence('confident_fp_per_100_normals')} → {per_100(into['specificity'])}",
+                f"{on_evidence('confident_misses_per_100_positives')} → {per_100(out['sensitivity'])}",
+            ]
+        )
+    return rows
+
+
+class EvidenceMeans:
+    """Band outcomes on the evidence, each the mean over seeds, as text (counts per 100 with one decimal, shares with three)."""
+
+    def __init__(self, outcomes: list[dict]):
+        self.outcomes = outcomes
+
+    def __call__(self, key: str) -> str:
+        defined = [v[key] for v in self.outcomes if not np.isnan(v[key])]  # e.g. no PPV where nothing was ruled in
+        if not defined:
+            return "—"
+        value = float(np.mean(defined))
+        return f"{value:.1f}" if key.startswith("confident") else f"{value:.3f}"
+
+
+def per_100(kept: Interval) -> str:
+    """Errors per 100 from the share kept: 100 (1 - share), its interval turned round."""
+    if np.isnan(kept.value):
+        return "—"
+    return f"{100 * (1 - kept.value):.1f} [{100 * (1 - kept.high):.1f}, {100 * (1 - kept.low):.1f}]"
 
 
 def coverage_rows(groups: dict[str, list[Entry]]) -> list[list[str]]:

@@ -18,11 +18,14 @@ from cxrlab.evaluation import plots
 from cxrlab.evaluation.explain import Explainer, val_grid
 from cxrlab.evaluation.inference import load_trained
 from cxrlab.report.claims import (
+    BAND_HEADER,
     COVERAGE_HEADER,
     HEADLINE_RULE,
     OPERATING_POINT_HEADER,
     PAIRED_KEYS,
     anchor_rows,
+    band_rows,
+    bonferroni_level,
     coverage_rows,
     evidence_curve,
     headline,
@@ -64,12 +67,17 @@ class ReportContext:
     held_out: bool
     figs: dict
     intervals: dict
+    seal: str  # how test was kept and scored (report/choices.py)
 
 
-def write_report(out: Path, base: Config, study: Study, entries: list[Entry], runs: dict, data: TaskData) -> tuple[Path, Path]:
+def write_report(
+    out: Path, base: Config, study: Study, entries: list[Entry], runs: dict, data: TaskData, named: str, seal: str
+) -> tuple[Path, Path]:
+    """The report of a scored study: ``named`` is the headline entry its choices file names, ``seal`` how test was
+    kept and scored (report/choices.py)."""
     label = data_label(data.provenance)
     groups = grouped(entries)
-    named, evidence_auc = headline(groups)
+    _, evidence_auc = headline(groups)
     held_out = any("fold" in e.curves for e in entries)
     c = ReportContext(
         out,
@@ -86,6 +94,7 @@ def write_report(out: Path, base: Config, study: Study, entries: list[Entry], ru
         held_out,
         figures(out, entries, runs, study, base, label, data),
         {name: test_intervals(g, INTERVAL_KEYS, base.n_bootstrap, base.seed) for name, g in groups.items()},
+        seal,
     )
     doc = Document(
         "cxrlab model comparison", warning=f"{label}: every number below describes synthetic images" if data.is_phantom else None
@@ -100,7 +109,8 @@ def headline_section(doc: Document, c: ReportContext) -> None:
     base, data, groups, named, evidence = c.base, c.data, c.groups, c.named, c.evidence
     doc.heading(f"Headline: {named}")
     doc.text(
-        f"Named by a rule fixed before test was read: {HEADLINE_RULE} ({', '.join(f'{k} {v:.4f}' for k, v in c.evidence_auc.items())}). "
+        f"Named in `choices.json`, written before test was read, by the rule {HEADLINE_RULE} "
+        f"({', '.join(f'{k} {v:.4f}' for k, v in c.evidence_auc.items())}). "
         f"Test, mean over {len(groups[named])} seeds [95% interval over seeds and test resampling], at the single threshold "
         f"(`{base.threshold_rule}` on {evidence}); test prevalence {data.splits['test'].targets.numpy().mean():.1%} {base.positive}."
     )
@@ -138,6 +148,8 @@ def protocol_section(doc: Document, c: ReportContext) -> None:
     doc.bullets(
         [
             f"{fold}; operating point and temperature chosen on {evidence}; reported on test, once",
+            f"{c.seal}; every choice (operating points, temperatures, TTA views, ensemble weights, the headline "
+            "entry) is in `choices.json`",
             f"positive class: **{base.positive}**; single threshold rule: `{base.threshold_rule}`"
             + (f" (target sensitivity {base.target_sensitivity})" if base.threshold_rule in ("sensitivity", "sensitivity-bound") else "")
             + f"; refer band: rule-out where sensitivity ≥ {base.rule_out_sensitivity:g} and rule-in where specificity ≥ "
@@ -201,10 +213,16 @@ def comparison_section(doc: Document, c: ReportContext) -> None:
         doc.text(f"Ensemble weights: {weights}.")
     if len(groups) > 1:
         doc.heading(f"Paired comparisons on test: {named} against each entry")
-        doc.table(["difference", *(t for _, t in PAIRED_KEYS)], paired_rows(groups, named, base.n_bootstrap, base.seed))
+        doc.table(
+            ["difference", *(t for _, t in PAIRED_KEYS), "seeds ahead in ROC-AUC"], paired_rows(groups, named, base.n_bootstrap, base.seed)
+        )
+        shown = (len(groups) - 1) * len(PAIRED_KEYS)
         doc.text(
-            "Mean over seeds of the difference on the same test images, [95% interval over shared bootstrap resamples]; "
-            "** where the interval excludes 0. Only those differences are called better or worse."
+            "Mean over seeds of the difference on the same test images, [95% interval over a two-stage bootstrap: the seeds "
+            "drawn again with replacement, then the shared test images]; ** where the interval excludes 0, and only those "
+            f"differences are called better or worse. {shown} differences are shown, so about {shown / 20:.1f} would exclude 0 "
+            f"by chance at 95% if no entry differed: †† marks those whose interval at {bonferroni_level(shown):.2%} (Bonferroni "
+            "over all of them) excludes 0 too. The last column: in how many seeds the named entry's ROC-AUC is the higher."
         )
     spec = get_dataset(base.dataset)
     if spec.published and base.task == "binary":
@@ -231,6 +249,15 @@ def points_section(doc: Document, c: ReportContext) -> None:
         )
     )
     doc.text(prevalence_note(groups[named], base.positive))
+    doc.heading("Refer band outcomes: on the evidence → on test")
+    doc.table(BAND_HEADER, band_rows(groups, base.n_bootstrap, base.seed))
+    doc.text(
+        f"Each cell: on {evidence} (mean over seeds) → on test (mean over seeds [95% interval over seeds and test resampling]). "
+        "Rule-out: images below the rule-out threshold are answered with the negative class (sensitivity: positives kept "
+        "above it; NPV: negatives among those ruled out). Rule-in: images at or above the rule-in threshold are answered with "
+        "the positive class (specificity: negatives kept below it; PPV: positives among those ruled in). Confident errors are "
+        "answered outside the band: normals ruled in, positives ruled out. comparison.csv holds every seed's values."
+    )
     doc.heading("Risk against coverage")
     doc.table(COVERAGE_HEADER, coverage_rows(groups))
     doc.figures(

@@ -24,7 +24,7 @@ from cxrlab.evaluation.inference import load_trained
 from cxrlab.evaluation.scoring import positive_view, score_probs
 from cxrlab.files import atomic_write_text
 from cxrlab.report.document import Document
-from cxrlab.report.study import check_compatible, check_data_once, score, within
+from cxrlab.report.study import check_compatible, check_data_once, choose, score, within
 from cxrlab.report.tables import mean_sd
 from cxrlab.training.runner import run_all
 from cxrlab.training.shared import Shared
@@ -67,8 +67,8 @@ def cross_validate(
             scored[split] = score_probs(targets[split], probs, trained.point, trained.temperature, base.n_bootstrap, base.seed)
         results.append({"run": within(run.path, out), "val": scored["val"], "test": scored["test"]})
     curves = {split: (targets[split], np.mean(fold_probs[split], axis=0)) for split in ("val", "test")}
-    ens_val, ens_test, _ = score(base, curves)
-    ensemble = {"val": ens_val, "test": ens_test, "runs": [r["run"] for r in results]}
+    point, temperature, _ = choose(base, {"val": curves["val"]})  # on the official val
+    ensemble = {**score(base, curves, point, temperature), "runs": [r["run"] for r in results]}
     write_cv_report(out, base, results, ensemble, data_label(data.provenance), data.is_phantom)
     for split in ("val", "test"):
         log.info(

@@ -16,6 +16,7 @@ from cxrlab.core.runs import RunDir
 from cxrlab.data.datafile import locate, provenance
 from cxrlab.errors import RunDirError
 from cxrlab.evaluation.metrics import roc_auc
+from cxrlab.evaluation.operating_point import OperatingPoint
 from cxrlab.evaluation.scoring import choose_on_evidence, score_probs
 from cxrlab.files import atomic_write_text
 from cxrlab.training.runner import run_all
@@ -92,19 +93,15 @@ def train_runs(
     return runs
 
 
-def score(cfg: Config, curves: dict) -> tuple[dict, dict, dict]:
-    """Val and test metrics of an entry's probabilities (``curves``: split -> (targets, P(positive)); 'fold': the
-    seed's held-out fold of train, when the study holds one out), by the scoring protocol: operating point and
-    temperature chosen on the evidence (the fold and val, or val alone), applied unchanged to val and test.
-    The third dict holds the operating point and, with a fold, the check: the point chosen on the fold alone and
-    what it gave on val, which it never saw."""
+def choose(cfg: Config, curves: dict) -> tuple[OperatingPoint, float, dict]:
+    """An entry's operating point and temperature, chosen on its evidence only (``curves``: split -> (targets,
+    P(positive)); the evidence is 'fold', the seed's held-out fold of train when the study holds one out, and 'val').
+    The dict holds the evidence ROC-AUC and, with a fold, the check: the point chosen on the fold alone and what it
+    gave on val, which it never saw."""
     evidence = [curves[s] for s in ("fold", "val") if s in curves]
     targets, probs = np.concatenate([t for t, _ in evidence]), np.concatenate([p for _, p in evidence])
     point, temperature = choose_on_evidence(cfg, targets, probs, "held-out fold + val" if "fold" in curves else "val", keep_going=True)
-    val, test = (
-        score_probs(t, p, point, temperature, cfg.n_bootstrap, cfg.seed, cfg.prevalence) for t, p in (curves["val"], curves["test"])
-    )
-    extra = {"point": point.to_dict(), "evidence_roc_auc": roc_auc(targets, probs)}
+    extra = {"evidence_roc_auc": roc_auc(targets, probs)}
     if "fold" in curves:
         alone, _ = choose_on_evidence(cfg, *curves["fold"], "held-out fold", keep_going=True)
         realised = score_probs(*curves["val"], alone, 1.0, 0, cfg.seed)
@@ -114,7 +111,17 @@ def score(cfg: Config, curves: dict) -> tuple[dict, dict, dict]:
             "rule_in": alone.rule_in,
             **{f"val_{k}": realised.get(k) for k in CHECK_KEYS},
         }
-    return val, test, extra
+    return point, temperature, extra
+
+
+def score(cfg: Config, curves: dict, point: OperatingPoint, temperature: float) -> dict[str, dict]:
+    """Every metric of each labelled split of ``curves`` but the fold, at the operating point and temperature
+    already chosen (and written down): val always, test once the study is scored."""
+    return {
+        split: score_probs(t, p, point, temperature, cfg.n_bootstrap, cfg.seed, cfg.prevalence)
+        for split, (t, p) in curves.items()
+        if split in ("val", "test")
+    }
 
 
 CHECK_KEYS = ("sensitivity", "specificity", "referred", "answered_accuracy", "answered_sensitivity", "answered_specificity")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlab.evaluation.operating_point import BAND_KEYS
 from cxrlab.files import atomic_write_text
 from cxrlab.report.study import Entry
 
@@ -196,7 +197,17 @@ CSV_KEYS = (
     "answered_accuracy",
     "answered_sensitivity",
     "answered_specificity",
+    *BAND_KEYS,
 )
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts (the first row's keys are the header) to a CSV file, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def write_csv(path: Path, entries: list[Entry]) -> None:

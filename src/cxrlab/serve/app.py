@@ -72,10 +72,12 @@ def create_app(
     max_request_mp: float = default("max_request_mp"),
     explain_slots: int = EXPLAIN_SLOTS,
     threads: int | None = None,
+    entry: str | None = None,
+    seed: int | None = None,
 ) -> FastAPI:
     limits = {"max_upload_mb": max_upload_mb, "max_image_mp": max_image_mp, "max_files": max_files, "max_request_mp": max_request_mp}
     check_settings({**limits, "explain_slots": explain_slots}, token)
-    service = Service(run_path, backend, device, int(max_image_mp * 1e6), threads)
+    service = Service(run_path, backend, device, int(max_image_mp * 1e6), threads, entry, seed)
     limit = int(max_upload_mb * 2**20)
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit + 1)  # uploads stay in memory, never on disk
     app = FastAPI(
@@ -197,6 +199,8 @@ def serve(
     max_files: int = default("max_files"),
     max_request_mp: float = default("max_request_mp"),
     threads: int | None = None,
+    entry: str | None = None,
+    seed: int | None = None,
 ) -> None:
     import uvicorn
 
@@ -214,6 +218,8 @@ def serve(
         max_files=max_files,
         max_request_mp=max_request_mp,
         threads=threads,
+        entry=entry,
+        seed=seed,
     )
     service = app.state.service
     threads = service.trained.threads or os.cpu_count()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import cxrlab
-from cxrlab.api import load_run
+from cxrlab.api import load_entry, load_run, names_an_entry
 from cxrlab.config import PUBLIC_OPTIONS
 from cxrlab.errors import ConfigError, ImageFileError, ImageTooLarge
 from cxrlab.limits import DEFAULT_MAX_PIXELS
@@ -34,17 +34,34 @@ class Service:
     """What every request shares: the model (loaded once), its explainer and the response constants."""
 
     def __init__(
-        self, run_path, backend: str = "auto", device: str | None = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None
+        self,
+        run_path,
+        backend: str = "auto",
+        device: str | None = "cpu",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        entry: str | None = None,
+        seed: int | None = None,
     ):
-        self.run = load_run(run_path, backend, device, threads)
+        """``run_path``: a run, or a compare study's folder whose ``entry`` (default its headline) for ``seed`` (default
+        its first) answers, as its choices wrote it down."""
+        self.entry = None
+        if names_an_entry(run_path, entry, seed):
+            if backend not in ("auto", "pytorch"):
+                raise ConfigError("a study's entry answers by PyTorch, the route its study was scored by: leave --backend out")
+            self.run = self.entry = load_entry(run_path, entry, seed, device)
+        else:
+            self.run = load_run(run_path, backend, device, threads)
         if self.run.config.task != "binary":
             raise ConfigError("the service serves binary-task runs (one class and probability per image)")
         self.trained = self.run.trained()
         self.backend = self.trained.backend
         self.max_pixels = max_pixels
         self.explainer = self.run.explainer()  # Grad-CAM's own fp32 copy; the class it explains comes from the backend
-        summary = self.trained.run.read_json(self.trained.run.summary)
-        self.version = f"{Path(self.trained.run.path).name} (finished {summary['finished']}, cxrlab {cxrlab.__version__})"
+        first = self.trained.first.run if self.entry else self.trained.run
+        finished = first.read_json(first.summary)["finished"]
+        what = f"{self.entry.name} of study {Path(run_path).name}" if self.entry else Path(first.path).name
+        self.version = f"{what} (finished {finished}, cxrlab {cxrlab.__version__})"
 
     def decode(self, name: str, data: bytes, budget: list[int] | None = None) -> np.ndarray:
         """Upload bytes -> the model's input; ``budget`` (a one-item list: pixels left in this request) is spent."""
@@ -65,8 +82,7 @@ class Service:
         """One image's answer: its class and P(positive), or, when the run's check flags the image as unlike the
         training images, no class (``in_distribution`` false, the score and threshold, and why)."""
         t = self.trained
-        result = self.run.predict(gray)[0]
-        point = t.point
+        result = self.run.predict(gray)[0]  # the answer, decided where every route decides it (evaluation/predict.py)
         answer = {
             "filename": name,
             "answer": result.answer,  # a class, or "refer": for a reader to judge (flagged, or inside the refer band)
@@ -76,9 +92,11 @@ class Service:
             "probability_of": t.cfg.positive,
             "other_class": t.negative,
             "threshold": t.threshold,
-            "decision": t.cfg.decision if point.has_band else "single",
-            "rule_out": point.rule_out,
-            "rule_in": point.rule_in,
+            "decision": result.decision,
+            "rule_out": t.point.rule_out,
+            "rule_in": t.point.rule_in,
+            "answered_by": result.answered_by,
+            "no_band": None if t.point.has_band else (t.point.band_error or "none was chosen for this model"),
             "model": t.cfg.model,
             "model_version": self.version,
             "backend": self.backend,
@@ -103,16 +121,18 @@ class Service:
         """What the model tells apart and how an upload is prepared, in the run's own words."""
         t = self.trained
         how = "center-cropped to a square" if t.preprocess == "center-crop" else "resized"
+        what = f"Study entry {t.name} (seed {t.seed}), as its study chose it; {self.entry.seal}. " if self.entry else ""
         return (
-            f"{t.cfg.model} trained on {t.dataset_title}: {t.cfg.positive} vs {t.negative}. "
+            f"{what}{t.cfg.model} trained on {t.dataset_title}: {t.cfg.positive} vs {t.negative}. "
             f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were."
         )
 
     def model_card(self) -> dict:
         """What a reader needs to judge the model; nothing of the server's file system and no secret."""
-        run, cfg = self.trained.run, self.trained.cfg
+        cfg = self.trained.cfg
+        run = self.trained.first.run if self.entry else self.trained.run
         data = run.read_json(run.data)
-        return {
+        card = {
             "model": cfg.model,
             "version": self.version,
             "backend": self.backend,
@@ -135,3 +155,20 @@ class Service:
             "training": {k: getattr(cfg, k) for k in PUBLIC_OPTIONS},
             "disclaimer": DISCLAIMER,
         }
+        if self.entry:  # the study's numbers for this entry, not one run's, and how its test was kept
+            model = self.trained
+            card.update(
+                model=model.name,
+                entry={
+                    "name": model.name,
+                    "seed": model.seed,
+                    "runs": [m.run.path.name for m in model.members],
+                    "tta_views": model.views,
+                    "weights": None if model.weights is None else dict(zip((m.cfg.model for m in model.members), model.weights.tolist())),
+                    "study": model.study,
+                    "test": self.entry.seal,
+                },
+                ood_check={m.run.path.name: m.run.read_json(m.run.summary).get("ood") for m in model.members},
+                metrics={"test": self.entry.metrics() if self.entry.scored else "sealed: not scored yet"},
+            )
+        return card
