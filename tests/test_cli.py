@@ -127,7 +127,8 @@ def test_predict_handles_any_image_and_reports_bad_files(trained_run, tmp_path, 
     assert [line.split("\t")[0] for line in lines] == [str(rgb), str(gray16)]
     assert all(line.split("\t")[1] in ("cardiomegaly", "pneumothorax", "refer") for line in lines)  # noise: flagged, or in the refer band
     assert "broken.png" in captured.err and "missing.png: file not found" in captured.err
-    assert "PHANTOM" in captured.err and "answered by: pytorch" in captured.err  # the run has no export: PyTorch answers
+    assert "PHANTOM" in captured.err and f"answered by: run {trained_run.name} (" in captured.err  # the run, and
+    assert captured.err.split("answered by: ")[1].splitlines()[0].endswith(", pytorch")  # no export: PyTorch answers
     assert main(["predict", str(trained_run), str(rgb)]) == 0
     assert main(["predict", str(trained_run), str(rgb), "--backend", "onnx"]) == 2
     assert "has no model.onnx; run: cxrlab export" in capsys.readouterr().err

@@ -226,6 +226,7 @@ def test_compare_writes_the_complete_report(study):
     # the refer band (targets 0.9, reachable with the phantom's val): shown in the headline and recorded in every row
     assert "| referred (refer band) |" in headline and all(r["referred"] and r["rule_out"] for r in rows)
     assert all(r["confident_fp_per_100_normals"] and r["confident_misses_per_100_positives"] for r in rows)
+    assert "test split (chest X-rays)" in md  # the checks' share of test, measured by the scoring step
     paired = md.split("## Paired comparisons on test")[1].split("##")[0]
     assert "seeds ahead in ROC-AUC" in paired and "differences are shown" in paired and "Bonferroni" in paired
     band = md.split("## Refer band outcomes")[1].split("##")[0]

@@ -21,7 +21,8 @@ from cxrlab.evaluation.inference import load_trained, predict_probs
 from cxrlab.evaluation.metrics import POINT_KEYS, apply_temperature
 from cxrlab.evaluation.multilabel import label_table, multilabel_metrics
 from cxrlab.evaluation.operating_point import OperatingPoint
-from cxrlab.evaluation.scoring import choose_on_evidence, positive_view, score_probs
+from cxrlab.evaluation.predict import answer_names
+from cxrlab.evaluation.scoring import choose_on_evidence, negative_class, positive_view, score_probs
 from cxrlab.files import atomic_write_json
 from cxrlab.models.registry import count_parameters, model_from_config
 
@@ -165,7 +166,7 @@ def finalize_run(
     plots.training_curves(state.history, run.plots / "curves.png", f"{cfg.model}: training curves", label, state.best_epoch)
     if data.task == "binary" and not search_trial:
         _, val_targets, val_positive = results["val"]
-        val_grid(run, cfg, data, val_targets, val_positive, threshold, label)
+        val_grid(run, cfg, data, val_targets, val_positive, point, label)
         log.info(f"\n{cfg.model}, best epoch {state.best_epoch} by val {cfg.select_metric}; positive class {cfg.positive}; {label}")
     else:
         log.info(f"\n{cfg.model}, multilabel, best epoch {state.best_epoch} by val {cfg.select_metric}; {label}")
@@ -209,16 +210,18 @@ def run_summary(run: RunDir, cfg: Config, data: TaskData, state: TrainingState, 
     }
 
 
-def val_grid(run: RunDir, cfg: Config, data: TaskData, targets: np.ndarray, positive: np.ndarray, threshold: float, label: str) -> None:
-    """plots/val_grid.png: random val images (fixed by the seed) with truth, P(positive) and the class answered."""
+def val_grid(
+    run: RunDir, cfg: Config, data: TaskData, targets: np.ndarray, positive: np.ndarray, point: OperatingPoint, label: str
+) -> None:
+    """plots/val_grid.png: random val images (fixed by the seed) with truth, P(positive) and the answer given (a class,
+    or refer), as predict answers by the run's operating point."""
     pick = np.random.default_rng(cfg.seed).choice(len(targets), size=min(GRID_IMAGES, len(targets)), replace=False)
+    negative = negative_class(data.classes, cfg.positive)
     plots.prediction_grid(
         data.splits["val"].images.numpy()[pick],
-        targets[pick],
+        [cfg.positive if t == 1 else negative for t in targets[pick]],
+        answer_names(point, positive[pick], data.classes, cfg.positive, cfg.decision),
         positive[pick],
-        threshold,
-        data.classes,
-        cfg.positive,
         run.plots / "val_grid.png",
         f"{cfg.model}: random val images (P = P({cfg.positive}))",
         label,

@@ -104,13 +104,14 @@ def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0) ->
     val = data.splits["val"]
     pick = np.sort(np.random.default_rng(seed).choice(len(val), size=min(count, len(val)), replace=False))
     images = val.images[torch.from_numpy(pick)]
-    maps, probs, predicted = explainer.heatmaps(images)
+    answers = predict_images(trained, images.numpy(), [f"val[{i}]" for i in pick])  # each image's answer, as predict gives it
+    maps, probs, _ = explainer.heatmaps(images, [a.label or cfg.positive for a in answers])  # refer: the positive class's evidence
     truth = [trained.classes[int(t)] for t in val.targets[torch.from_numpy(pick)]]
     return plots.gradcam_grid(
         images.numpy(),
         [overlay(i, m) for i, m in zip(images.numpy(), maps)],
         truth,
-        predicted,
+        [a.answer for a in answers],
         probs,
         cfg.positive,
         Path(path),

@@ -106,25 +106,25 @@ def roc(targets: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title
     return _save(fig, path)
 
 
+def answer_colour(answer: str, truth: str) -> str:
+    """Green where the answer is the true class, orange where it is refer (a reader decides), red where it is wrong."""
+    return "green" if answer == truth else "darkorange" if answer == "refer" else "crimson"
+
+
 def prediction_grid(
     images: np.ndarray,
-    targets: np.ndarray,
+    truth: list[str],
+    answers: list[str],
     probs: np.ndarray,
-    threshold: float,
-    classes: list[str],
-    positive: str,
     path: Path,
     title: str,
     data_label: str,
 ) -> Path:
-    """Images with predicted class, P(positive) and truth; green when right, red when wrong."""
-    negative = classes[0] if classes[1] == positive else classes[1]
+    """Images with the answer given (a class, or refer), P(positive) and truth."""
     fig, axes = _image_grid((len(images) + 1) // 2, title_lines=(2, 2))
-    for ax, image, truth, p in zip(axes.flat, images, targets, probs):
-        predicted = positive if p >= threshold else negative
-        actual = positive if truth == 1 else negative
+    for ax, image, actual, answer, p in zip(axes.flat, images, truth, answers, probs):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"pred {predicted}\nP={p:.3f}  true {actual}", fontsize=7, color="green" if predicted == actual else "crimson")
+        ax.set_title(f"answer {answer}\nP={p:.3f}  true {actual}", fontsize=7, color=answer_colour(answer, actual))
     _title(fig, title, data_label, layout=False)
     return _save(fig, path)
 
@@ -206,15 +206,13 @@ def gradcam_grid(
     title: str,
     data_label: str,
 ) -> Path:
-    """Two rows: the images (titled with truth, prediction and P; green where right), then their Grad-CAM overlays."""
+    """Two rows: the images (titled with truth, the answer given and P), then their Grad-CAM overlays."""
     n = len(images)
     fig, axes = _image_grid(n, title_lines=(3, 0))
     for k in range(n):
         axes[0, k].imshow(images[k], cmap="gray", vmin=0, vmax=255)
         axes[0, k].set_title(
-            f"true {truth[k]}\npred {predicted[k]}\nP({positive})={probs[k]:.2f}",
-            fontsize=7,
-            color="green" if truth[k] == predicted[k] else "crimson",
+            f"true {truth[k]}\nanswer {predicted[k]}\nP({positive})={probs[k]:.2f}", fontsize=7, color=answer_colour(predicted[k], truth[k])
         )
         axes[1, k].imshow(overlays[k])
     _title(fig, title, data_label, layout=False)

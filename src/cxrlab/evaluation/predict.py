@@ -106,15 +106,15 @@ def answer(result: Prediction, trained: TrainedModel, decision: str) -> None:
     probability becomes an answer. A point without a band answers at its single threshold, and says so."""
     point, positive = trained.point, trained.cfg.positive
     decide_by(result, point, decision)
-    kind = int(point.answers(np.array([result.probability]), decision)[0])
-    if kind == REFERRED:
+    named = answer_names(point, np.array([result.probability]), trained.classes, positive, decision)[0]
+    if named == REFER:
         result.referred = True
         result.reason = (
             f"P({positive}) {result.probability:.3f} lies between the rule-out threshold {point.rule_out:.3f} and the "
             f"rule-in threshold {point.rule_in:.3f}: too uncertain to answer; refer to a reader"
         )
         return
-    result.label = positive if kind == POSITIVE else negative_class(trained.classes, positive)
+    result.label = named
 
 
 def decide_by(result: Prediction, point, decision: str) -> None:
@@ -123,3 +123,9 @@ def decide_by(result: Prediction, point, decision: str) -> None:
     result.threshold = point.threshold
     if result.decision == "refer":
         result.rule_out, result.rule_in = point.rule_out, point.rule_in
+
+
+def answer_names(point, probs: np.ndarray, classes: list[str], positive: str, decision: str) -> list[str]:
+    """The answer for each P(positive) by the operating point: the positive class, the other class, or refer."""
+    negative = negative_class(classes, positive)
+    return [REFER if k == REFERRED else positive if k == POSITIVE else negative for k in point.answers(probs, decision)]

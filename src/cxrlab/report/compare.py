@@ -236,7 +236,8 @@ ANSWER_TOLERANCE = 1e-6  # P(positive) of the deployable entry against the scori
 def write_test_answers(out: Path, entries: list[Entry], choices: dict, data: TaskData, digest: str) -> None:
     """OUT/test_answers.csv: every entry's answer for every test image, as the entry answers it when deployed
     (``load_entry``: the refer band and the out-of-distribution check), checked against the probability the report
-    scored: a difference over ANSWER_TOLERANCE is a defect, refused before anything is written."""
+    scored: a difference over ANSWER_TOLERANCE is a defect, refused before anything is written. Each model entry's
+    share of test its check flags joins its info (the report's out-of-distribution table)."""
     images = data.splits["test"].images.numpy()
     loaded, rows = {}, []
     for e in entries:
@@ -248,6 +249,8 @@ def write_test_answers(out: Path, entries: list[Entry], choices: dict, data: Tas
         gap = np.nanmax(np.abs(given - scored)) if (~flagged).any() else 0.0
         if gap > ANSWER_TOLERANCE:
             raise RunDirError(f"{e.name}, seed {e.seed}: deployed P({model.cfg.positive}) differs from the scored one by {gap:.2g}")
+        if e.kind == "model" and model.ood is not None:  # the check's share of test, measured here: a sealed run never saw test
+            e.info["ood_flagged"] = {"test split (chest X-rays)": float(flagged.mean()), **(e.info.get("ood_flagged") or {})}
         positive, negative = model.cfg.positive, model.negative
         rows += [
             {

@@ -41,7 +41,10 @@ def compare_multilabel(base: Config, study: Study, progress, workers: int | None
         )
     label = runs[study.models[0], study.seeds[0]].read_json(runs[study.models[0], study.seeds[0]].summary)["data_label"]
     doc = Document("cxrlab model comparison: all 14 labels", warning=label if "PHANTOM" in label else None)
-    doc.text(f"Data: {label}. Metrics are medmnist's Evaluator AUC and ACC (mean over seeds ± sd).")
+    doc.text(
+        f"Data: {label}. Metrics are medmnist's Evaluator AUC and ACC (mean over seeds ± sd). Unsealed: each run scored its "
+        "own test when it finished (0.5 per label, nothing chosen on it); only binary studies keep test sealed until scored."
+    )
     rows = [
         [
             name,

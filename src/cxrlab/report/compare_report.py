@@ -286,7 +286,7 @@ def rest_section(doc: Document, c: ReportContext) -> None:
     doc.figures(figs["overlay"], "ROC, precision-recall and reliability on test, all entries of the first seed")
     doc.heading("Per model (first seed)")
     doc.figures(figs["curves"], "training curves (train and val loss, accuracy, val ROC-AUC; dotted line: best epoch)")
-    doc.figures(figs["confusion"], "confusion matrices on test at the single threshold")
+    doc.figures(figs["confusion"], "confusion matrices on test at the single threshold, every entry")
     doc.figures(figs["grid"], "random val images with predictions")
     doc.figures(
         figs["gradcam"],
@@ -325,18 +325,17 @@ def figures(out: Path, entries: list[Entry], runs: dict, study: Study, base: Con
     )
     for name in study.models:
         run = runs[name, first]
-        for kind, source in (("curves", "curves.png"), ("confusion", "confusion_test.png"), ("grid", "val_grid.png")):
+        for kind, source in (("curves", "curves.png"), ("grid", "val_grid.png")):  # a sealed run has no test figure
             if (run.plots / source).is_file():
                 target = folder / f"{kind}_{name}.png"
                 shutil.copyfile(run.plots / source, target)
                 made[kind].append(target)
         made["gradcam"].append(val_grid(Explainer(load_trained(run.path, "cpu")), folder / f"gradcam_{name}.png"))
     for e in shown:
-        if e.kind != "model":
-            path = folder / f"confusion_{e.name.replace(' ', '').replace('+', '_').replace('×', 'x')}.png"
-            made["confusion"].append(
-                plots.confusion_matrix(e.test, data.classes, base.positive, path, f"{e.name}: confusion matrix, test", label)
-            )
+        path = folder / f"confusion_{e.name.replace(' ', '').replace('+', '_').replace('×', 'x')}.png"
+        made["confusion"].append(
+            plots.confusion_matrix(e.test, data.classes, base.positive, path, f"{e.name}: confusion matrix, test", label)
+        )
     return made
 
 
