@@ -213,7 +213,8 @@ def _score(out: Path, seal: Seal, rescore: bool) -> list[Entry]:
     data = task_data(base)
     runs = {}
     for name, seed in ((m, s) for s in study.seeds for m in study.models):
-        runs[name, seed] = RunDir(out / choices["runs"][f"{name}-seed{seed}"]["path"])
+        tag = choices["entries"][entry_key(name, seed)]["runs"][0]  # a model entry's one run
+        runs[name, seed] = RunDir(out / choices["runs"][tag]["path"])
         runs[name, seed].check_data(data.provenance)
     log.info(f"\nscoring test once, by the choices written {choices['written']} (SHA-256 {digest})")
     entries = study_entries(runs, data, study, base, choices)
