@@ -172,7 +172,8 @@ def test_the_headline_entry_answers_every_test_image_as_the_report_scored_it(stu
     assert float(card["metrics"]["test"]["roc_auc"]) == float(
         next(r for r in read_csv(study / "comparison.csv") if r["entry"] == named)["roc_auc"]
     )
-    assert f"Study entry {named}" in client.get("/").text
+    page = client.get("/").text
+    assert f"Study entry {named}" in page and f"On test: roc auc {float(card['metrics']['test']['roc_auc']):.3f}" in page
 
 
 def test_a_study_whose_runs_or_choices_changed_is_refused_naming_the_md5(study, tmp_path, capsys):

@@ -20,6 +20,7 @@ DISCLAIMER = (
 )
 PHANTOM_NOTE = "This model was trained on PHANTOM (synthetic) data: its outputs mean nothing clinically."
 PUBLIC_DATA = ("dataset", "kind", "md5", "official_md5", "classes", "counts")
+PAGE_METRICS = ("roc_auc", "sensitivity", "specificity", "referred")  # a study entry's test numbers on the page
 
 
 class OutOfDistribution(ImageFileError):
@@ -122,6 +123,9 @@ class Service:
         t = self.trained
         how = "center-cropped to a square" if t.preprocess == "center-crop" else "resized"
         what = f"Study entry {t.name} (seed {t.seed}), as its study chose it; {self.entry.seal}. " if self.entry else ""
+        if self.entry and self.entry.scored:  # the numbers the report gives for this entry, from its comparison.csv row
+            row = self.entry.metrics()
+            what += "On test: " + ", ".join(f"{k.replace('_', ' ')} {float(row[k]):.3f}" for k in PAGE_METRICS) + ". "
         return (
             f"{what}{t.cfg.model} trained on {t.dataset_title}: {t.cfg.positive} vs {t.negative}. "
             f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were."
