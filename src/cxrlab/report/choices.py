@@ -93,6 +93,8 @@ class Seal:
                 f"test sealed: never loaded; choices written {state['sealed_at']} (SHA-256 {sha}); "
                 f"score it once with `cxrlab score {self.folder}`"
             )
+        if state.get("scored_by") != sha:  # choices written again (--rescore) after test was scored by others
+            return f"test scored by earlier choices (SHA-256 {state.get('scored_by')}); these (SHA-256 {sha}) are not scored yet"
         times = "once" if state["scored_times"] == 1 else f"{state['scored_times']} times (RESCORED)"
         return f"test scored {times}, last {state['scored_at']}, by the choices written {state['sealed_at']} (SHA-256 {sha})"
 
