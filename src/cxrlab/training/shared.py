@@ -94,9 +94,10 @@ def describe(url: str) -> str:
 def open_storage(shared: Shared, attempts: int = 5):
     """Optuna's RDBStorage with heartbeats and retries of stale trials; one line naming host and database when it
     cannot be used (the driver's own message can hold the URL, so it is not repeated). Workers that start together on
-    a new database race to create Optuna's tables: the loser tries again."""
+    a new database race to create Optuna's tables: the loser (PostgreSQL says IntegrityError or, for a table created
+    meanwhile, ProgrammingError) tries again, and a lasting error is named after the last try."""
     import optuna
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     engine = {"connect_args": {"timeout": 60}} if shared.url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(attempts):
@@ -109,11 +110,11 @@ def open_storage(shared: Shared, attempts: int = 5):
                     grace_period=3 * shared.heartbeat_s,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
                 )
-        except IntegrityError:
+        except (IntegrityError, ProgrammingError) as exc:
             if attempt + 1 < attempts:
                 time.sleep(1.0 + attempt)
                 continue
-            reason = "its tables could not be created"
+            reason = f"its tables could not be created ({_reason(exc)})"
         except Exception as exc:  # sqlalchemy and the drivers raise many kinds for a bad URL or an unreachable server
             reason = _reason(exc)
         raise ConfigError(f"cannot use the study storage, {describe(shared.url)}: {reason}") from None
