@@ -175,23 +175,17 @@ def score(study_folder, rescore: bool = False) -> Report:
 def write_answers(results: list, path) -> Path:
     """Every answer (``Run.predict``'s or ``StudyEntry.predict``'s) to ``path``: .csv (one row per image) or .jsonl
     (one JSON object per line), written atomically; refused for another suffix before anything is written."""
-    import csv
-    import io
     import json
 
     from cxrlab.files import atomic_write_text
+    from cxrlab.report.tables import write_rows
 
     path = answers_path(path)
     rows = [r.to_dict() for r in results]
     if path.suffix == ".jsonl":
-        text = "".join(json.dumps(row) + "\n" for row in rows)
-    elif path.suffix == ".csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["file"])
-        writer.writeheader()
-        writer.writerows({k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()} for row in rows)
-        text = buffer.getvalue()
-    atomic_write_text(path, text)
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        write_rows(path, [{k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()} for row in rows])
     return path
 
 

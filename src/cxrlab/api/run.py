@@ -226,20 +226,12 @@ def load_entry(study, name: str | None = None, seed: int | None = None, device: 
     default the headline entry) for one seed (default the study's first), as one deployable unit: its runs, TTA
     views, ensemble weights, operating point and checks exactly as the study's choices.json wrote them. Refused
     for an unknown entry (listing the study's entries) and for runs or choices changed since they were written."""
-    from cxrlab.errors import ConfigError, RunDirError
+    from cxrlab.errors import ConfigError
     from cxrlab.evaluation.entry import EntryModel
-    from cxrlab.report.choices import Seal, entry_key, sha256
+    from cxrlab.report.choices import Seal, entry_key
 
     seal = Seal(study)
-    if not seal.choices_file.is_file():
-        raise RunDirError(f"{study} holds no choices.json: not a compare study, or one trained before cxrlab wrote its choices down")
-    choices = json.loads(seal.choices_file.read_text())
-    digest = sha256(seal.choices_file)
-    if seal.state.get("choices_sha256") != digest:
-        raise RunDirError(
-            f"{seal.choices_file} changed since it was written: SHA-256 {digest}, recorded {seal.state.get('choices_sha256')}"
-        )
-    seal.check_runs(choices)
+    choices, digest = seal.verified()
     names = list(dict.fromkeys(e["name"] for e in choices["entries"].values()))
     seeds = sorted({e["seed"] for e in choices["entries"].values()})
     name = name or choices["headline"]["entry"]

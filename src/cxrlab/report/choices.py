@@ -134,8 +134,18 @@ class Seal:
         return digest
 
     def open_for_scoring(self, rescore: bool = False) -> tuple[dict, str]:
-        """(choices, their SHA-256), once every check holds: choices written and unchanged since, every run's weights
-        and check as they were when chosen, and test not scored yet (or ``rescore``)."""
+        """(choices, their SHA-256) for scoring: ``verified`` choices, and test not scored yet (or ``rescore``)."""
+        state = self.state
+        if state.get("state") == "scored" and not rescore:
+            raise RunDirError(
+                f"{self.folder}'s test was scored already, {state['scored_at']}, by these choices: scoring it again reads test a "
+                "second time; pass --rescore to do it anyway (the report then says it was rescored)"
+            )
+        return self.verified()
+
+    def verified(self) -> tuple[dict, str]:
+        """(choices, their SHA-256), once they hold: written, unchanged since, and every run's weights and check as
+        they were when chosen. What scoring and a deployed entry both rest on."""
         state = self.state
         if not state or not self.choices_file.is_file():
             raise RunDirError(
@@ -146,11 +156,6 @@ class Seal:
             raise RunDirError(
                 f"{self.choices_file} changed since it was written: SHA-256 {digest}, recorded {state['choices_sha256']}; "
                 "put it back, or write the choices again with the study's `cxrlab compare` command"
-            )
-        if state["state"] == "scored" and not rescore:
-            raise RunDirError(
-                f"{self.folder}'s test was scored already, {state['scored_at']}, by these choices: scoring it again reads test a "
-                "second time; pass --rescore to do it anyway (the report then says it was rescored)"
             )
         choices = json.loads(self.choices_file.read_text())
         self.check_runs(choices)
