@@ -75,4 +75,4 @@ def test_the_command_line_and_the_service_reach_the_package_only_through_the_api
         for target, line in imports_of(path)
         if not target.startswith(front[name])
     ]
-    assert len(modules["cli"]) == 3 and len(modules["serve"]) == 4 and found == [], f"past the API: {found}"
+    assert len(modules["cli"]) == 4 and len(modules["serve"]) == 4 and found == [], f"past the API: {found}"

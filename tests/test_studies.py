@@ -152,6 +152,10 @@ def test_the_headline_entry_answers_every_test_image_as_the_report_scored_it(stu
     assert main(["predict", str(study), *(str(tmp_path / f"test{i}.png") for i in range(3)), "--out", str(out)]) == 0
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [w["answer"] for w in written] == [r["answer"] for r in scored[:3]] and all(w["decision"] for w in written)
+    capsys.readouterr()  # Grad-CAM names each image's class (or refer) as the entry answers it
+    assert main(["explain", str(study), *(str(tmp_path / f"test{i}.png") for i in range(3)), "--out", str(tmp_path / "cam")]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [line[1] for line in lines] == [r["answer"] for r in scored[:3]]
     capsys.readouterr()
     assert main(["predict", str(study), str(tmp_path / "test0.png"), "--entry", "resnet"]) == 2
     refused = capsys.readouterr().err
@@ -390,17 +394,44 @@ def test_a_study_pointed_at_another_data_file_refuses_before_training(study, pha
     assert not (changed / "summary.json").exists()
 
 
-def test_cross_validation_reports_folds_and_their_ensemble(phantom_root, tmp_path, capsys):
+def test_cross_validation_is_sealed_until_scored_and_its_fold_ensemble_answers_as_scored(phantom_root, tmp_path, capsys):
+    import cxrlab
+
     out = tmp_path / "cv"
-    assert main(["cv", "--data-root", str(phantom_root), "--model", "efficientnet_b0", "--folds", "2", "--out", str(out), *FAST]) == 0
+    args = ["cv", "--data-root", str(phantom_root), "--model", "efficientnet_b0", "--folds", "2", "--out", str(out), "--workers", "1"]
+    with splits_loaded() as asked:  # one worker: every load happens here, watched
+        assert main([*args, *FAST]) == 0
+    assert asked and "test" not in asked
     rows = read_csv(out / "cv.csv")
-    assert [r["entry"] for r in rows] == ["fold0", "fold1", "fold ensemble"]
+    assert [r["entry"] for r in rows] == ["fold0", "fold1", "fold ensemble"] and "val_roc_auc" in rows[0]
+    assert not [k for k in rows[0] if k.startswith("test")] and json.loads((out / "seal.json").read_text())["state"] == "sealed"
     for k in (0, 1):
         cfg = load_config(out / f"fold{k}" / "config.yaml")
-        assert (cfg.cv_folds, cfg.cv_fold) == (2, k)
+        assert (cfg.cv_folds, cfg.cv_fold, cfg.sealed) == (2, k, True)
     fold_data = json.loads((out / "fold0" / "data.json").read_text())["counts"]
     assert sum(fold_data["train"].values()) + sum(fold_data["val"].values()) == BINARY["train"]  # the folds split train, not val
-    assert "mean ± sd" in (out / "cv.md").read_text() and "PHANTOM" in (out / "cv.html").read_text()
+    capsys.readouterr()
+    main(["status", str(out)])
+    assert "test sealed: never loaded" in capsys.readouterr().out
+
+    assert main(["score", str(out)]) == 0
+    digest = hashlib.sha256((out / "choices.json").read_bytes()).hexdigest()
+    report = (out / "cv.md").read_text()
+    assert "mean ± sd" in report and f"SHA-256 {digest}" in report and "PHANTOM" in (out / "cv.html").read_text()
+    rows = read_csv(out / "cv.csv")
+    assert 0 <= float(rows[-1]["test_roc_auc"]) <= 1 and len(rows) == 3
+    assert main(["score", str(out)]) == 2 and "--rescore" in capsys.readouterr().err
+
+    entry = cxrlab.load_entry(out)  # the headline: the fold ensemble, as it was scored
+    assert entry.model.name == "fold ensemble" and len(entry.model.members) == 2
+    assert entry.metrics()["roc_auc"] == rows[-1]["test_roc_auc"]  # what /model and the page show
+    scored = [r for r in read_csv(out / "test_answers.csv") if r["entry"] == "fold ensemble"]
+    images = task_module.task_data(load_config(out / "fold0" / "config.yaml"), splits=("test",)).splits["test"].images.numpy()
+    answers = entry.predict(images[:50])
+    for answer, row in zip(answers, scored):
+        assert answer.answer == row["answer"]
+        if answer.probability is not None:
+            assert abs(answer.probability - float(row["probability"])) <= 1e-6
 
 
 def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_root, tmp_path, capsys):

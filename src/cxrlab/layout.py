@@ -21,9 +21,10 @@ RUN_FILES = {
     "worker": "worker.json",  # present while a process trains the run: its pid and host
 }
 
-# The files of a compare study's folder that the sealed scoring step reads and writes (report/choices.py).
+# The files of a compare (or cv) study's folder that the sealed scoring step reads and writes (report/choices.py).
 STUDY_FILES = {
     "options": "compare.yaml",  # the study's options and the runs' training options: `compare --config` reproduces it
+    "cv_options": "cv.yaml",  # a cross-validation's training options and number of folds (report/crossval.py)
     "choices": "choices.json",  # every choice, written before test is read; its SHA-256 is named in the report
     "seal": "seal.json",  # whether test is still sealed, and when it was scored, by which choices
     "comparison": "comparison.csv",  # every entry and seed, scored on test

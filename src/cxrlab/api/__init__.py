@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Re-exported: the package's public names are one list, cxrlab.__all__; the CLI also reads BACKENDS here.
+from cxrlab.api.entry import StudyEntry as StudyEntry
+from cxrlab.api.entry import load_entry as load_entry
+from cxrlab.api.entry import names_an_entry as names_an_entry
 from cxrlab.api.run import BACKENDS as BACKENDS
 from cxrlab.api.run import Report as Report
 from cxrlab.api.run import Run as Run
-from cxrlab.api.run import StudyEntry as StudyEntry
 from cxrlab.api.run import Table as Table
-from cxrlab.api.run import load_entry as load_entry
 from cxrlab.api.run import load_run as load_run
-from cxrlab.api.run import names_an_entry as names_an_entry
 from cxrlab.config import STUDY_KEYS, Config, Study, from_dict, study_from
 from cxrlab.core.runs import RunDir
 from cxrlab.data.datasets import get_dataset
@@ -162,10 +162,17 @@ def compare(
     return Report(Path(plan.out))
 
 
-def score(study_folder, rescore: bool = False) -> Report:
-    """Score a compare study's test, once, by the choices its folder holds (choices.json, written by ``compare``
-    before test was read): refused when the choices or the runs changed since (naming what differs), or when test
-    was scored already, unless ``rescore`` (the report then says it was rescored). Returns the Report."""
+def score(study_folder, rescore: bool = False) -> Report | dict:
+    """Score a compare or cv study's test, once, by the choices its folder holds (choices.json, written by ``compare``
+    or ``cross_validate`` before test was read): refused when the choices or the runs changed since (naming what
+    differs), or when test was scored already, unless ``rescore`` (the report then says it was rescored). Returns the
+    compare study's Report, or the cross-validation's results."""
+    from cxrlab.layout import STUDY_FILES
+
+    if (Path(study_folder) / STUDY_FILES["cv_options"]).is_file():
+        from cxrlab.report.crossval import score_cv
+
+        return score_cv(study_folder, rescore)
     from cxrlab.report.compare import score_study
 
     score_study(study_folder, rescore)
@@ -199,10 +206,14 @@ def answers_path(path) -> Path:
     return path
 
 
-def seal(study_folder) -> str:
-    """Whether a compare study's test is still sealed, or when and by which choices it was scored; no torch."""
+def seal(study_folder) -> str | None:
+    """Whether a compare or cv study's test is still sealed, or when and by which choices it was scored; None for a
+    folder that is no such study. No torch."""
+    from cxrlab.layout import STUDY_FILES
     from cxrlab.report.choices import Seal
 
+    if not any((Path(study_folder) / STUDY_FILES[key]).is_file() for key in ("options", "cv_options")):
+        return None
     return Seal(study_folder).describe()
 
 
@@ -215,13 +226,16 @@ def cross_validate(
     storage: str | None = None,
     study_name: str | None = None,
     heartbeat_s: int | None = None,
+    score_test: bool = False,
+    rescore: bool = False,
 ) -> dict:
-    """k-fold cross-validation over train: one run per fold (reused when finished), each scored on val and test,
-    and the folds' ensemble. Returns {'folds': [...], 'ensemble': {...}}. ``storage``: shared as compare's are."""
+    """k-fold cross-validation over train: one run per fold (reused when finished), trained sealed, and the folds'
+    ensemble, every choice written down on folds and val; test scored once with ``score_test`` (or later by
+    ``score``). Returns {'folds': [...], 'ensemble': {...}}, test empty while sealed. ``storage``: shared as compare's."""
     from cxrlab.report.crossval import cross_validate as cv
 
     where = shared(storage, study_name or f"cv-{Path(out).resolve().name}", heartbeat_s)
-    return cv(cfg, folds, out, progress=progress, workers=workers, shared=where)
+    return cv(cfg, folds, out, progress=progress, workers=workers, shared=where, score_test=score_test, rescore=rescore)
 
 
 def search(

@@ -19,6 +19,7 @@ from cxrlab.limits import DEFAULT_MAX_PIXELS
 if TYPE_CHECKING:
     import numpy as np
 
+    from cxrlab.api.entry import StudyEntry
     from cxrlab.evaluation.predict import Prediction
 
 log = logger(__name__)
@@ -137,12 +138,7 @@ class Run:
     def explain(self, images, out: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list:
         """Grad-CAM overlays for image files, written to ``out`` (default: a temporary folder); one Explanation
         per file: the class explained, P(positive), the PNG, or the file's error."""
-        from cxrlab.evaluation.explain import explain_files
-
-        if isinstance(images, (str, Path)):
-            images = [images]
-        out = Path(out) if out else Path(tempfile.mkdtemp(prefix="cxrlab-explain-"))
-        return explain_files(self.explainer(), [str(p) for p in images], out, max_pixels)
+        return explain_paths(self.explainer(), images, out, max_pixels)
 
     def explain_val(self, path: str | Path, count: int = 8, seed: int = 0) -> Path:
         """A grid of random val images (fixed seed) above their Grad-CAM overlays, written to ``path``."""
@@ -213,96 +209,14 @@ def answers(trained, images, max_pixels: int = DEFAULT_MAX_PIXELS, decision: str
     return predict_files(trained, [str(p) for p in images], max_pixels, decision)
 
 
-def names_an_entry(path, entry: str | None = None, seed: int | None = None) -> bool:
-    """Whether predict / serve answer with a study's entry: an entry or seed is named, or ``path`` is a study's folder
-    (it holds choices.json); otherwise ``path`` is a run."""
-    from cxrlab.layout import STUDY_FILES
+def explain_paths(explainer, images, out: str | Path | None, max_pixels: int, answerer=None) -> list:
+    """Grad-CAM overlays for image files (one path or several), written to ``out`` (default: a temporary folder)."""
+    from cxrlab.evaluation.explain import explain_files
 
-    return entry is not None or seed is not None or (Path(path) / STUDY_FILES["choices"]).is_file()
-
-
-def load_entry(study, name: str | None = None, seed: int | None = None, device: str | None = None) -> StudyEntry:
-    """One entry of a compare study (a model, a model with TTA, or the ensemble: its name as the report writes it;
-    default the headline entry) for one seed (default the study's first), as one deployable unit: its runs, TTA
-    views, ensemble weights, operating point and checks exactly as the study's choices.json wrote them. Refused
-    for an unknown entry (listing the study's entries) and for runs or choices changed since they were written."""
-    from cxrlab.errors import ConfigError
-    from cxrlab.evaluation.entry import EntryModel
-    from cxrlab.report.choices import Seal, entry_key
-
-    seal = Seal(study)
-    choices, digest = seal.verified()
-    names = list(dict.fromkeys(e["name"] for e in choices["entries"].values()))
-    seeds = sorted({e["seed"] for e in choices["entries"].values()})
-    name = name or choices["headline"]["entry"]
-    seed = seeds[0] if seed is None else seed
-    if entry_key(name, seed) not in choices["entries"]:
-        raise ConfigError(f"{study} has no entry {name!r} for seed {seed}; its entries: {', '.join(names)}; seeds {seeds}")
-    model = EntryModel.from_choices(Path(study), choices["entries"][entry_key(name, seed)], choices["runs"], digest, device)
-    return StudyEntry(Path(study), model, seal.describe())
-
-
-@dataclass
-class StudyEntry:
-    """A study's entry, loaded (``load_entry``): it predicts as a run does, by the study's choices."""
-
-    study: Path
-    model: object  # evaluation.entry.EntryModel
-    seal: str  # how the study's test was kept and scored
-    _explainer: object = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return f"{self.model.name} (seed {self.model.seed})"
-
-    @property
-    def config(self) -> Config:
-        """The members' shared data options (size, classes, positive class, decision)."""
-        return self.model.cfg
-
-    def trained(self, device: str | None = None):
-        return self.model
-
-    def predict(self, images, max_pixels: int = DEFAULT_MAX_PIXELS, decision: str | None = None) -> list[Prediction]:
-        """As ``Run.predict``: a class or 'refer' per image, by the entry's operating point and check."""
-        return answers(self.model, images, max_pixels, decision)
-
-    def decode(self, data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-        return self.model.decode(data, name, max_pixels)
-
-    def explainer(self):
-        """Grad-CAM on the entry's first run (its plain model, on the CPU); the class it explains is the entry's answer."""
-        from cxrlab.evaluation.explain import Explainer
-
-        if self._explainer is None:
-            self._explainer = Explainer(self.model.first)
-        return self._explainer
-
-    def explain_image(self, image, name: str = "image"):
-        """As ``Run.explain_image``, the class and check decided by the entry, as its ``predict`` decides them."""
-        from cxrlab.evaluation.explain import explain_image
-
-        return explain_image(self.explainer(), image, name, answerer=self.model)
-
-    @property
-    def scored(self) -> bool:
-        """Whether the study's test has been scored (by its sealed step)."""
-        from cxrlab.report.choices import Seal
-
-        return Seal(self.study).state.get("state") == "scored"
-
-    def metrics(self) -> dict:
-        """The entry's row of the study's comparison.csv: its test numbers as the report gives them (sealed until scored)."""
-        path = self.study / "comparison.csv"
-        if not path.is_file():
-            from cxrlab.errors import RunDirError
-
-            raise RunDirError(f"{self.study}'s test is sealed: {self.seal}")
-        with open(path) as fh:
-            return next(r for r in csv.DictReader(fh) if r["entry"] == self.model.name and int(r["seed"]) == self.model.seed)
-
-    def __repr__(self) -> str:
-        return f"StudyEntry({str(self.study)!r}): {self.name}; {self.model.point.describe()}; {self.seal}"
+    if isinstance(images, (str, Path)):
+        images = [images]
+    out = Path(out) if out else Path(tempfile.mkdtemp(prefix="cxrlab-explain-"))
+    return explain_files(explainer, [str(p) for p in images], out, max_pixels, answerer)
 
 
 class Table(list):
@@ -342,6 +256,8 @@ class Report:
 
     def entry(self, name: str | None = None, seed: int | None = None) -> StudyEntry:
         """One entry as a deployable unit (default: the headline entry, first seed): see ``load_entry``."""
+        from cxrlab.api.entry import load_entry
+
         return load_entry(self.path, name, seed)
 
     def __repr__(self) -> str:

@@ -53,16 +53,22 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    if args.out:
-        api.answers_path(args.out)  # a wrong suffix is refused before any work
+def answerer(args):
+    """What predict and explain answer with: a study's entry (PyTorch, the route its study was scored by) or a run."""
+    device = getattr(args, "device", None)
     if api.names_an_entry(args.run, args.entry, args.seed):
         if args.backend not in (None, "auto", "pytorch"):
             raise CxrlabError("a study's entry answers by PyTorch, the route its study was scored by: leave --backend out")
-        target = api.load_entry(args.run, args.entry, args.seed, args.device)
+        target = api.load_entry(args.run, args.entry, args.seed, device)
         print(f"{target!r}", file=sys.stderr)
-    else:
-        target = api.load_run(args.run, backend=args.backend, device=args.device)
+        return target
+    return api.load_run(args.run, backend=args.backend, device=device)
+
+
+def cmd_predict(args) -> int:
+    if args.out:
+        api.answers_path(args.out)  # a wrong suffix is refused before any work
+    target = answerer(args)
     trained = target.trained()  # a run: by default the exported ONNX model when it has one (3-5x faster on CPU)
     notes(trained, args)
     results = target.predict(args.images, max_pixels_of(args), decision=args.decision)
@@ -136,14 +142,23 @@ def cmd_operating_point(args) -> int:
 
 def cmd_status(args) -> int:
     print("\n".join(api.status(args.study).lines()))
-    if (Path(args.study) / "compare.yaml").is_file():
+    if api.seal(args.study) is not None:
         print(api.seal(args.study))
     return 0
 
 
 def cmd_cv(args) -> int:
     api.cross_validate(
-        config_from_args(args), args.folds, args.cv_out, args.workers, args.progress, args.storage, args.study, args.heartbeat
+        config_from_args(args),
+        args.folds,
+        args.cv_out,
+        args.workers,
+        args.progress,
+        args.storage,
+        args.study,
+        args.heartbeat,
+        score_test=args.score_test,
+        rescore=args.rescore,
     )
     return 0
 
@@ -154,14 +169,13 @@ def cmd_search(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from pathlib import Path
 
     if not args.images and not args.val_grid:
         raise CxrlabError("give image files to explain, or --val-grid")
-    run = api.load_run(args.run, backend=args.backend)
+    run = answerer(args)
     explainer = run.explainer()
     print(
-        f"Grad-CAM on {run.config.model} layer {explainer.layer_name}; each image's class as {explainer.trained.backend} answers it"
+        f"Grad-CAM on {run.config.model} layer {explainer.layer_name}; each image's class as {run.trained().answered_by} answers it"
         + ("  (PHANTOM-trained model)" if explainer.trained.is_phantom else "")
     )
     failed = 0
@@ -191,7 +205,6 @@ def cmd_bench(args) -> int:
 
 def cmd_serve(args) -> int:
     import os
-    from pathlib import Path
 
     from cxrlab.serve.app import serve
 

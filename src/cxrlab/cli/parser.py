@@ -9,83 +9,12 @@ from dataclasses import fields
 
 from cxrlab import __version__, api
 from cxrlab.api.run import BACKENDS
+from cxrlab.cli.examples import EXAMPLES
 from cxrlab.config import POINT_OPTIONS, Config, Study, config_fields, from_dict, load_yaml, option_types
 from cxrlab.errors import CxrlabError
 from cxrlab.limits import LIMITS
 
 STUDY_DEST = "study_"  # a study's flags land apart from the run options of the same name (--out)
-EXAMPLES = {
-    "data": """
-        cxrlab data                                   # official file in ~/.medmnist
-        cxrlab data --data-root data/phantom          # a phantom file
-        cxrlab data --classes effusion pneumothorax --size 64 --download
-        cxrlab data --task multilabel                 # all 14 labels
-        cxrlab data --dataset pneumoniamnist --download   # PneumoniaMNIST: normal vs pneumonia
-        cxrlab data --dataset pneumoniamnist --duplicates --duplicates-csv pairs.csv   # near-duplicates within and across splits""",
-    "phantom": """
-        cxrlab phantom --out data/phantom                      # small file: 2000/400/600 rows
-        cxrlab phantom --out data/phantom --official-counts    # the official split sizes and binary counts
-        cxrlab phantom --out data/phantom --size 64 --seed 1
-        cxrlab phantom --out data/phantom --dataset pneumoniamnist --official-counts""",
-    "train": """
-        cxrlab train --data-root data/phantom --model densenet121 --epochs 5
-        cxrlab train --config configs/example.yaml --out runs/mnv3
-        cxrlab train --task multilabel --size 64 --model densenet121    # all 14 labels, medmnist's AUC/ACC
-        cxrlab train --dataset pneumoniamnist --download --epochs 10
-        cxrlab train --config configs/medmnist_v2.yaml --dataset pneumoniamnist   # MedMNIST v2's ResNet-18 recipe
-        cxrlab train --resume runs/mnv3                        # continue an interrupted run""",
-    "evaluate": """
-        cxrlab evaluate runs/mnv3                  # test split, at the operating point chosen without test
-        cxrlab evaluate runs/mnv3 --split val""",
-    "predict": """
-        cxrlab predict runs/mnv3 xray1.png xray2.jpg
-        cxrlab predict runs/study xray1.png --out answers.csv              # a scored study's headline entry, first seed
-        cxrlab predict runs/study xray1.png --entry ensemble --seed 1     # another of its entries""",
-    "compare": """
-        cxrlab compare --data-root data/phantom --epochs 3 --seeds 0 1 --tta 8 --out runs/demo   # trains, chooses; test sealed
-        cxrlab score runs/demo                                  # then test, once, by the choices written down
-        cxrlab compare --download --score-test                  # the full study, scored in the same command: 3 models x 3 seeds
-        cxrlab compare --dataset pneumoniamnist --models mobilenet_v3_large resnet18 --recipe resnet18=configs/medmnist_v2.yaml
-        cxrlab compare --ensemble 0.5 0.3 0.2 --threshold sensitivity --target-sensitivity 0.9
-        cxrlab compare --config runs/demo/compare.yaml          # reproduce a report (reuses its runs)
-        cxrlab compare --workers 1 --threads 2                  # one run at a time with two threads (default: one run per core)""",
-    "score": """
-        cxrlab score runs/demo                   # test, once, by runs/demo/choices.json; writes report.md / .html
-        cxrlab score runs/demo --rescore         # again (refused without it); the report says it was rescored""",
-    "ood": """
-        cxrlab ood runs/mnv3                     # fit the out-of-distribution check of a run trained before it existed
-        cxrlab ood runs/compare/runs/*-seed*     # every run of a study, without retraining""",
-    "operating-point": """
-        cxrlab operating-point runs/mnv3                          # a run trained before operating points: choose its refer band
-        cxrlab operating-point runs/mnv3 --rule-out-sensitivity 0.99 --rule-in-specificity 0.95
-        cxrlab operating-point runs/compare/runs/*-seed* --decision single   # answer every image at the single threshold""",
-    "status": """
-        cxrlab status runs/compare               # a compare study: runs finished / running / left, time left
-        cxrlab status runs/cv                    # a cross-validation's fold runs
-        watch -n 60 cxrlab status runs/compare   # from a second shell while the study trains""",
-    "explain": """
-        cxrlab explain runs/mnv3 xray1.png xray2.dcm --out explained/   # one overlay PNG per image
-        cxrlab explain runs/mnv3 --val-grid --out explained/             # a grid of val images with overlays""",
-    "export": """
-        cxrlab export runs/mnv3                  # model.onnx (checked against PyTorch), then the INT8 trials
-        cxrlab export runs/mnv3 --no-quantize""",
-    "bench": """
-        cxrlab bench runs/mnv3                   # eager, channels_last, onnxruntime fp32 / INT8, predict end to end""",
-    "serve": """
-        cxrlab serve runs/mnv3                   # http://127.0.0.1:8000  (web page), /docs (API)
-        cxrlab serve runs/study                  # a scored study's headline entry (first seed), as the report scored it
-        cxrlab serve runs/study --entry ensemble --seed 2
-        cxrlab serve runs/mnv3 --host 0.0.0.0 --token-file ~/.cxrlab-token   # beyond this machine: a token is required
-        CXRLAB_TOKEN=$(cat ~/.cxrlab-token) cxrlab serve runs/mnv3 --host 0.0.0.0 --port 8080 --max-upload-mb 20""",
-    "cv": """
-        cxrlab cv --data-root data/phantom --model efficientnet_b0 --folds 5 --epochs 3 --out runs/cv
-        cxrlab cv --config configs/example.yaml --folds 5 --workers 2 --threads 1""",
-    "search": """
-        cxrlab search --method grid --data-root data/phantom --epochs 3          # all 27 grid points
-        cxrlab search --method optuna --trials 30 --workers 2 --out runs/search  # TPE + median pruning
-        cxrlab search --storage postgresql://user@db/optuna --study cxr1         # workers on several machines
-        cxrlab train --config runs/search/best.yaml                              # train the winner""",
-}
 
 
 def _formatter(prog):
@@ -210,11 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "status", "Where a compare or cv study stands: runs finished, running and left, epochs, time left.")
     p.add_argument("study", metavar="OUT", help="the study's folder (compare's or cv's --out)")
 
-    p = _subparser(sub, "cv", "k-fold cross-validation over train: mean ± sd on val and test, and the fold ensemble.")
+    p = _subparser(sub, "cv", "k-fold cross-validation over train, test sealed: mean ± sd on val (test once scored), the fold ensemble.")
     p.add_argument("--config", metavar="FILE", help="YAML file with training options; flags override it")
     p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
     p.add_argument("--out", dest="cv_out", default="runs/cv", help="folder for the fold runs and the report (default: runs/cv)")
     _study_options(p, "fold runs", "cv-FOLDER, from --out")
+    _score_test_options(p)
     add_config_options(p, skip=("out", "cv_folds", "cv_fold"))
 
     p = _subparser(sub, "search", "Hyperparameter search (grid or Optuna TPE with median pruning) on val; writes best.yaml.")
@@ -228,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="search_out", default="runs/search", help="folder for the trial runs and results (default: runs/search)")
     add_config_options(p, skip=("out", "batch_size", "lr", "dropout"))
 
-    p = _subparser(sub, "explain", "Grad-CAM overlays for image files, or a grid of val images, with a finished run.")
-    p.add_argument("run", metavar="RUN", help="run directory")
+    p = _subparser(sub, "explain", "Grad-CAM overlays for image files, or a grid of val images, with a finished run or a study's entry.")
+    p.add_argument("run", metavar="RUN", help="run directory, or a study's folder (then --entry: default its headline)")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, DICOM, ...)")
+    _entry_options(p)
     p.add_argument("--val-grid", action="store_true", help="also write gradcam_val_grid.png: random val images with overlays")
     p.add_argument("--out", default="explained", help="folder for the PNGs (default: explained)")
     _backend_option(p)
@@ -301,13 +232,7 @@ def _compare_parser(sub) -> None:
     )
     add_config_options(p, schema=Study, prefix=STUDY_DEST)
     _study_options(p, "runs", "compare-FOLDER, from --out")
-    p.add_argument(
-        "--score-test",
-        action="store_true",
-        help="after training and choosing, score test: once, by the choices written down before it (default: test "
-        "stays sealed until `cxrlab score OUT`)",
-    )
-    _rescore_option(p)
+    _score_test_options(p)
     add_config_options(p, skip=("model", "out", "sealed"))  # a study's runs are always sealed
 
 
@@ -315,15 +240,21 @@ def _score_parser(sub) -> None:
     p = _subparser(
         sub,
         "score",
-        "Score a compare study's test, once, by the choices written before it (OUT/choices.json); write the report.",
+        "Score a compare or cv study's test, once, by the choices written before it (OUT/choices.json); write the report.",
     )
-    p.add_argument("study", metavar="OUT", help="the study's folder (compare's --out)")
+    p.add_argument("study", metavar="OUT", help="the study's folder (compare's or cv's --out)")
     _rescore_option(p)
 
 
 def _entry_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entry", metavar="NAME", help="a study's entry as its report names it, e.g. 'efficientnet_b0 + TTA×4' or ensemble")
     p.add_argument("--seed", type=int, metavar="K", help="the entry's seed (default: the study's first)")
+
+
+def _score_test_options(p: argparse.ArgumentParser) -> None:
+    help = "after training and choosing, score test once, by the choices written before it (default: sealed until `cxrlab score OUT`)"
+    p.add_argument("--score-test", action="store_true", help=help)
+    _rescore_option(p)
 
 
 def _rescore_option(p: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ class EntryModel:
     seed: int
     members: list[TrainedModel]
     views: int  # TTA views (1: none)
-    weights: np.ndarray | None  # the ensemble's, one per member
+    weights: np.ndarray | None  # the ensemble's, one per member; None: equal
     point: OperatingPoint
     temperature: float
     study: str  # the study's folder name and its choices' SHA-256, for ``answered_by``
@@ -123,10 +123,11 @@ class EntryModel:
                 each.append(predict_probs_tta(m.model, images, m.cfg, m.device, self.views, seed=self.seed))
             else:
                 each.append(predict_probs(m.model, images, m.cfg, m.device))
-        if self.weights is None:
+        if len(each) == 1:
             return each[0]
+        weights = np.full(len(each), 1 / len(each)) if self.weights is None else self.weights  # None: the mean (cv's fold ensemble)
         positive = [positive_probability(p[:, 0], self.classes, self.cfg.positive) for p in each]
-        combined = combine(positive, self.weights)  # the ensemble is combined as P(positive), as the study scored it
+        combined = combine(positive, weights)  # the ensemble is combined as P(positive), as the study scored it
         class1 = combined if self.cfg.positive == self.classes[1] else 1 - combined
         return class1[:, None]
 

@@ -97,14 +97,15 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0) -> Path:
-    """Random val images (fixed seed) above their Grad-CAM overlays, titled with truth, prediction and P."""
+def val_grid(explainer: Explainer, path: Path, count: int = 8, seed: int = 0, answerer=None) -> Path:
+    """Random val images (fixed seed) above their Grad-CAM overlays, titled with truth, the answer (the run's, or
+    ``answerer``'s: a study's entry) and P."""
     trained, cfg = explainer.trained, explainer.trained.cfg
     data = task_data(cfg, splits=("val",))
     val = data.splits["val"]
     pick = np.sort(np.random.default_rng(seed).choice(len(val), size=min(count, len(val)), replace=False))
     images = val.images[torch.from_numpy(pick)]
-    answers = predict_images(trained, images.numpy(), [f"val[{i}]" for i in pick])  # each image's answer, as predict gives it
+    answers = predict_images(answerer or trained, images.numpy(), [f"val[{i}]" for i in pick])  # as predict answers each
     maps, probs, _ = explainer.heatmaps(images, [a.label or cfg.positive for a in answers])  # refer: the positive class's evidence
     truth = [trained.classes[int(t)] for t in val.targets[torch.from_numpy(pick)]]
     return plots.gradcam_grid(
@@ -149,8 +150,11 @@ def explain_image(explainer: Explainer, gray: np.ndarray, name: str, answerer=No
     return found, png_bytes(overlay(gray, maps[0]))
 
 
-def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Explanation]:
-    """One overlay PNG per readable image, OUT/<stem>_gradcam.png; unreadable files get an error, the rest go on."""
+def explain_files(
+    explainer: Explainer, paths: list[str], out: Path, max_pixels: int = DEFAULT_MAX_PIXELS, answerer=None
+) -> list[Explanation]:
+    """One overlay PNG per readable image, OUT/<stem>_gradcam.png, its class as ``explain_image`` decides it;
+    unreadable files get an error, the rest go on."""
     results = []
     for path in paths:
         try:
@@ -158,7 +162,7 @@ def explain_files(explainer: Explainer, paths: list[str], out: Path, max_pixels:
         except ImageFileError as exc:
             results.append(Explanation(str(path), error=str(exc)))
             continue
-        found, png = explain_image(explainer, gray, str(path))
+        found, png = explain_image(explainer, gray, str(path), answerer)
         if png is not None:
             found.overlay = Path(out) / f"{Path(path).stem}_gradcam.png"
             atomic_write_bytes(found.overlay, png)
