@@ -31,3 +31,7 @@ STUDY_FILES = {
     "answers": "test_answers.csv",  # every entry's answer for every test image, as the deployed entry gives it
     "scoring_lock": "scoring.lock",  # present while a process scores test: who
 }
+
+# A site folder (`cxrlab site calibrate --out DIR`, report/site.py): the operating point chosen at the site, how, and
+# the entry it was chosen for.
+SITE_FILE = "site.json"

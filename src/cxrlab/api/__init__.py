@@ -29,6 +29,12 @@ from cxrlab.api.run import Report as Report
 from cxrlab.api.run import Run as Run
 from cxrlab.api.run import Table as Table
 from cxrlab.api.run import load_run as load_run
+from cxrlab.api.site import SiteEntry as SiteEntry
+from cxrlab.api.site import is_site as is_site
+from cxrlab.api.site import load_answerer as load_answerer
+from cxrlab.api.site import load_site as load_site
+from cxrlab.api.site import site_calibrate as site_calibrate
+from cxrlab.api.site import site_check as site_check
 from cxrlab.config import STUDY_KEYS, Config, Study, from_dict, study_from
 from cxrlab.core.runs import RunDir
 from cxrlab.data.datasets import get_dataset

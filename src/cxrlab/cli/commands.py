@@ -54,15 +54,37 @@ def cmd_evaluate(args) -> int:
 
 
 def answerer(args):
-    """What predict and explain answer with: a study's entry (PyTorch, the route its study was scored by) or a run."""
-    device = getattr(args, "device", None)
-    if api.names_an_entry(args.run, args.entry, args.seed):
-        if args.backend not in (None, "auto", "pytorch"):
-            raise CxrlabError("a study's entry answers by PyTorch, the route its study was scored by: leave --backend out")
-        target = api.load_entry(args.run, args.entry, args.seed, device)
+    """What predict and explain answer with: a site folder, a study's entry (PyTorch, the route its study was scored
+    by) or a run."""
+    target = api.load_answerer(args.run, args.entry, args.seed, args.backend, getattr(args, "device", None))
+    if not isinstance(target, api.Run):
         print(f"{target!r}", file=sys.stderr)
-        return target
-    return api.load_run(args.run, backend=args.backend, device=device)
+    return target
+
+
+def cmd_site(args) -> int:
+    limit = max_pixels_of(args)
+    if args.site_command == "check":
+        found = api.site_check(args.run, args.images, args.entry, args.seed, args.out, args.split, limit)
+        flagged = found["flagged_out_of_distribution"]
+        print(f"{found['entry']}\nagainst {found['evidence_images']} images of its evidence: {found['evidence']}")
+        print(f"site: {found['site_images']} images; {flagged['count']} ({flagged['share']:.1%}) flagged by the check, left out")
+        for name in found["unreadable"]:
+            print(f"unreadable: {name['name']}: {name['why']}", file=sys.stderr)
+        print(
+            f"share of {found['positive']} by EM: {found['site_prevalence']:.1%} (evidence {found['evidence_prevalence']:.1%})\n"
+            f"anything changed: KS {found['ks_any']:.3f}, p {found['p_any']:.3g} (Holm {found['p_any_holm']:.3g})\n"
+            f"changed beyond prevalence: KS {found['ks_beyond_prevalence']:.3f}, p {found['p_beyond_prevalence']:.3g} "
+            f"(Holm {found['p_beyond_prevalence_holm']:.3g})\nverdict: {found['words']}"
+        )
+        if args.out:
+            print(f"written: {args.out}/site_check.json, {args.out}/site_scores.png")
+        return 0
+    entry = api.site_calibrate(args.run, args.labelled, args.out, args.site, args.entry, args.seed, args.split, limit)
+    for item in entry.record["data"]["excluded"]:
+        print(f"excluded: {item['name']}: {item['why']}", file=sys.stderr)
+    print(f"{entry!r}\nwritten: {args.out}/site.json; cxrlab predict | serve {args.out} answer by it")
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -256,6 +278,7 @@ COMMANDS = {
     "status": cmd_status,
     "ood": cmd_ood,
     "operating-point": cmd_operating_point,
+    "site": cmd_site,
 }
 
 
@@ -281,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with sigterm_as_interrupt():
-            if args.command in RUN_COMMANDS and not api.names_an_entry(args.run, getattr(args, "entry", None), getattr(args, "seed", None)):
+            if (
+                args.command in RUN_COMMANDS
+                and not api.names_an_entry(args.run, getattr(args, "entry", None), getattr(args, "seed", None))
+                and not api.is_site(args.run)
+            ):
                 api.load_run(args.run)  # a wrong path is named at once, before torch is imported
             return COMMANDS[args.command](args)
     except CxrlabError as exc:

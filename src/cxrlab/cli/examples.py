@@ -65,6 +65,12 @@ EXAMPLES = {
         cxrlab serve runs/study --entry ensemble --seed 2
         cxrlab serve runs/mnv3 --host 0.0.0.0 --token-file ~/.cxrlab-token   # beyond this machine: a token is required
         CXRLAB_TOKEN=$(cat ~/.cxrlab-token) cxrlab serve runs/mnv3 --host 0.0.0.0 --port 8080 --max-upload-mb 20""",
+    "site": """
+        cxrlab site check runs/study site-images/ --out site-check/       # unlabelled: has anything changed?
+        cxrlab site check runs/study site.npz --split test                 # an official-layout npz's test images
+        cxrlab site calibrate runs/study labels.csv --site "St Elsewhere" --out runs/site-elsewhere
+        cxrlab predict runs/site-elsewhere xray.png                        # answers by the site's operating point
+        cxrlab serve runs/site-elsewhere""",
     "cv": """
         cxrlab cv --data-root data/phantom --model efficientnet_b0 --folds 5 --epochs 3 --out runs/cv   # test sealed
         cxrlab score runs/cv                     # then test, once, by runs/cv/choices.json

@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _compare_parser(sub)
     _score_parser(sub)
+    _site_parser(sub)
 
     p = _subparser(sub, "ood", "Fit a finished run's out-of-distribution check (images unlike the training images get no class).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
@@ -244,6 +245,24 @@ def _score_parser(sub) -> None:
     )
     p.add_argument("study", metavar="OUT", help="the study's folder (compare's or cv's --out)")
     _rescore_option(p)
+
+
+def _site_parser(sub) -> None:
+    p = _subparser(sub, "site", "A new site: check its images against an entry's evidence; re-choose the operating point on its labels.")
+    site = p.add_subparsers(dest="site_command", required=True, metavar="STEP")
+    check = site.add_parser("check", help="does a batch of the site's unlabelled images differ from the entry's evidence?")
+    check.add_argument("run", metavar="ENTRY", help="run directory, a study's folder (then --entry) or a site folder")
+    check.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders of them, or an npz of images (N, S, S)")
+    check.add_argument("--out", metavar="DIR", help="also write DIR/site_check.json and DIR/site_scores.png")
+    calibrate = site.add_parser("calibrate", help="re-choose the operating point on the site's labelled images; write a site folder")
+    calibrate.add_argument("run", metavar="ENTRY", help="run directory, or a study's folder (then --entry: default its headline)")
+    calibrate.add_argument("labelled", metavar="LABELLED", help="a CSV with columns file and label, or an npz of images and labels")
+    calibrate.add_argument("--site", required=True, metavar="NAME", help="the site's name, as answers will name it")
+    calibrate.add_argument("--out", required=True, metavar="DIR", help="a new folder for the site entry (never the entry's own)")
+    for q in (check, calibrate):
+        _entry_options(q)
+        q.add_argument("--split", metavar="NAME", help="an official-layout npz: take NAME_images (and NAME_labels)")
+        _max_image_option(q)
 
 
 def _entry_options(p: argparse.ArgumentParser) -> None:

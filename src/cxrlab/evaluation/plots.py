@@ -244,3 +244,38 @@ def risk_coverage(
     ax.legend(fontsize=7, loc="upper left")
     _title(fig, title, data_label)
     return _save(fig, path)
+
+
+def site_scores(
+    evidence: tuple[np.ndarray, np.ndarray],
+    site: np.ndarray,
+    share: float,
+    classes: tuple[str, str],
+    path: Path,
+    title: str,
+    data_label: str,
+) -> Path:
+    """A site's P(positive) against the evidence's, on the logit scale (the scores crowd at 0 and 1): histograms per
+    evidence class, and the cumulative distributions the shift check compares (the site's; the evidence's classes
+    mixed at the site's estimated share)."""
+    targets, probs = evidence
+    negative, positive = classes
+    to_logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))  # noqa: E731
+    scores, site = to_logit(np.asarray(probs)), to_logit(np.asarray(site))
+    fig, (left, right) = _subplots(1, 2, figsize=(10, 4))
+    bins = np.linspace(-14, 14, 43)
+    left.hist(scores[targets == 0], bins, density=True, alpha=0.5, label=f"evidence: {negative}")
+    left.hist(scores[targets == 1], bins, density=True, alpha=0.5, label=f"evidence: {positive}")
+    left.hist(site, bins, density=True, histtype="step", linewidth=2, color="black", label=f"site ({len(site)} images)")
+    left.set(xlabel=f"logit P({positive})", ylabel="density")
+    left.legend(fontsize=8)
+    at = np.linspace(-14, 14, 561)
+    cdf = lambda values: np.searchsorted(np.sort(values), at, side="right") / len(values)  # noqa: E731
+    mixed = share * cdf(scores[targets == 1]) + (1 - share) * cdf(scores[targets == 0])
+    right.plot(at, cdf(site), color="black", linewidth=2, label="site")
+    right.plot(at, mixed, "--", label=f"evidence mixed at {share:.0%} {positive}")
+    right.plot(at, cdf(scores), ":", label="evidence as it is")
+    right.set(xlabel=f"logit P({positive})", ylabel="share of images at or below")
+    right.legend(fontsize=8)
+    _title(fig, title, data_label)
+    return _save(fig, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import cxrlab
-from cxrlab.api import load_entry, load_run, names_an_entry
+from cxrlab.api import SiteEntry, StudyEntry, is_site, load_answerer, load_run, names_an_entry
 from cxrlab.config import PUBLIC_OPTIONS
 from cxrlab.errors import ConfigError, ImageFileError, ImageTooLarge
 from cxrlab.limits import DEFAULT_MAX_PIXELS
@@ -44,13 +44,14 @@ class Service:
         entry: str | None = None,
         seed: int | None = None,
     ):
-        """``run_path``: a run, or a compare study's folder whose ``entry`` (default its headline) for ``seed`` (default
-        its first) answers, as its choices wrote it down."""
-        self.entry = None
-        if names_an_entry(run_path, entry, seed):
-            if backend not in ("auto", "pytorch"):
-                raise ConfigError("a study's entry answers by PyTorch, the route its study was scored by: leave --backend out")
-            self.run = self.entry = load_entry(run_path, entry, seed, device)
+        """``run_path``: a run, a compare study's folder whose ``entry`` (default its headline) for ``seed`` (default
+        its first) answers, as its choices wrote it down, or a site folder (its entry, by the site's operating point)."""
+        self.entry, self.site = None, None
+        if is_site(run_path) or names_an_entry(run_path, entry, seed):
+            self.run = load_answerer(run_path, entry, seed, backend, device)
+            self.site = self.run if isinstance(self.run, SiteEntry) else None
+            source = self.site.source if self.site else self.run
+            self.entry = source if isinstance(source, StudyEntry) else None
         else:
             self.run = load_run(run_path, backend, device, threads)
         if self.run.config.task != "binary":
@@ -62,6 +63,7 @@ class Service:
         first = self.trained.first.run if self.entry else self.trained.run
         finished = first.read_json(first.summary)["finished"]
         what = f"{self.entry.name} of study {Path(run_path).name}" if self.entry else Path(first.path).name
+        what += f" at site {self.site.record['site']}" if self.site else ""
         self.version = f"{what} (finished {finished}, cxrlab {cxrlab.__version__})"
 
     def decode(self, name: str, data: bytes, budget: list[int] | None = None) -> np.ndarray:
@@ -123,9 +125,12 @@ class Service:
         t = self.trained
         how = "center-cropped to a square" if t.preprocess == "center-crop" else "resized"
         what = f"Study entry {t.name} (seed {t.seed}), as its study chose it; {self.entry.seal}. " if self.entry else ""
+        if self.site:  # the answering point is the site's, not the study's
+            what += f"Answers by the {self.site.site_line}: {t.point.describe()}. "
         if self.entry and self.entry.scored:  # the numbers the report gives for this entry, from its comparison.csv row
             row = self.entry.metrics()
-            what += "On test: " + ", ".join(f"{k.replace('_', ' ')} {float(row[k]):.3f}" for k in PAGE_METRICS) + ". "
+            numbers = ", ".join(f"{k.replace('_', ' ')} {float(row[k]):.3f}" for k in PAGE_METRICS)
+            what += f"On test{', at the study’s own operating point' if self.site else ''}: {numbers}. "
         return (
             f"{what}{t.cfg.model} trained on {t.dataset_title}: {t.cfg.positive} vs {t.negative}. "
             f"Each image is converted to grayscale, {how} and scaled to {t.cfg.size} x {t.cfg.size} px, as the training images were."
@@ -175,4 +180,8 @@ class Service:
                 ood_check={m.run.path.name: m.run.read_json(m.run.summary).get("ood") for m in model.members},
                 metrics={"test": self.entry.metrics() if self.entry.scored else "sealed: not scored yet"},
             )
+        if self.site:
+            card["site"] = {k: self.site.record[k] for k in ("site", "chosen", "rule", "on_these_images")}
+            card["site"]["data"] = {k: v for k, v in self.site.record["data"].items() if k != "excluded"}
+            card["site"]["answers_by"] = self.site.site_line
         return card
