@@ -131,3 +131,36 @@ def test_bad_site_data_is_refused_or_excluded_by_name(learned_run, tmp_path, cap
 
 def cfg_name(run, index: int) -> str:
     return load_config(run.path / "config.yaml").classes[index]
+
+
+def test_a_site_adapts_the_model_only_when_asked_and_its_folder_answers_with_the_adapted_weights(learned_run, tmp_path):
+    from cxrlab.errors import RunDirError
+
+    cfg = load_config(learned_run.path / "config.yaml")
+    data = task_data(cfg, splits=("val", "test"))
+    images = np.concatenate([data.splits[s].images.numpy() for s in ("val", "test")])
+    labels = np.concatenate([data.splits[s].targets.numpy() for s in ("val", "test")])
+    np.savez(tmp_path / "labelled.npz", images=images, labels=labels)
+    plain = cxrlab.load_run(learned_run.path).trained().probs(torch_batch(images[:40]))[:, 0]
+    tuned = cxrlab.site_calibrate(learned_run.path, tmp_path / "labelled.npz", tmp_path / "tuned", "C", adapt="fine-tune")
+    done = tuned.record["adaptation"]
+    assert done["kind"] == "fine-tune" and done["divided"]["point chosen on"]["images"] == tuned.record["data"]["images"]
+    used = len(images) - len(tuned.record["data"]["excluded"])
+    assert done["divided"]["fine-tuned on"]["images"] + tuned.record["data"]["images"] == used
+    again = cxrlab.load_site(tmp_path / "tuned").model.probs(torch_batch(images[:40]))[:, 0]
+    assert np.allclose(again, tuned.model.probs(torch_batch(images[:40]))[:, 0]) and not np.allclose(again, plain, atol=1e-3)
+    assert "after adapting the model to the site (fine-tune)" in tuned.predict(images[:1])[0].answered_by
+    (tmp_path / "tuned" / "adapted" / "run.safetensors").write_bytes(b"changed")
+    with pytest.raises(RunDirError, match="not the adapted weights"):
+        cxrlab.load_site(tmp_path / "tuned")
+    normed = cxrlab.site_calibrate(learned_run.path, tmp_path / "labelled.npz", tmp_path / "bn", "C", adapt="batchnorm")
+    used = len(images) - len(normed.record["data"]["excluded"])
+    assert normed.record["adaptation"]["divided"] is None and normed.record["data"]["images"] == used
+    assert not np.allclose(normed.model.probs(torch_batch(images[:40]))[:, 0], plain, atol=1e-3)
+    assert cxrlab.load_run(learned_run.path).trained().probs(torch_batch(images[:40]))[:, 0] == pytest.approx(plain)  # the run unchanged
+
+
+def torch_batch(images):
+    import torch
+
+    return torch.from_numpy(images)

@@ -63,9 +63,11 @@ def site_check(path, images: list, entry: str | None = None, seed: int | None = 
 
 
 def site_calibrate(path, labelled, out, site: str, entry: str | None = None, seed: int | None = None, split: str | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> SiteEntry:  # fmt: skip
+                   max_pixels: int = DEFAULT_MAX_PIXELS, adapt: str | None = None) -> SiteEntry:  # fmt: skip
     """Re-choose an entry's (or run's) operating point on a site's labelled images and write it to the new folder
-    ``out``, which then answers as ``load_site`` loads it. Never writes into the entry's own folder."""
+    ``out``, which then answers as ``load_site`` loads it. Never writes into the entry's own folder. ``adapt``:
+    'batchnorm' (BatchNorm statistics re-estimated on the labelled images, labels unused) or 'fine-tune' (on a
+    stratified half of them, the point then chosen on the other half); the site folder keeps the adapted weights."""
     from cxrlab.data.site import labelled as read_labelled
     from cxrlab.report.site import calibrate_site
 
@@ -77,7 +79,7 @@ def site_calibrate(path, labelled, out, site: str, entry: str | None = None, see
         raise ConfigError(f"--out {out}: a site folder is new and outside the entry's own folder ({home}); choose another")
     model = source.trained()
     found = read_labelled(labelled, model.cfg.size, model.classes, model.cfg.positive, lambda f: model.load(f, max_pixels), split)
-    calibrate_site(model, found, site, Path(labelled), fingerprint(source), out)
+    calibrate_site(model, found, site, Path(labelled), fingerprint(source), out, adapt)
     return load_site(out)
 
 
@@ -100,7 +102,13 @@ def load_site(folder, device: str | None = None) -> SiteEntry:
         raise RunDirError(f"{folder}: the entry it was calibrated for changed since: {changed}; calibrate it again")
     data = record["data"]
     line = f"operating point chosen at site {record['site']} on {data['images']} images ({data['positives']} positives), {record['chosen']}"
-    model = SiteModel(source.trained(), OperatingPoint.from_dict(record["point"]), line)
+    model = source.trained()
+    if record.get("adaptation"):
+        from cxrlab.report.site import load_adapted
+
+        model = load_adapted(Path(folder), model, record["adaptation"]["weights_md5"])
+        line += f", after adapting the model to the site ({record['adaptation']['kind']})"
+    model = SiteModel(model, OperatingPoint.from_dict(record["point"]), line)
     return SiteEntry(Path(folder), source, model, record)
 
 

@@ -80,7 +80,7 @@ def cmd_site(args) -> int:
         if args.out:
             print(f"written: {args.out}/site_check.json, {args.out}/site_scores.png")
         return 0
-    entry = api.site_calibrate(args.run, args.labelled, args.out, args.site, args.entry, args.seed, args.split, limit)
+    entry = api.site_calibrate(args.run, args.labelled, args.out, args.site, args.entry, args.seed, args.split, limit, args.adapt)
     for item in entry.record["data"]["excluded"]:
         print(f"excluded: {item['name']}: {item['why']}", file=sys.stderr)
     print(f"{entry!r}\nwritten: {args.out}/site.json; cxrlab predict | serve {args.out} answer by it")

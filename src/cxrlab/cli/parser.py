@@ -259,6 +259,12 @@ def _site_parser(sub) -> None:
     calibrate.add_argument("labelled", metavar="LABELLED", help="a CSV with columns file and label, or an npz of images and labels")
     calibrate.add_argument("--site", required=True, metavar="NAME", help="the site's name, as answers will name it")
     calibrate.add_argument("--out", required=True, metavar="DIR", help="a new folder for the site entry (never the entry's own)")
+    calibrate.add_argument(
+        "--adapt",
+        choices=("batchnorm", "fine-tune"),
+        help="adapt the model first: batchnorm (statistics re-estimated on the site's images, labels unused) or fine-tune (on a "
+        "stratified half of the labelled images; the point is then chosen on the other half). Default: none",
+    )
     for q in (check, calibrate):
         _entry_options(q)
         q.add_argument("--split", metavar="NAME", help="an official-layout npz: take NAME_images (and NAME_labels)")

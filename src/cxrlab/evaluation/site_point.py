@@ -144,3 +144,25 @@ class SiteModel:
     @property
     def answered_by(self) -> str:
         return f"{self.source.answered_by}; {self.site_line}"
+
+
+class AdaptedModel:
+    """A run's TrainedModel whose network was adapted to a site (training/site_adapt.py): probabilities from the
+    adapted network; the out-of-distribution check as the run fitted it, on its own network, since it asks whether an
+    image is like the training images, which adapting does not change. Grad-CAM stays the run's own network's."""
+
+    def __init__(self, source, model):
+        self.source, self.model = source, model
+
+    def __getattr__(self, name: str):
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def probs(self, images):
+        from cxrlab.evaluation.inference import predict_probs
+
+        return predict_probs(self.model, images, self.cfg, self.device)
+
+    def predict(self, images):
+        return self.probs(images), self.source.ood_scores(images)
