@@ -434,6 +434,19 @@ def test_cross_validation_is_sealed_until_scored_and_its_fold_ensemble_answers_a
             assert abs(answer.probability - float(row["probability"])) <= 1e-6
 
 
+def test_a_14_label_study_is_sealed_until_scored(phantom_root, tmp_path, capsys):
+    out = tmp_path / "multi"
+    args = ["compare", "--task", "multilabel", "--data-root", str(phantom_root), "--models", "mobilenet_v3_large", "--seeds", "0"]
+    with splits_loaded() as asked:
+        assert main([*args, "--tta", "1", "--out", str(out), "--workers", "1", *FAST]) == 0
+    assert "test" not in asked and not (out / "report.md").exists()
+    assert not (out / "runs" / "mobilenet_v3_large-seed0" / "metrics.json").exists()
+    assert main(["predict", str(out), "x.png"]) == 2 and "its runs answer one by one" in capsys.readouterr().err
+    assert main(["score", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "test scored once" in report and hashlib.sha256((out / "choices.json").read_bytes()).hexdigest() in report
+
+
 def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_root, tmp_path, capsys):
     grid = tmp_path / "grid"
     assert (

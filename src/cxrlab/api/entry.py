@@ -36,6 +36,8 @@ def load_entry(study, name: str | None = None, seed: int | None = None, device: 
     choices, digest = seal.verified()
     names = list(dict.fromkeys(e["name"] for e in choices["entries"].values()))
     seeds = sorted({e["seed"] for e in choices["entries"].values()})
+    if choices["headline"] is None:
+        raise ConfigError(f"{study} is a 14-label study: its runs answer one by one (cxrlab predict {study}/runs/<model>-seed<k>)")
     name = name or choices["headline"]["entry"]
     seed = seeds[0] if seed is None else seed
     if entry_key(name, seed) not in choices["entries"]:

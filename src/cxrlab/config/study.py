@@ -82,7 +82,7 @@ class Study:
             "model": model,
             "seed": seed,
             "out": str(Path(self.out) / "runs" / f"{model}-seed{seed}"),
-            "sealed": base.task == "binary",  # test is scored once, for the study, after its choices are written
+            "sealed": True,  # test is scored once, for the study, after its choices are written
         }
         if self.holdout:
             values.update(cv_folds=self.holdout, cv_fold=seed % self.holdout)

@@ -16,6 +16,7 @@ answer is worth (PPV, NPV: ``predictive_values``) and the posterior probability 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 
 import numpy as np
 
@@ -35,6 +36,7 @@ def lower_bound(successes: np.ndarray | int, trials: int, level: float) -> np.nd
     return float(bound) if bound.ndim == 0 else bound
 
 
+@lru_cache(maxsize=4096)  # a site's evaluation asks the same counts thousands of times
 def _fewest_successes(trials: int, target: float, level: float, metric: str, what: str) -> int:
     """The fewest successes out of ``trials`` whose lower bound reaches ``target``; refused naming the best reachable."""
     if trials == 0:

@@ -36,7 +36,7 @@ from cxrlab.layout import STUDY_FILES
 from cxrlab.report.choices import FORMAT as CHOICES_FORMAT
 from cxrlab.report.choices import Seal, cxrlab_version, entry_key, run_fingerprint
 from cxrlab.report.claims import HEADLINE_RULE, headline
-from cxrlab.report.compare_multilabel import compare_multilabel
+from cxrlab.report.compare_multilabel import compare_multilabel, score_multilabel
 from cxrlab.report.compare_report import write_report
 from cxrlab.report.study import Entry, choose, save_study, score, train_accuracy_at_best, train_runs, within
 from cxrlab.report.tables import comparison_rows, grouped, write_csv, write_rows
@@ -210,6 +210,8 @@ def score_study(out, rescore: bool = False, again_is_done: bool = False) -> list
 def _score(out: Path, seal: Seal, rescore: bool) -> list[Entry]:
     choices, digest = seal.open_for_scoring(rescore)
     base, study = read_study(out)
+    if base.task != "binary":
+        return score_multilabel(out, base, study, seal, choices, digest)
     data = task_data(base)
     runs = {}
     for name, seed in ((m, s) for s in study.seeds for m in study.models):
@@ -291,13 +293,14 @@ def compare(
     down. With ``score_test``: score test, once, by those choices (``score_study``)."""
     study = (study or Study()).validate()
     base = base.validate()
-    if base.task != "binary":
-        return compare_multilabel(base, study, progress, workers, shared)
     out = Path(study.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_study(out, base, study)
-    runs = train_runs(base, study, progress, workers, shared)
-    write_choices(out, base, study, runs, rescore)
+    if base.task != "binary":
+        compare_multilabel(base, study, progress, workers, shared, rescore)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        save_study(out, base, study)
+        runs = train_runs(base, study, progress, workers, shared)
+        write_choices(out, base, study, runs, rescore)
     if not score_test:
         log.info(f"\n{Seal(out).describe()}")
         return []

@@ -1,12 +1,21 @@
-"""compare --task multilabel: the models on all 14 ChestMNIST labels, medmnist's AUC and ACC only."""
+"""compare --task multilabel: the models on all 14 ChestMNIST labels, medmnist's AUC and ACC only, sealed as the binary
+study is: the runs never load test, choices.json records the runs (nothing is chosen on val but each run's best
+epoch: medmnist's convention scores every label at 0.5), and test is scored once, by `cxrlab score OUT`."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from cxrlab.config import Config, Study
 from cxrlab.console import logger
+from cxrlab.core.runs import RunDir
+from cxrlab.data.task import task_data
 from cxrlab.errors import ConfigError
+from cxrlab.evaluation.inference import load_trained
+from cxrlab.evaluation.multilabel import multilabel_metrics
+from cxrlab.report.choices import FORMAT as CHOICES_FORMAT
+from cxrlab.report.choices import Seal, cxrlab_version, entry_key, run_fingerprint
 from cxrlab.report.document import Document
 from cxrlab.report.study import Entry, save_study, train_runs, within
 from cxrlab.report.tables import grouped, mean_sd, values
@@ -14,8 +23,13 @@ from cxrlab.training.shared import Shared
 
 log = logger(__name__)
 
+CONVENTION = "medmnist's Evaluator: AUC, and ACC at 0.5 per label; nothing chosen on val but each run's best epoch"
 
-def compare_multilabel(base: Config, study: Study, progress, workers: int | None = None, shared: Shared | None = None) -> list[Entry]:
+
+def compare_multilabel(
+    base: Config, study: Study, progress, workers: int | None = None, shared: Shared | None = None, rescore: bool = False
+) -> Path:
+    """Train (or reuse) the runs, sealed, and write down the choices: every run by its weights' MD5."""
     if study.tta > 1 or isinstance(study.ensemble, list):
         raise ConfigError(
             "ensemble weights and TTA rows are for the binary task; compare --task multilabel reports medmnist's AUC and ACC per model"
@@ -24,26 +38,49 @@ def compare_multilabel(base: Config, study: Study, progress, workers: int | None
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, base, study)
     runs = train_runs(base, study, progress, workers, shared)
+    first = runs[study.models[0], study.seeds[0]]
+    choices = {
+        "format": CHOICES_FORMAT,
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cxrlab": cxrlab_version(),
+        "data_md5": first.read_json(first.summary)["data_md5"],
+        "rules": {"convention": CONVENTION},
+        "headline": None,  # a 14-label study names no entry: its runs answer one by one
+        "runs": {run.path.name: {"path": within(run.path, out), **run_fingerprint(run)} for run in runs.values()},
+        "entries": {
+            entry_key(name, seed): {"name": name, "kind": "model", "seed": seed, "runs": [run.path.name]}
+            for (name, seed), run in runs.items()
+        },
+    }
+    Seal(out).write(choices, rescore)
+    return out
+
+
+def score_multilabel(out: Path, base: Config, study: Study, seal: Seal, choices: dict, digest: str) -> list[Entry]:
+    """Test, once, for every run of the choices; the report."""
+    data = task_data(base)
+    test = data.splits["test"]
+    log.info(f"\nscoring test once, by the choices written {choices['written']} (SHA-256 {digest})")
     entries = []
-    for (name, seed), run in runs.items():
+    for chosen in choices["entries"].values():
+        run = RunDir(out / choices["runs"][chosen["runs"][0]]["path"])
+        run.check_data(data.provenance)
+        probs = load_trained(run.path).probs(test.images)
+        metrics = multilabel_metrics(test.targets.numpy(), probs, data.provenance["file"], data.size, "test", data.classes, base.dataset)
         summary = run.read_json(run.summary)
         info = {k: summary[k] for k in ("parameters", "model_size_mb", "best_epoch", "seconds_per_epoch", "train_seconds", "device")}
-        entries.append(
-            Entry(
-                name,
-                "model",
-                seed,
-                run.read_json(run.metrics("val")),
-                run.read_json(run.metrics("test")),
-                {},
-                {**info, "runs": [within(run.path, study.out)]},
-            )
-        )
-    label = runs[study.models[0], study.seeds[0]].read_json(runs[study.models[0], study.seeds[0]].summary)["data_label"]
+        info["runs"] = [within(run.path, out)]
+        entries.append(Entry(chosen["name"], "model", chosen["seed"], run.read_json(run.metrics("val")), metrics, {}, info))
+    seal.mark_scored(digest)
+    write_multilabel_report(out, entries, summary["data_label"], seal.describe())
+    return entries
+
+
+def write_multilabel_report(out: Path, entries: list[Entry], label: str, seal_line: str) -> None:
     doc = Document("cxrlab model comparison: all 14 labels", warning=label if "PHANTOM" in label else None)
     doc.text(
-        f"Data: {label}. Metrics are medmnist's Evaluator AUC and ACC (mean over seeds ± sd). Unsealed: each run scored its "
-        "own test when it finished (0.5 per label, nothing chosen on it); only binary studies keep test sealed until scored."
+        f"Data: {label}. Metrics are medmnist's Evaluator AUC and ACC (mean over seeds ± sd), every label at 0.5 as medmnist "
+        f"scores it; nothing was chosen on val but each run's best epoch; {seal_line}."
     )
     rows = [
         [
@@ -60,5 +97,4 @@ def compare_multilabel(base: Config, study: Study, progress, workers: int | None
     doc.table(["entry", "seed", "run"], [[e.name, str(e.seed), f"`{e.info['runs'][0]}`"] for e in entries])
     md, page = doc.write(out)
     log.info("\n".join("  ".join(f"{c:<20}" for c in r) for r in rows))
-    log.info(f"\nwritten: {md}, {page}")
-    return entries
+    log.info(f"\n{seal_line}\nwritten: {md}, {page}")
