@@ -31,6 +31,7 @@ __all__ = [
     "operating_point",
     "phantom",
     "resume",
+    "robustness",
     "score",
     "seal",
     "search",

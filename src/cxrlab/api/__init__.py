@@ -223,6 +223,14 @@ def seal(study_folder) -> str | None:
     return Seal(study_folder).describe()
 
 
+def robustness(path, entry: str | None = None, seed: int | None = None, out=None) -> list[dict]:
+    """ROC-AUC, sensitivity and specificity on val under each acquisition-like corruption at severities 1-5
+    (data/corruptions.py), for a run, a study's entry or a site folder; written to ``out`` (robustness.md, .csv)."""
+    from cxrlab.report.robustness import robustness as measure
+
+    return measure(load_answerer(path, entry, seed, backend="pytorch").trained(), Path(out) if out else None)
+
+
 def cross_validate(
     cfg: Config,
     folds: int = 5,

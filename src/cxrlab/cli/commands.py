@@ -62,6 +62,16 @@ def answerer(args):
     return target
 
 
+def cmd_robustness(args) -> int:
+    rows = api.robustness(args.run, args.entry, args.seed, args.out)
+    clean = rows[0]
+    print(f"clean val: ROC-AUC {clean['roc_auc']:.3f}, sensitivity {clean['sensitivity']:.3f}, specificity {clean['specificity']:.3f}")
+    print("corruption        " + "  ".join(f"sev {s}" for s in range(1, 6)) + "   (ROC-AUC)")
+    for name in dict.fromkeys(r["corruption"] for r in rows[1:]):
+        print(f"{name:<18}" + "  ".join(f"{r['roc_auc']:.3f}" for r in rows if r["corruption"] == name))
+    return 0
+
+
 def cmd_site(args) -> int:
     limit = max_pixels_of(args)
     if args.site_command == "check":
@@ -279,6 +289,7 @@ COMMANDS = {
     "ood": cmd_ood,
     "operating-point": cmd_operating_point,
     "site": cmd_site,
+    "robustness": cmd_robustness,
 }
 
 

@@ -71,6 +71,9 @@ EXAMPLES = {
         cxrlab site calibrate runs/study labels.csv --site "St Elsewhere" --out runs/site-elsewhere
         cxrlab predict runs/site-elsewhere xray.png                        # answers by the site's operating point
         cxrlab serve runs/site-elsewhere""",
+    "robustness": """
+        cxrlab robustness runs/mnv3 --out robustness/            # a run: 13 corruptions x 5 severities on val
+        cxrlab robustness runs/study --entry ensemble --seed 1   # a study's entry""",
     "cv": """
         cxrlab cv --data-root data/phantom --model efficientnet_b0 --folds 5 --epochs 3 --out runs/cv   # test sealed
         cxrlab score runs/cv                     # then test, once, by runs/cv/choices.json

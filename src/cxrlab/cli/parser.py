@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_parser(sub)
     _score_parser(sub)
     _site_parser(sub)
+    p = _subparser(sub, "robustness", "An entry on val under acquisition-like corruptions (MedMNIST-C's family), severities 1-5.")
+    p.add_argument("run", metavar="ENTRY", help="run directory, a study's folder (then --entry) or a site folder")
+    _entry_options(p)
+    p.add_argument("--out", metavar="DIR", help="also write DIR/robustness.md and DIR/robustness.csv")
 
     p = _subparser(sub, "ood", "Fit a finished run's out-of-distribution check (images unlike the training images get no class).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")

@@ -144,6 +144,11 @@ class Config:
     aug_blur_sigma: list[float] = opt([0.1, 0.5], "range of the blur sigma")
     aug_erasing: float = opt(0.0, "random erasing probability (0: off)")
     aug_perspective: float = opt(0.0, "random perspective distortion scale, applied with p=0.5 (0: off)")
+    aug_corruptions: float = opt(
+        0.0,
+        "probability that a training image goes through one acquisition-like corruption at a random severity 1-5 "
+        "(MedMNIST-C's family, data/corruptions.py; 0: off, the default until one is chosen on held-out data)",
+    )
     norm_mean: float = opt(0.485, "normalisation mean (on [0,1] pixels)", public=True)
     norm_std: float = opt(0.229, "normalisation std", public=True)
     # machine and bookkeeping

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +29,7 @@ class AugmentSettings:
     blur_sigma: tuple[float, float] | None = None  # Gaussian blur (kernel 3), sigma drawn from this range; None: off
     erasing: float = 0.0
     perspective: float = 0.0
+    corruptions: float = 0.0  # probability of one acquisition-like corruption per image (data/corruptions.py)
 
     @classmethod
     def from_config(cls, cfg) -> AugmentSettings:
@@ -40,6 +42,7 @@ class AugmentSettings:
             blur_sigma=tuple(cfg.aug_blur_sigma) if cfg.aug_blur else None,
             erasing=cfg.aug_erasing,
             perspective=cfg.aug_perspective,
+            corruptions=cfg.aug_corruptions,
         )
 
 
@@ -157,11 +160,27 @@ def augment(x: torch.Tensor, s: AugmentSettings, gen: torch.Generator) -> torch.
 
 
 def training_batch(images_uint8: torch.Tensor, s: AugmentSettings, gen: torch.Generator, mean: float, std: float, device) -> torch.Tensor:
-    """uint8 images -> augmented, normalised float batch on ``device``; erasing comes after normalisation."""
+    """uint8 images -> augmented, normalised float batch on ``device``; corruptions come first (on the host, as the
+    scanner would make them), erasing after normalisation."""
+    if s.corruptions:
+        images_uint8 = corrupted(images_uint8, s.corruptions, gen)
     x = normalize(augment(to_float(images_uint8, device), s, gen), mean, std)
     if s.erasing:
         x = _erase(x, s.erasing, gen)
     return x
+
+
+def corrupted(images_uint8: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    """Each image, with probability ``share``, under one corruption drawn at random at a random severity."""
+    from cxrlab.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device)))
+    host = images_uint8.cpu().numpy().copy()
+    names = list(CORRUPTIONS)
+    for i in np.flatnonzero(rng.random(len(host)) < share):
+        name, severity = names[rng.integers(len(names))], int(rng.choice(SEVERITIES))
+        host[i] = corrupt(host[i : i + 1], name, severity, seed=int(rng.integers(2**31)))[0]
+    return torch.from_numpy(host).to(images_uint8.device)
 
 
 def eval_batch(images_uint8: torch.Tensor, mean: float, std: float, device) -> torch.Tensor:
