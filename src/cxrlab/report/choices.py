@@ -55,6 +55,38 @@ def run_fingerprint(run: RunDir) -> dict:
     }
 
 
+def choices_record(out: Path, runs, data_md5: str, rules: dict, headline: dict | None, entries: dict) -> dict:
+    """choices.json's content, in the one layout every study writes (compare, cv, the 14-label compare)."""
+    from cxrlab.report.study import within
+
+    return {
+        "format": FORMAT,
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cxrlab": cxrlab_version(),
+        "data_md5": data_md5,
+        "rules": rules,
+        "headline": headline,
+        "runs": {run.path.name: {"path": within(run.path, out), **run_fingerprint(run)} for run in runs},
+        "entries": entries,
+    }
+
+
+def entry_record(entry, tta_views: int = 1, weights: dict | None = None) -> dict:
+    """One entry of choices.json (``entry``: report/study.py's Entry, chosen): what ``EntryModel.from_choices`` loads."""
+    return {
+        "name": entry.name,
+        "kind": entry.kind,
+        "seed": entry.seed,
+        "runs": [Path(r).name for r in entry.info["runs"]],
+        "tta_views": tta_views,
+        "tta_seed": entry.seed,
+        "weights": weights,
+        "point": entry.info["point"],
+        "temperature": entry.info["temperature"],
+        "evidence": {k: entry.info[k] for k in ("evidence_roc_auc", "check") if k in entry.info},
+    }
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -13,7 +13,6 @@ number in the report is one a run or this module measured; nothing is typed in.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,8 +32,7 @@ from cxrlab.evaluation.predict import predict_images
 from cxrlab.evaluation.scoring import positive_view
 from cxrlab.export.bench import deployed_speed
 from cxrlab.layout import STUDY_FILES
-from cxrlab.report.choices import FORMAT as CHOICES_FORMAT
-from cxrlab.report.choices import Seal, cxrlab_version, entry_key, run_fingerprint
+from cxrlab.report.choices import Seal, choices_record, entry_key, entry_record
 from cxrlab.report.claims import HEADLINE_RULE, headline
 from cxrlab.report.compare_multilabel import compare_multilabel, score_multilabel
 from cxrlab.report.compare_report import write_report
@@ -159,37 +157,17 @@ def write_choices(out: Path, base: Config, study: Study, runs: dict, rescore: bo
     )
     entries = study_entries(runs, data, study, base)
     named, evidence_auc = headline(grouped(entries))
-    choices = {
-        "format": CHOICES_FORMAT,
-        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cxrlab": cxrlab_version(),
-        "data_md5": data.provenance["md5"],
-        "rules": {
-            **{k: getattr(base, k) for k in POINT_OPTIONS},
-            "threshold": base.threshold_rule,
-            "holdout": study.holdout,
-            "tta": study.tta,
-            "ensemble": study.ensemble,
-            "headline": HEADLINE_RULE,
-        },
-        "headline": {"entry": named, "evidence_roc_auc": evidence_auc},
-        "runs": {run.path.name: {"path": within(run.path, out), **run_fingerprint(run)} for run in runs.values()},
-        "entries": {
-            entry_key(e.name, e.seed): {
-                "name": e.name,
-                "kind": e.kind,
-                "seed": e.seed,
-                "runs": [Path(r).name for r in e.info["runs"]],
-                "tta_views": study.tta if e.kind == "tta" else 1,
-                "tta_seed": e.seed,
-                "weights": e.info.get("weights"),
-                "point": e.info["point"],
-                "temperature": e.info["temperature"],
-                "evidence": {k: e.info[k] for k in ("evidence_roc_auc", "check") if k in e.info},
-            }
-            for e in entries
-        },
+    rules = {
+        **{k: getattr(base, k) for k in POINT_OPTIONS},
+        "threshold": base.threshold_rule,
+        "holdout": study.holdout,
+        "tta": study.tta,
+        "ensemble": study.ensemble,
+        "headline": HEADLINE_RULE,
     }
+    records = {entry_key(e.name, e.seed): entry_record(e, study.tta if e.kind == "tta" else 1, e.info.get("weights")) for e in entries}
+    headline_record = {"entry": named, "evidence_roc_auc": evidence_auc}
+    choices = choices_record(out, runs.values(), data.provenance["md5"], rules, headline_record, records)
     return Seal(out).write(choices, rescore)
 
 

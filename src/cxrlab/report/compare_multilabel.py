@@ -4,7 +4,6 @@ epoch: medmnist's convention scores every label at 0.5), and test is scored once
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from cxrlab.config import Config, Study
@@ -14,8 +13,7 @@ from cxrlab.data.task import task_data
 from cxrlab.errors import ConfigError
 from cxrlab.evaluation.inference import load_trained
 from cxrlab.evaluation.multilabel import multilabel_metrics
-from cxrlab.report.choices import FORMAT as CHOICES_FORMAT
-from cxrlab.report.choices import Seal, cxrlab_version, entry_key, run_fingerprint
+from cxrlab.report.choices import Seal, choices_record, entry_key
 from cxrlab.report.document import Document
 from cxrlab.report.study import Entry, save_study, train_runs, within
 from cxrlab.report.tables import grouped, mean_sd, values
@@ -39,19 +37,11 @@ def compare_multilabel(
     save_study(out, base, study)
     runs = train_runs(base, study, progress, workers, shared)
     first = runs[study.models[0], study.seeds[0]]
-    choices = {
-        "format": CHOICES_FORMAT,
-        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cxrlab": cxrlab_version(),
-        "data_md5": first.read_json(first.summary)["data_md5"],
-        "rules": {"convention": CONVENTION},
-        "headline": None,  # a 14-label study names no entry: its runs answer one by one
-        "runs": {run.path.name: {"path": within(run.path, out), **run_fingerprint(run)} for run in runs.values()},
-        "entries": {
-            entry_key(name, seed): {"name": name, "kind": "model", "seed": seed, "runs": [run.path.name]}
-            for (name, seed), run in runs.items()
-        },
+    records = {
+        entry_key(name, seed): {"name": name, "kind": "model", "seed": seed, "runs": [run.path.name]} for (name, seed), run in runs.items()
     }
+    data_md5 = first.read_json(first.summary)["data_md5"]
+    choices = choices_record(out, runs.values(), data_md5, {"convention": CONVENTION}, None, records)  # no headline: runs answer alone
     Seal(out).write(choices, rescore)
     return out
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,8 +33,7 @@ from cxrlab.evaluation.operating_point import OperatingPoint
 from cxrlab.evaluation.scoring import positive_view
 from cxrlab.files import atomic_write_text
 from cxrlab.layout import STUDY_FILES
-from cxrlab.report.choices import FORMAT as CHOICES_FORMAT
-from cxrlab.report.choices import Seal, cxrlab_version, entry_key, run_fingerprint
+from cxrlab.report.choices import Seal, choices_record, entry_key, entry_record
 from cxrlab.report.compare import write_test_answers
 from cxrlab.report.document import Document
 from cxrlab.report.study import Entry, check_compatible, check_data_once, choose, score, within
@@ -118,30 +116,10 @@ def fold_entries(out: Path, base: Config, runs: list[RunDir], choices: dict | No
 
 def write_cv_choices(out: Path, base: Config, folds: int, runs: list[RunDir], entries: list[Entry], rescore: bool) -> str:
     """choices.json in compare's layout (so that `cxrlab predict | serve OUT` deploy its entries) and the seal."""
-    choices = {
-        "format": CHOICES_FORMAT,
-        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cxrlab": cxrlab_version(),
-        "data_md5": runs[0].read_json(runs[0].summary)["data_md5"],
-        "rules": {**{k: getattr(base, k) for k in POINT_OPTIONS}, "threshold": base.threshold_rule, "folds": folds, "headline": ENSEMBLE},
-        "headline": {"entry": ENSEMBLE},
-        "runs": {run.path.name: {"path": within(run.path, out), **run_fingerprint(run)} for run in runs},
-        "entries": {
-            entry_key(e.name, e.seed): {
-                "name": e.name,
-                "kind": e.kind,
-                "seed": e.seed,
-                "runs": [Path(r).name for r in e.info["runs"]],
-                "tta_views": 1,
-                "tta_seed": e.seed,
-                "weights": None,  # the fold ensemble: the mean of its members
-                "point": e.info["point"],
-                "temperature": e.info["temperature"],
-                "evidence": {},
-            }
-            for e in entries
-        },
-    }
+    rules = {**{k: getattr(base, k) for k in POINT_OPTIONS}, "threshold": base.threshold_rule, "folds": folds, "headline": ENSEMBLE}
+    records = {entry_key(e.name, e.seed): entry_record(e) for e in entries}  # weights None: the fold ensemble is the mean
+    data_md5 = runs[0].read_json(runs[0].summary)["data_md5"]
+    choices = choices_record(out, runs, data_md5, rules, {"entry": ENSEMBLE}, records)
     return Seal(out).write(choices, rescore)
 
 
