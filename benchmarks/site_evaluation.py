@@ -201,7 +201,9 @@ def write(out: Path, results: dict, shift: dict, keys: list, headline: str, args
     ]
     for name in names:
         for row in rows:
-            per_seed = [results[(n, s, row)] for n, s in keys if n == name]
+            per_seed = [results[(n, s, row)] for n, s in keys if n == name and (n, s, row) in results]
+            if not per_seed:  # the adapted rows: the headline entry only
+                continue
             flat = [o for seed in per_seed for o in seed if o is not None]
             refused = sum(o is None for seed in per_seed for o in seed) / sum(len(seed) for seed in per_seed)
             if not flat:
@@ -240,6 +242,17 @@ def write(out: Path, results: dict, shift: dict, keys: list, headline: str, args
     print("\n".join(lines))
 
 
+def cached(path: Path, compute):
+    """A phase's results, computed once and kept in ``path`` (pickle): a later failure loses none of them."""
+    import pickle
+
+    if path.is_file():
+        return pickle.loads(path.read_bytes())
+    found = compute()
+    path.write_bytes(pickle.dumps(found))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study")
@@ -254,12 +267,14 @@ def main() -> None:
     study, out = Path(args.study), Path(args.out)
     found = scores(study, args.data_root, out)
     keys = entry_keys(study)
-    results = calibration_repeats(found, keys, args.repeats)
+    results = cached(out / f"calibration-{args.repeats}.pkl", lambda: calibration_repeats(found, keys, args.repeats))
     headline = json.loads((study / "choices.json").read_text())["headline"]["entry"]
     seeds = sorted({s for _, s in keys})
     if args.adapt_repeats:
-        results.update(adaptation_repeats(study, found, headline, seeds, args.adapt_repeats, out))
-    shift = shift_power(found, headline, seeds, args.draws, args.bootstrap)
+        adapt = lambda: adaptation_repeats(study, found, headline, seeds, args.adapt_repeats, out)  # noqa: E731
+        results.update(cached(out / f"adapted-{args.adapt_repeats}.pkl", adapt))
+    power = lambda: shift_power(found, headline, seeds, args.draws, args.bootstrap)  # noqa: E731
+    shift = cached(out / f"shift-{args.draws}-{args.bootstrap}.pkl", power)
     write(out, results, shift, keys, headline, args, started)
 
 
