@@ -448,6 +448,8 @@ def test_a_14_label_study_is_sealed_until_scored(phantom_root, tmp_path, capsys)
 
 
 def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_root, tmp_path, capsys):
+    import optuna
+
     grid = tmp_path / "grid"
     assert (
         main(
@@ -477,6 +479,11 @@ def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_r
         assert set(json.loads(trial.data.read_text())["counts"]) == {"train", "val"}
     best = load_config(grid / "best.yaml")  # valid for `cxrlab train --config`
     assert best.out is None and best.batch_size in (8, 16, 32) and best.lr in (1e-3, 5e-4, 3e-4)
+    assert all(t["epochs_run"] == "1" for t in trials)
+    grid_study = optuna.load_study(study_name="cxrlab-grid-mobilenet_v3_large", storage=f"sqlite:///{grid / 'study.db'}")
+    assert grid_study.best_params == {"batch_size": best.batch_size, "lr": best.lr, "dropout": best.dropout[0]}  # as Optuna's tools show it
+    complete = grid_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))  # not a racing worker's duplicate claim
+    assert len(complete) == 2 and all(len(t.intermediate_values) == 1 for t in complete) and "params_lr" in grid_study.trials_dataframe()
 
     tpe = tmp_path / "tpe"
     args = [
@@ -499,6 +506,9 @@ def test_grid_and_optuna_search_write_results_and_a_usable_best_config(phantom_r
     trials = read_csv(tpe / "search.csv")
     assert len(trials) == 4 and {t["state"] for t in trials} <= {"complete", "pruned"}  # the cap holds for the study, not per worker
     assert len({t["run"] for t in trials}) == 4 and (tpe / "study.db").is_file()
+    tpe_study = optuna.load_study(study_name="cxrlab-optuna-mobilenet_v3_large", storage=f"sqlite:///{tpe / 'study.db'}")
+    best = load_config(tpe / "best.yaml")
+    assert tpe_study.best_params == {"batch_size": best.batch_size, "lr": best.lr, "dropout": best.dropout[0]}
 
 
 def test_given_ensemble_weights_are_normalised_and_used(study, phantom_root):

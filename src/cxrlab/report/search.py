@@ -131,7 +131,16 @@ def _grid_worker(base: Config, shared: Shared, out: Path, threads: int, points: 
     def run_point(key: str, trial_id: int) -> float:
         cfg = trial_config(base, points[key], out / "trials" / key)
         storage.set_trial_user_attr(trial_id, "run_dir", cfg.out)
-        value = train_trial(cfg)
+        for name, choices in SPACE.items():  # as TPE's trials carry them: study.best_params, trials_dataframe, the dashboard
+            distribution = optuna.distributions.CategoricalDistribution(choices)
+            storage.set_trial_param(trial_id, name, distribution.to_internal_repr(points[key][name]), distribution)
+
+        def report(epoch: int, row: dict) -> None:
+            value = score_of(row, base.select_metric)
+            if not math.isnan(value):
+                storage.set_trial_intermediate_value(trial_id, epoch, value)
+
+        value = train_trial(cfg, report)
         log.info(f"{key}: val {base.select_metric} {value:.4f}")
         return value
 
@@ -204,6 +213,15 @@ def _in_processes(target, args: list[tuple]) -> None:
         raise ConfigError(f"a search worker failed (exit codes {[p.exitcode for p in processes]}); the study keeps every finished trial")
 
 
+def epochs_run(trial) -> int:
+    """The epochs the trial's run trained, from its summary (a reused or resumed run reports no epoch to the trial);
+    a pruned or failed run's last reported epoch."""
+    run = RunDir(trial.user_attrs["run_dir"]) if "run_dir" in trial.user_attrs else None
+    if run is not None and run.summary.is_file():
+        return int(run.read_json(run.summary)["epochs_run"])
+    return max(trial.intermediate_values) if trial.intermediate_values else 0
+
+
 def write_results(study: optuna.Study, base: Config, out: Path) -> dict:
     trials = [
         t for t in sorted(study.trials, key=lambda t: t.number) if OVER_CAP not in t.user_attrs and "duplicate_of" not in t.user_attrs
@@ -214,8 +232,8 @@ def write_results(study: optuna.Study, base: Config, out: Path) -> dict:
     best = study.best_trial
     rows = []
     for t in trials:
-        params = t.user_attrs.get("params") or t.params
-        last = max(t.intermediate_values) if t.intermediate_values else 0
+        params = t.params or t.user_attrs.get("params", {})
+        last = epochs_run(t)
         rows.append(
             [
                 str(t.number),
@@ -239,7 +257,7 @@ def write_results(study: optuna.Study, base: Config, out: Path) -> dict:
     best_run = RunDir(best.user_attrs["run_dir"])
     best_cfg = yaml.safe_load(best_run.config.read_text())
     best_cfg.pop("out")  # a new run of the best config gets its own directory
-    best_params = best.user_attrs.get("params") or best.params
+    best_params = best.params
     atomic_write_text(
         out / "best.yaml",
         f"# best trial {best.number} of study {study.study_name}: val {base.select_metric} {best.value:.4f}\n"
