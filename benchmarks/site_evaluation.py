@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import cxrlab
+from cxrlab.data.site import stratified_half
 from cxrlab.data.task import fold_view, task_data
 from cxrlab.errors import ConfigError
 from cxrlab.evaluation.scoring import positive_view
@@ -83,12 +84,8 @@ def outcomes(targets: np.ndarray, probs: np.ndarray, threshold: float, rule_out:
 
 def half_split(targets: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     """A stratified 50/50 split: (calibration rows, evaluation rows)."""
-    cal = []
-    for c in (0, 1):
-        rows = rng.permutation(np.flatnonzero(targets == c))
-        cal += list(rows[: len(rows) // 2])
-    cal = np.sort(np.array(cal))
-    return cal, np.setdiff1d(np.arange(len(targets)), cal)
+    cal = stratified_half(targets, rng)
+    return np.flatnonzero(cal), np.flatnonzero(~cal)
 
 
 def subsample(targets: np.ndarray, rows: np.ndarray, size: int, rng) -> np.ndarray:

@@ -43,7 +43,7 @@ def load_entry(study, name: str | None = None, seed: int | None = None, device: 
     if entry_key(name, seed) not in choices["entries"]:
         raise ConfigError(f"{study} has no entry {name!r} for seed {seed}; its entries: {', '.join(names)}; seeds {seeds}")
     model = EntryModel.from_choices(Path(study), choices["entries"][entry_key(name, seed)], choices["runs"], digest, device)
-    return StudyEntry(Path(study), model, seal.describe())
+    return StudyEntry(Path(study), model, seal.describe(), digest)
 
 
 @dataclass
@@ -53,6 +53,7 @@ class StudyEntry:
     study: Path
     model: object  # evaluation.entry.EntryModel
     seal: str  # how the study's test was kept and scored
+    choices_sha256: str  # of the choices it was loaded by (checked: written, unchanged, runs as chosen)
     _explainer: object = field(default=None, repr=False)
 
     @property

@@ -36,16 +36,13 @@ def fingerprint(source) -> dict:
     from cxrlab.core.runs import RunDir
     from cxrlab.files import file_md5
 
-    if isinstance(source, StudyEntry):
-        from cxrlab.report.choices import Seal
-
-        _, digest = Seal(source.study).verified()
+    if isinstance(source, StudyEntry):  # load_entry checked its choices and runs
         return {
             "kind": "study entry",
             "path": str(source.study.resolve()),
             "entry": source.model.name,
             "seed": source.model.seed,
-            "choices_sha256": digest,
+            "choices_sha256": source.choices_sha256,
         }
     return {"kind": "run", "path": str(source.path.resolve()), "weights_md5": file_md5(RunDir(source.path).weights)}
 

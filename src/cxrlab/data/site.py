@@ -34,6 +34,15 @@ class SiteImages:
         return SiteImages([n for n, k in zip(self.names, keep) if k], self.images[keep], targets, self.excluded + dropped)
 
 
+def stratified_half(targets: np.ndarray, rng) -> np.ndarray:
+    """A stratified half of a labelled set (True: in it): half of each class, drawn by ``rng``."""
+    half = np.zeros(len(targets), dtype=bool)
+    for c in (0, 1):
+        rows = rng.permutation(np.flatnonzero(targets == c))
+        half[rows[: len(rows) // 2]] = True
+    return half
+
+
 def read_npz(path: Path, size: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The named arrays of an untrusted npz: no pickles, members bounded before they are read, images (N, size,
     size) uint8."""

@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 from sklearn.metrics import roc_curve
 
 from cxrlab.data.task import is_real
+from cxrlab.evaluation.metrics import logit
 from cxrlab.files import atomic_write_bytes
 
 
@@ -260,8 +261,7 @@ def site_scores(
     mixed at the site's estimated share)."""
     targets, probs = evidence
     negative, positive = classes
-    to_logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))  # noqa: E731
-    scores, site = to_logit(np.asarray(probs)), to_logit(np.asarray(site))
+    scores, site = logit(probs), logit(site)
     fig, (left, right) = _subplots(1, 2, figsize=(10, 4))
     bins = np.linspace(-14, 14, 43)
     left.hist(scores[targets == 0], bins, density=True, alpha=0.5, label=f"evidence: {negative}")

@@ -234,6 +234,16 @@ class Seal:
         finally:
             lock.unlink(missing_ok=True)
 
+    def score_once(self, rescore: bool, again_is_done: bool, score):
+        """Run ``score(choices, digest)`` holding the scoring lock, by ``open_for_scoring``'s choices; with
+        ``again_is_done`` (``--score-test``), test scored already by these very choices is not an error but done (as
+        when another machine of a shared study scored it first): returns None then."""
+        with self.scoring():
+            if again_is_done and not rescore and self.scored_by(self.state.get("choices_sha256")):
+                log.info(f"\n{self.describe()}: the report stands (--rescore scores it again)")
+                return None
+            return score(*self.open_for_scoring(rescore))
+
     def scored_by(self, digest: str) -> bool:
         """Whether test was scored already by exactly these choices."""
         state = self.state

@@ -178,15 +178,10 @@ def score_study(out, rescore: bool = False, again_is_done: bool = False) -> list
     done, as when another machine of a shared study scored it first."""
     out = Path(out)
     seal = Seal(out)
-    with seal.scoring():
-        if again_is_done and not rescore and seal.scored_by(seal.state.get("choices_sha256")):
-            log.info(f"\n{seal.describe()}: the report stands (--rescore scores it again)")
-            return []
-        return _score(out, seal, rescore)
+    return seal.score_once(rescore, again_is_done, lambda choices, digest: _score(out, seal, choices, digest)) or []
 
 
-def _score(out: Path, seal: Seal, rescore: bool) -> list[Entry]:
-    choices, digest = seal.open_for_scoring(rescore)
+def _score(out: Path, seal: Seal, choices: dict, digest: str) -> list[Entry]:
     base, study = read_study(out)
     if base.task != "binary":
         return score_multilabel(out, base, study, seal, choices, digest)

@@ -128,22 +128,21 @@ def score_cv(out, rescore: bool = False, again_is_done: bool = False) -> dict:
     changed since, or when test was scored already, unless ``rescore``); write cv.csv, the report and the answers."""
     out = Path(out)
     seal = Seal(out)
-    with seal.scoring():
-        if again_is_done and not rescore and seal.scored_by(seal.state.get("choices_sha256")):
-            log.info(f"\n{seal.describe()}: the report stands (--rescore scores it again)")
-            return {}
-        choices, digest = seal.open_for_scoring(rescore)
-        values = load_yaml(out / STUDY_FILES["cv_options"])
-        folds = values.pop("folds")
-        base = from_dict(values, source=str(out / STUDY_FILES["cv_options"]))
-        data = task_data(base, splits=("val", "test"), task="binary")
-        runs = [RunDir(out / choices["runs"][f"fold{k}"]["path"]) for k in range(folds)]
-        for run in runs:
-            run.check_data(data.provenance)
-        log.info(f"\nscoring test once, by the choices written {choices['written']} (SHA-256 {digest})")
-        entries = fold_entries(out, base, runs, choices, data)
-        write_test_answers(out, entries, choices, data, digest)
-        seal.mark_scored(digest)
+    return seal.score_once(rescore, again_is_done, lambda choices, digest: _score_cv(out, seal, choices, digest)) or {}
+
+
+def _score_cv(out: Path, seal: Seal, choices: dict, digest: str) -> dict:
+    values = load_yaml(out / STUDY_FILES["cv_options"])
+    folds = values.pop("folds")
+    base = from_dict(values, source=str(out / STUDY_FILES["cv_options"]))
+    data = task_data(base, splits=("val", "test"), task="binary")
+    runs = [RunDir(out / choices["runs"][f"fold{k}"]["path"]) for k in range(folds)]
+    for run in runs:
+        run.check_data(data.provenance)
+    log.info(f"\nscoring test once, by the choices written {choices['written']} (SHA-256 {digest})")
+    entries = fold_entries(out, base, runs, choices, data)
+    write_test_answers(out, entries, choices, data, digest)
+    seal.mark_scored(digest)
     write_cv_report(out, base, entries, seal.describe(), data.provenance)
     for split in ("val", "test"):
         log.info(

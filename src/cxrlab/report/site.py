@@ -22,7 +22,7 @@ import torch
 
 from cxrlab.console import logger
 from cxrlab.core.checkpoint import load_weights, save_weights
-from cxrlab.data.site import SiteImages
+from cxrlab.data.site import SiteImages, stratified_half
 from cxrlab.data.task import data_label, fold_view, task_data
 from cxrlab.errors import ConfigError, RunDirError
 from cxrlab.evaluation import plots
@@ -121,10 +121,7 @@ def adapt(model, how: str, site: SiteImages, seed: int = 0) -> tuple[object, dic
         nets = [adapt_batchnorm(m.model, site.images, m.cfg, m.device) for m in members]
         choose_on = site
     elif how == "fine-tune":
-        rng, tune = np.random.default_rng(seed), np.zeros(len(site.names), dtype=bool)
-        for c in (0, 1):
-            rows = rng.permutation(np.flatnonzero(site.targets == c))
-            tune[rows[: len(rows) // 2]] = True
+        tune = stratified_half(site.targets, np.random.default_rng(seed))
         nets = [
             fine_tune(m.model, m.cfg, m.device, (site.images[tune], class1(m, site.targets[tune])), training_set(m), seed=seed)
             for m in members
@@ -185,12 +182,12 @@ def calibrate_site(model, site: SiteImages, name: str, data_file: Path, source: 
     """Re-choose the model's operating point on the site's labelled images (images its check flags are excluded by
     name), after ``adaptation`` (one of ADAPTATIONS) where asked, and write DIR/site.json; refused, naming how many
     more labelled images are needed, with too few."""
-    _, flagged = judged(model, site.images)
-    site = site.exclude(~flagged, ["flagged by the out-of-distribution check"] * len(flagged))
+    probs, flagged = judged(model, site.images)
+    site, probs = site.exclude(~flagged, ["flagged by the out-of-distribution check"] * len(flagged)), probs[~flagged]
     adapted = None
-    if adaptation:
+    if adaptation:  # the adapted model scores the images left to choose on
         model, adapted, site = adapt(model, adaptation, site)
-    probs = judged(model, site.images)[0]
+        probs = judged(model, site.images)[0]
     cfg = model.cfg
     evidence = f"site {name} ({len(probs)} labelled images)"
     targets = (cfg.target_sensitivity, cfg.rule_out_sensitivity, cfg.rule_in_specificity, cfg.bound_level)
